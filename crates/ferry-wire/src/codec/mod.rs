@@ -1,0 +1,1 @@
+//! Page codecs (owned by the codec work; placeholder).
