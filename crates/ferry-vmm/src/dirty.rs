@@ -1,0 +1,142 @@
+//! Dirty-page bitmaps over guest page indices, and KVM's dirty log read into reusable buffers
+//! (kvm-ioctls' `get_dirty_log` allocates a new vector per call, which we avoid on the hot path).
+
+use std::os::fd::AsRawFd;
+
+use kvm_bindings::kvm_dirty_log;
+use vmm_sys_util::ioctl::ioctl_with_ref;
+use vmm_sys_util::ioctl_iow_nr;
+
+const KVMIO: u32 = 0xAE;
+ioctl_iow_nr!(KVM_GET_DIRTY_LOG, KVMIO, 0x42, kvm_dirty_log);
+
+/// One bit per guest page.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DirtyBitmap {
+    words: Vec<u64>,
+    pages: u64,
+}
+
+impl DirtyBitmap {
+    /// An all-clear bitmap for `pages` pages.
+    pub fn new(pages: u64) -> Self {
+        Self { words: vec![0; pages.div_ceil(64) as usize], pages }
+    }
+
+    /// An all-set bitmap (the first round of a migration sends everything).
+    pub fn full(pages: u64) -> Self {
+        let mut b = Self::new(pages);
+        b.words.fill(u64::MAX);
+        b.trim();
+        b
+    }
+
+    fn trim(&mut self) {
+        let rem = self.pages % 64;
+        if rem != 0 {
+            if let Some(last) = self.words.last_mut() {
+                *last &= (1u64 << rem) - 1;
+            }
+        }
+    }
+
+    /// Number of pages covered.
+    pub fn pages(&self) -> u64 {
+        self.pages
+    }
+
+    /// Marks a page dirty.
+    pub fn set(&mut self, page: u64) {
+        if page < self.pages {
+            self.words[(page / 64) as usize] |= 1 << (page % 64);
+        }
+    }
+
+    /// Whether a page is dirty.
+    pub fn get(&self, page: u64) -> bool {
+        page < self.pages && self.words[(page / 64) as usize] & (1 << (page % 64)) != 0
+    }
+
+    /// Clears every bit.
+    pub fn clear(&mut self) {
+        self.words.fill(0);
+    }
+
+    /// Number of dirty pages.
+    pub fn count(&self) -> u64 {
+        self.words.iter().map(|w| u64::from(w.count_ones())).sum()
+    }
+
+    /// ORs `words` (a KVM slot log) in, starting at page `first_page` (a multiple of 64).
+    pub fn or_words_at(&mut self, first_page: u64, words: &[u64]) {
+        debug_assert!(first_page % 64 == 0);
+        let start = (first_page / 64) as usize;
+        for (dst, src) in self.words[start..].iter_mut().zip(words) {
+            *dst |= *src;
+        }
+        self.trim();
+    }
+
+    /// ORs another bitmap in.
+    pub fn or(&mut self, other: &DirtyBitmap) {
+        self.or_words_at(0, &other.words);
+    }
+
+    /// Dirty page indices in ascending order.
+    pub fn iter(&self) -> impl Iterator<Item = u64> + '_ {
+        self.words.iter().enumerate().flat_map(|(i, &w)| {
+            let mut w = w;
+            std::iter::from_fn(move || {
+                if w == 0 {
+                    return None;
+                }
+                let bit = w.trailing_zeros() as u64;
+                w &= w - 1;
+                Some(i as u64 * 64 + bit)
+            })
+        })
+    }
+
+    /// The raw words, for sending a bitmap on the wire.
+    pub fn words(&self) -> &[u64] {
+        &self.words
+    }
+}
+
+/// Reads one slot's KVM dirty log into `buf` (resized once, then reused). Reading clears the log.
+pub fn get_dirty_log(vm: &kvm_ioctls::VmFd, slot: u32, pages: u64, buf: &mut Vec<u64>) -> std::io::Result<()> {
+    buf.resize(pages.div_ceil(64) as usize, 0);
+    let log = kvm_dirty_log {
+        slot,
+        padding1: 0,
+        __bindgen_anon_1: kvm_bindings::kvm_dirty_log__bindgen_ty_1 { dirty_bitmap: buf.as_mut_ptr().cast() },
+    };
+    // SAFETY: `log` points at a buffer of ceil(pages/64) u64s, exactly the bitmap size KVM writes for a
+    // slot of `pages` pages; the VM fd is valid for the call's duration.
+    let ret = unsafe { ioctl_with_ref(vm, KVM_GET_DIRTY_LOG(), &log) };
+    if ret < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let _ = vm.as_raw_fd();
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bitmap_basics() {
+        let mut b = DirtyBitmap::new(130);
+        b.set(0);
+        b.set(64);
+        b.set(129);
+        b.set(500); // out of range: ignored
+        assert_eq!(b.iter().collect::<Vec<_>>(), vec![0, 64, 129]);
+        assert_eq!(b.count(), 3);
+        assert_eq!(DirtyBitmap::full(130).count(), 130);
+        let mut c = DirtyBitmap::new(130);
+        c.or_words_at(64, &[u64::MAX, u64::MAX]);
+        assert_eq!(c.count(), 66);
+    }
+}

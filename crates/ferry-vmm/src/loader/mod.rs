@@ -1,0 +1,5 @@
+//! Kernel image loaders.
+
+pub mod multiboot;
+
+pub use multiboot::{load_multiboot, BootInfo};

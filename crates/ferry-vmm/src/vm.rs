@@ -1,0 +1,350 @@
+//! A ferry VM: KVM objects, RAM, devices and vCPU threads, with pause/resume and state save/restore.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kvm_bindings::{
+    kvm_irqchip, kvm_msr_entry, kvm_pit_config, kvm_userspace_memory_region, Msrs, KVM_IRQCHIP_IOAPIC,
+    KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_MAX_CPUID_ENTRIES, KVM_MEM_LOG_DIRTY_PAGES,
+    KVM_PIT_SPEAKER_DUMMY,
+};
+use kvm_ioctls::{Kvm, VcpuFd, VmFd};
+
+use crate::devices::{Console, HeartbeatLog, HeartbeatSnapshot, PortBus};
+use crate::dirty::{get_dirty_log, DirtyBitmap};
+use crate::loader::{load_multiboot, BootInfo};
+use crate::memory::{GuestRam, PAGE_SIZE};
+use crate::state::{VcpuState, VmState};
+use crate::vcpu::{RunControl, VcpuHandle};
+use crate::VmmError;
+
+pub use crate::vcpu::ExitReason;
+
+/// Shape of a VM.
+#[derive(Clone, Copy, Debug)]
+pub struct VmConfig {
+    /// Guest RAM in bytes.
+    pub memory: u64,
+    /// Number of vCPUs (the first boots the kernel; the others wait for INIT/SIPI).
+    pub vcpus: u8,
+}
+
+/// A KVM virtual machine.
+#[derive(Debug)]
+pub struct Vm {
+    fd: VmFd,
+    ram: Arc<GuestRam>,
+    bus: Arc<PortBus>,
+    ctl: Arc<RunControl>,
+    vcpus: Vec<VcpuHandle>,
+    msr_index: Vec<u32>,
+    running: bool,
+    dirty_logging: bool,
+    slot_scratch: Vec<u64>,
+}
+
+impl Vm {
+    /// Creates a VM with fresh zeroed RAM; nothing runs until [`Vm::resume`].
+    pub fn new(cfg: VmConfig, console: Console) -> Result<Self, VmmError> {
+        Self::with_ram(GuestRam::new(cfg.memory)?, cfg.vcpus, console)
+    }
+
+    /// Creates a VM around existing RAM (a same-host handover, or RAM filled by a migration).
+    pub fn with_ram(ram: GuestRam, vcpus: u8, console: Console) -> Result<Self, VmmError> {
+        if vcpus == 0 {
+            return Err(VmmError::BadState("a VM needs at least one vCPU".into()));
+        }
+        let kvm = Kvm::new().map_err(VmmError::KvmOpen)?;
+        let fd = kvm.create_vm().map_err(VmmError::kvm("CREATE_VM"))?;
+        let ram = Arc::new(ram);
+        // Memory first: SET_USER_MEMORY_REGION is ~100x slower once the irqchip exists.
+        set_slots(&fd, &ram, false)?;
+        fd.set_tss_address(0xfffb_d000).map_err(VmmError::kvm("SET_TSS_ADDR"))?;
+        fd.create_irq_chip().map_err(VmmError::kvm("CREATE_IRQCHIP"))?;
+        let pit = kvm_pit_config { flags: KVM_PIT_SPEAKER_DUMMY, ..Default::default() };
+        fd.create_pit2(pit).map_err(VmmError::kvm("CREATE_PIT2"))?;
+        let cpuid = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(VmmError::kvm("GET_SUPPORTED_CPUID"))?;
+        let msr_index = kvm.get_msr_index_list().map_err(VmmError::kvm("GET_MSR_INDEX_LIST"))?.as_slice().to_vec();
+        let bus = Arc::new(PortBus::new(console));
+        let ctl = Arc::new(RunControl::default());
+        let mut handles = Vec::with_capacity(vcpus as usize);
+        for id in 0..u64::from(vcpus) {
+            let vcpu = fd.create_vcpu(id).map_err(VmmError::kvm("CREATE_VCPU"))?;
+            let mut cpuid = cpuid.clone();
+            for e in cpuid.as_mut_slice() {
+                if e.function == 1 {
+                    e.ebx = (e.ebx & 0x00ff_ffff) | ((id as u32) << 24);
+                }
+                if e.function == 0xb || e.function == 0x1f {
+                    e.edx = id as u32;
+                }
+            }
+            vcpu.set_cpuid2(&cpuid).map_err(VmmError::kvm("SET_CPUID2"))?;
+            handles.push(VcpuHandle::spawn(vcpu, id, bus.clone(), ctl.clone())?);
+        }
+        ctl.set_paused(true);
+        Ok(Self {
+            fd,
+            ram,
+            bus,
+            ctl,
+            vcpus: handles,
+            msr_index,
+            running: false,
+            dirty_logging: false,
+            slot_scratch: Vec::new(),
+        })
+    }
+
+    /// Loads a multiboot v1 image and points the boot vCPU at it (32-bit protected mode, per spec).
+    pub fn boot_multiboot(&mut self, image: &[u8]) -> Result<BootInfo, VmmError> {
+        let info = load_multiboot(&self.ram, image)?;
+        let vcpu = self.paused_vcpu(0)?;
+        let mut sregs = vcpu.get_sregs().map_err(VmmError::kvm("GET_SREGS"))?;
+        let code = kvm_bindings::kvm_segment {
+            base: 0,
+            limit: 0xffff_ffff,
+            selector: 0x10,
+            type_: 0xb,
+            present: 1,
+            dpl: 0,
+            db: 1,
+            s: 1,
+            l: 0,
+            g: 1,
+            avl: 0,
+            unusable: 0,
+            padding: 0,
+        };
+        let data = kvm_bindings::kvm_segment { selector: 0x18, type_: 0x3, ..code };
+        sregs.cs = code;
+        (sregs.ds, sregs.es, sregs.fs, sregs.gs, sregs.ss) = (data, data, data, data, data);
+        sregs.cr0 = 0x11; // PE | ET: protected mode, paging off
+        sregs.cr4 = 0;
+        sregs.efer = 0;
+        vcpu.set_sregs(&sregs).map_err(VmmError::kvm("SET_SREGS"))?;
+        let regs = kvm_bindings::kvm_regs {
+            rip: u64::from(info.entry),
+            rax: u64::from(crate::loader::multiboot::BOOTLOADER_MAGIC),
+            rbx: u64::from(info.info_addr),
+            rflags: 0x2,
+            ..Default::default()
+        };
+        vcpu.set_regs(&regs).map_err(VmmError::kvm("SET_REGS"))?;
+        Ok(info)
+    }
+
+    fn paused_vcpu(&self, i: usize) -> Result<&VcpuFd, VmmError> {
+        self.vcpus
+            .get(i)
+            .and_then(|v| v.fd.as_ref())
+            .ok_or_else(|| VmmError::BadState("vCPU state can only be touched while the VM is paused".into()))
+    }
+
+    /// Guest RAM.
+    pub fn ram(&self) -> &Arc<GuestRam> {
+        &self.ram
+    }
+
+    /// The guest's heartbeat log.
+    pub fn heartbeats(&self) -> Arc<std::sync::Mutex<HeartbeatLog>> {
+        self.bus.serial.lock().map(|s| s.console().heartbeats.clone()).unwrap_or_default()
+    }
+
+    /// Console text written by the guest so far (heartbeats removed).
+    pub fn console_text(&self) -> String {
+        self.bus
+            .serial
+            .lock()
+            .ok()
+            .and_then(|s| s.console().text.lock().ok().map(|t| String::from_utf8_lossy(&t).into_owned()))
+            .unwrap_or_default()
+    }
+
+    /// Whether the vCPUs are running.
+    pub fn is_running(&self) -> bool {
+        self.running
+    }
+
+    /// Starts or continues all vCPUs.
+    pub fn resume(&mut self) -> Result<(), VmmError> {
+        if self.ctl.exit_reason().is_some() {
+            return Err(VmmError::BadState("the guest has stopped; it cannot be resumed".into()));
+        }
+        self.ctl.set_paused(false);
+        for v in &mut self.vcpus {
+            v.resume()?;
+        }
+        self.running = true;
+        Ok(())
+    }
+
+    /// Stops all vCPUs and takes their fds back; returns once none is inside KVM_RUN.
+    pub fn pause(&mut self) -> Result<(), VmmError> {
+        self.ctl.set_paused(true);
+        for v in &mut self.vcpus {
+            v.pause()?;
+        }
+        self.running = false;
+        Ok(())
+    }
+
+    /// Why the guest stopped, if it did.
+    pub fn exit_reason(&self) -> Option<ExitReason> {
+        self.ctl.exit_reason()
+    }
+
+    /// Waits up to `timeout` for the guest to stop on its own.
+    pub fn wait_exit(&self, timeout: Duration) -> Option<ExitReason> {
+        self.ctl.wait_exit(timeout)
+    }
+
+    /// Saves the complete state. The VM must be paused.
+    pub fn save_state(&self) -> Result<VmState, VmmError> {
+        let mut vcpus = Vec::with_capacity(self.vcpus.len());
+        for i in 0..self.vcpus.len() {
+            vcpus.push(self.save_vcpu(self.paused_vcpu(i)?)?);
+        }
+        let mut irqchips = Vec::with_capacity(3);
+        for chip_id in [KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_IRQCHIP_IOAPIC] {
+            let mut chip = kvm_irqchip { chip_id, ..Default::default() };
+            self.fd.get_irqchip(&mut chip).map_err(VmmError::kvm("GET_IRQCHIP"))?;
+            irqchips.push(chip);
+        }
+        let serial = self.bus.serial.lock().map_err(|_| VmmError::BadState("serial lock poisoned".into()))?;
+        Ok(VmState {
+            memory: self.ram.size(),
+            vcpus,
+            irqchips,
+            pit: self.fd.get_pit2().map_err(VmmError::kvm("GET_PIT2"))?,
+            clock: self.fd.get_clock().map_err(VmmError::kvm("GET_CLOCK"))?,
+            serial: serial.snapshot(),
+            heartbeat: serial.console().heartbeats.lock().map(|h| h.snapshot()).unwrap_or_default(),
+        })
+    }
+
+    fn save_vcpu(&self, v: &VcpuFd) -> Result<VcpuState, VmmError> {
+        // MP_STATE first: KVM may move pending events into the state as it reads it.
+        let mp_state = v.get_mp_state().map_err(VmmError::kvm("GET_MP_STATE"))?;
+        let entries: Vec<kvm_msr_entry> =
+            self.msr_index.iter().map(|&index| kvm_msr_entry { index, ..Default::default() }).collect();
+        let mut msrs = Msrs::from_entries(&entries).map_err(|e| VmmError::BadState(format!("MSR list: {e:?}")))?;
+        let n = v.get_msrs(&mut msrs).map_err(VmmError::kvm("GET_MSRS"))?;
+        Ok(VcpuState {
+            regs: v.get_regs().map_err(VmmError::kvm("GET_REGS"))?,
+            sregs: v.get_sregs().map_err(VmmError::kvm("GET_SREGS"))?,
+            xsave: v.get_xsave().map_err(VmmError::kvm("GET_XSAVE"))?,
+            xcrs: v.get_xcrs().map_err(VmmError::kvm("GET_XCRS"))?,
+            msrs: msrs.as_slice()[..n].to_vec(),
+            lapic: v.get_lapic().map_err(VmmError::kvm("GET_LAPIC"))?,
+            events: v.get_vcpu_events().map_err(VmmError::kvm("GET_VCPU_EVENTS"))?,
+            mp_state,
+            debugregs: v.get_debug_regs().map_err(VmmError::kvm("GET_DEBUGREGS"))?,
+            tsc_khz: v.get_tsc_khz().map_err(VmmError::kvm("GET_TSC_KHZ"))?,
+        })
+    }
+
+    /// Restores state saved by [`Vm::save_state`] (on this or another host). The VM must be paused.
+    pub fn restore_state(&mut self, state: &VmState) -> Result<(), VmmError> {
+        if state.memory != self.ram.size() {
+            return Err(VmmError::BadState(format!(
+                "state is for {} bytes of RAM, this VM has {}",
+                state.memory,
+                self.ram.size()
+            )));
+        }
+        if state.vcpus.len() != self.vcpus.len() {
+            return Err(VmmError::BadState(format!(
+                "state has {} vCPUs, this VM has {}",
+                state.vcpus.len(),
+                self.vcpus.len()
+            )));
+        }
+        for (i, s) in state.vcpus.iter().enumerate() {
+            let v = self.paused_vcpu(i)?;
+            // Order matters: sregs (incl. APIC base) before LAPIC, MSRs after sregs, events and
+            // MP state last so nothing earlier overwrites them.
+            v.set_sregs(&s.sregs).map_err(VmmError::kvm("SET_SREGS"))?;
+            v.set_regs(&s.regs).map_err(VmmError::kvm("SET_REGS"))?;
+            // SAFETY: `s.xsave` is a complete kvm_xsave saved by KVM_GET_XSAVE (4 KiB, the legacy size
+            // this VM uses, since we never enable XSAVE2), so KVM reads no more than the struct holds.
+            unsafe { v.set_xsave(&s.xsave) }.map_err(VmmError::kvm("SET_XSAVE"))?;
+            v.set_xcrs(&s.xcrs).map_err(VmmError::kvm("SET_XCRS"))?;
+            if s.tsc_khz != 0 {
+                let _ = v.set_tsc_khz(s.tsc_khz); // unsupported scaling is not fatal: same host kind
+            }
+            let msrs = Msrs::from_entries(&s.msrs).map_err(|e| VmmError::BadState(format!("MSRs: {e:?}")))?;
+            let n = v.set_msrs(&msrs).map_err(VmmError::kvm("SET_MSRS"))?;
+            if n != s.msrs.len() {
+                let bad = s.msrs.get(n).map(|m| m.index).unwrap_or(0);
+                return Err(VmmError::BadState(format!("KVM refused MSR {bad:#x}")));
+            }
+            v.set_lapic(&s.lapic).map_err(VmmError::kvm("SET_LAPIC"))?;
+            v.set_debug_regs(&s.debugregs).map_err(VmmError::kvm("SET_DEBUGREGS"))?;
+            v.set_vcpu_events(&s.events).map_err(VmmError::kvm("SET_VCPU_EVENTS"))?;
+            v.set_mp_state(s.mp_state).map_err(VmmError::kvm("SET_MP_STATE"))?;
+        }
+        for chip in &state.irqchips {
+            self.fd.set_irqchip(chip).map_err(VmmError::kvm("SET_IRQCHIP"))?;
+        }
+        self.fd.set_pit2(&state.pit).map_err(VmmError::kvm("SET_PIT2"))?;
+        let mut clock = state.clock;
+        clock.flags = 0; // the absolute clock value is what we carry; let KVM pick its own flags
+        self.fd.set_clock(&clock).map_err(VmmError::kvm("SET_CLOCK"))?;
+        let mut serial = self.bus.serial.lock().map_err(|_| VmmError::BadState("serial lock poisoned".into()))?;
+        serial.restore(&state.serial).map_err(VmmError::BadState)?;
+        Ok(())
+    }
+
+    /// Continues the heartbeat log from a migration source's last heartbeat.
+    pub fn continue_heartbeats(&self, from: HeartbeatSnapshot) {
+        if let Ok(mut log) = self.heartbeats().lock() {
+            *log = HeartbeatLog::continuing(from);
+        }
+    }
+
+    /// Turns KVM dirty logging on or off for all of RAM.
+    pub fn set_dirty_logging(&mut self, on: bool) -> Result<(), VmmError> {
+        if on != self.dirty_logging {
+            set_slots(&self.fd, &self.ram, on)?;
+            self.dirty_logging = on;
+        }
+        Ok(())
+    }
+
+    /// ORs the pages written since the last call into `into` (and clears KVM's log).
+    pub fn collect_dirty(&mut self, into: &mut DirtyBitmap) -> Result<(), VmmError> {
+        if !self.dirty_logging {
+            return Err(VmmError::BadState("dirty logging is off".into()));
+        }
+        let page = PAGE_SIZE as u64;
+        for slot in self.ram.slots() {
+            get_dirty_log(&self.fd, slot.id, slot.len / page, &mut self.slot_scratch)
+                .map_err(|e| VmmError::BadState(format!("KVM_GET_DIRTY_LOG: {e}")))?;
+            into.or_words_at(slot.offset / page, &self.slot_scratch);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        let _ = self.pause();
+    }
+}
+
+fn set_slots(fd: &VmFd, ram: &GuestRam, log_dirty: bool) -> Result<(), VmmError> {
+    for s in ram.slots() {
+        let region = kvm_userspace_memory_region {
+            slot: s.id,
+            flags: if log_dirty { KVM_MEM_LOG_DIRTY_PAGES } else { 0 },
+            guest_phys_addr: s.gpa,
+            memory_size: s.len,
+            userspace_addr: ram.host_base() as u64 + s.offset,
+        };
+        // SAFETY: the host range [base+offset, +len) lies inside `ram`'s live mapping, which the Vm
+        // keeps alive (Arc) for as long as the VM fd, and so as long as KVM may touch it.
+        unsafe { fd.set_user_memory_region(region) }.map_err(VmmError::kvm("SET_USER_MEMORY_REGION"))?;
+    }
+    Ok(())
+}
