@@ -1,0 +1,432 @@
+//! Property tests for the page codecs: round trips under every configuration, xbzrle over
+//! sequences of versions, and hostile payloads that must be rejected without panicking or
+//! touching the store.
+
+use ferry_wire::codec::{
+    BatchDecoder, BatchEncoder, CodecError, Compression, CompressionUsed, EncoderConfig, PageRef,
+    PageStore, MAX_BATCH_PAGES, PAGE_SIZE,
+};
+use proptest::prelude::*;
+
+/// Guest memory of `n` pages.
+#[derive(Clone, PartialEq, Eq)]
+struct MemStore {
+    bytes: Vec<u8>,
+}
+
+impl MemStore {
+    fn new(pages: usize) -> Self {
+        Self {
+            bytes: vec![0; pages * PAGE_SIZE],
+        }
+    }
+
+    fn page(&self, gfn: u64) -> &[u8] {
+        let i = gfn as usize * PAGE_SIZE;
+        &self.bytes[i..i + PAGE_SIZE]
+    }
+}
+
+impl std::fmt::Debug for MemStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "MemStore({} pages)", self.bytes.len() / PAGE_SIZE)
+    }
+}
+
+impl PageStore for MemStore {
+    fn page_mut(&mut self, gfn: u64) -> Result<&mut [u8], CodecError> {
+        let i = usize::try_from(gfn)
+            .ok()
+            .and_then(|g| g.checked_mul(PAGE_SIZE))
+            .filter(|&i| i < self.bytes.len())
+            .ok_or(CodecError::GfnOutOfRange(gfn))?;
+        Ok(&mut self.bytes[i..i + PAGE_SIZE])
+    }
+}
+
+const GUEST_PAGES: u64 = 64;
+
+/// How to build one page of a generated batch.
+#[derive(Debug, Clone)]
+enum Content {
+    Zero,
+    Fill(u8),
+    Random(u64),
+    /// 16-letter alphabet, like text.
+    Text(u64),
+    /// Same bytes as an earlier page of the batch (index taken modulo the pages so far).
+    Repeat(usize),
+    /// An earlier page with one byte changed.
+    OneByteOff(usize, usize, u8),
+}
+
+fn xorshift(seed: u64) -> impl FnMut() -> u64 {
+    let mut s = seed | 1;
+    move || {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        s
+    }
+}
+
+fn build(contents: &[(u64, Content)]) -> Vec<(u64, Vec<u8>)> {
+    let mut pages: Vec<(u64, Vec<u8>)> = Vec::new();
+    for (gfn, c) in contents {
+        let data = match c {
+            Content::Zero => vec![0; PAGE_SIZE],
+            Content::Fill(b) => vec![*b; PAGE_SIZE],
+            Content::Random(seed) => {
+                let mut r = xorshift(*seed);
+                (0..PAGE_SIZE).map(|_| r() as u8).collect()
+            }
+            Content::Text(seed) => {
+                let mut r = xorshift(*seed);
+                (0..PAGE_SIZE)
+                    .map(|_| b"etaoinshrdlucmfw"[(r() % 16) as usize])
+                    .collect()
+            }
+            Content::Repeat(i) if !pages.is_empty() => pages[i % pages.len()].1.clone(),
+            Content::OneByteOff(i, at, v) if !pages.is_empty() => {
+                let mut p = pages[i % pages.len()].1.clone();
+                p[at % PAGE_SIZE] ^= v | 1;
+                p
+            }
+            _ => vec![0xAB; PAGE_SIZE],
+        };
+        pages.push((*gfn, data));
+    }
+    pages
+}
+
+fn content() -> impl Strategy<Value = Content> {
+    prop_oneof![
+        Just(Content::Zero),
+        any::<u8>().prop_map(Content::Fill),
+        any::<u64>().prop_map(Content::Random),
+        any::<u64>().prop_map(Content::Text),
+        any::<usize>().prop_map(Content::Repeat),
+        (any::<usize>(), any::<usize>(), any::<u8>())
+            .prop_map(|(i, at, v)| Content::OneByteOff(i, at, v)),
+    ]
+}
+
+fn batch() -> impl Strategy<Value = Vec<(u64, Content)>> {
+    prop::collection::vec((0..GUEST_PAGES, content()), 0..24)
+}
+
+fn all_configs() -> Vec<EncoderConfig> {
+    let mut v = Vec::new();
+    for zero_pages in [false, true] {
+        for dedup in [false, true] {
+            for xbzrle_cache_bytes in [0, 4 * PAGE_SIZE, 1 << 20] {
+                for compression in [
+                    Compression::Off,
+                    Compression::Lz4,
+                    Compression::Zstd { level: 1 },
+                    Compression::Adaptive,
+                ] {
+                    v.push(EncoderConfig {
+                        zero_pages,
+                        dedup,
+                        xbzrle_cache_bytes,
+                        compression,
+                    });
+                }
+            }
+        }
+    }
+    v
+}
+
+fn refs(pages: &[(u64, Vec<u8>)]) -> Vec<PageRef<'_>> {
+    pages
+        .iter()
+        .map(|(gfn, data)| PageRef { gfn: *gfn, data })
+        .collect()
+}
+
+/// Encodes `pages` into one payload, decodes it into `dst`, and applies them to `expect` in order
+/// (a gfn repeated in a batch ends up with its last version).
+fn send(
+    enc: &mut BatchEncoder,
+    dec: &mut BatchDecoder,
+    pages: &[(u64, Vec<u8>)],
+    dst: &mut MemStore,
+    expect: &mut MemStore,
+) -> Vec<u8> {
+    let mut payload = Vec::new();
+    let stats = enc.encode(&refs(pages), &mut payload);
+    assert_eq!(stats.encoded_bytes, payload.len());
+    assert_eq!(
+        stats.zero + stats.dup + stats.xbzrle + stats.normal,
+        pages.len()
+    );
+    let got = dec.decode(&payload, dst).expect("own payload decodes");
+    assert_eq!(
+        (got.pages, got.zero, got.dup, got.xbzrle, got.normal),
+        (
+            stats.pages,
+            stats.zero,
+            stats.dup,
+            stats.xbzrle,
+            stats.normal
+        )
+    );
+    assert_eq!(got.compression, stats.compression);
+    for (gfn, data) in pages {
+        expect.page_mut(*gfn).unwrap().copy_from_slice(data);
+    }
+    payload
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn round_trips_under_every_config(contents in batch(), prefill in any::<u8>()) {
+        let pages = build(&contents);
+        for cfg in all_configs() {
+            let mut enc = BatchEncoder::new(cfg);
+            let mut dec = BatchDecoder::new();
+            // Destination starts with stale content, so zero-fill and full writes are observable.
+            let mut dst = MemStore { bytes: vec![prefill; GUEST_PAGES as usize * PAGE_SIZE] };
+            let mut expect = dst.clone();
+            send(&mut enc, &mut dec, &pages, &mut dst, &mut expect);
+            prop_assert_eq!(&dst, &expect, "config {:?}", cfg);
+        }
+    }
+
+    #[test]
+    fn forced_hash_collisions_never_alias_pages(contents in batch()) {
+        let pages = build(&contents);
+        for compression in [Compression::Off, Compression::Lz4] {
+            let cfg = EncoderConfig { compression, ..EncoderConfig::default() };
+            let mut enc = BatchEncoder::new(cfg).with_page_hash_for_tests(|_| 7);
+            let mut dec = BatchDecoder::new();
+            let mut dst = MemStore::new(GUEST_PAGES as usize);
+            let mut expect = dst.clone();
+            send(&mut enc, &mut dec, &pages, &mut dst, &mut expect);
+            prop_assert_eq!(&dst, &expect);
+        }
+    }
+
+    #[test]
+    fn xbzrle_tracks_a_sequence_of_versions(
+        seed in any::<u64>(),
+        rounds in prop::collection::vec(
+            prop::collection::vec((0..16u64, 0..PAGE_SIZE, any::<u8>(), 0..8u8), 1..24),
+            1..8,
+        ),
+        cache_pages in 2..32usize,
+        compression in prop_oneof![Just(Compression::Off), Just(Compression::Lz4), Just(Compression::Adaptive)],
+    ) {
+        // The source's memory, mutated each round; every round sends the touched pages.
+        let mut src = MemStore::new(16);
+        let mut r = xorshift(seed);
+        src.bytes.iter_mut().for_each(|b| *b = r() as u8);
+        let cfg = EncoderConfig { xbzrle_cache_bytes: cache_pages * PAGE_SIZE, compression, ..EncoderConfig::default() };
+        let mut enc = BatchEncoder::new(cfg);
+        let mut dec = BatchDecoder::new();
+        let mut dst = MemStore::new(16);
+        let mut expect = MemStore::new(16);
+        for round in &rounds {
+            let mut pages = Vec::new();
+            for &(gfn, at, v, how) in round {
+                let page = src.page_mut(gfn).unwrap();
+                match how {
+                    0 => page.fill(0),
+                    1 => page.iter_mut().for_each(|b| *b = r() as u8),
+                    2 => page[at..(at + 300).min(PAGE_SIZE)].iter_mut().for_each(|b| *b = !*b),
+                    _ => page[at] = page[at].wrapping_add(v | 1),
+                }
+                // The same gfn may appear twice in a batch with different versions.
+                pages.push((gfn, src.page(gfn).to_vec()));
+            }
+            let mut payload = Vec::new();
+            enc.encode(&refs(&pages), &mut payload);
+            dec.decode(&payload, &mut dst).unwrap();
+            for (gfn, data) in &pages {
+                expect.page_mut(*gfn).unwrap().copy_from_slice(data);
+            }
+            prop_assert_eq!(&dst, &expect);
+        }
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
+        let mut dec = BatchDecoder::new();
+        let mut dst = MemStore::new(4);
+        let before = dst.clone();
+        if dec.decode(&bytes, &mut dst).is_err() {
+            prop_assert_eq!(dst, before);
+        }
+    }
+
+    #[test]
+    fn corrupted_or_truncated_payloads_never_half_apply(
+        contents in batch(),
+        xbzrle in any::<bool>(),
+        compression in prop_oneof![Just(Compression::Off), Just(Compression::Lz4), Just(Compression::Zstd { level: 1 })],
+        flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..4),
+        cut in any::<prop::sample::Index>(),
+    ) {
+        let pages = build(&contents);
+        let cfg = EncoderConfig { xbzrle_cache_bytes: if xbzrle { 1 << 20 } else { 0 }, compression, ..EncoderConfig::default() };
+        let mut enc = BatchEncoder::new(cfg);
+        let mut dec = BatchDecoder::new();
+        let mut dst = MemStore::new(GUEST_PAGES as usize);
+        let mut expect = dst.clone();
+        // A first batch primes the xbzrle cache so the second one carries deltas.
+        send(&mut enc, &mut dec, &pages, &mut dst, &mut expect);
+        let mut next = pages.clone();
+        for (i, (_, data)) in next.iter_mut().enumerate() {
+            data[i * 97 % PAGE_SIZE] ^= 0x40;
+        }
+        let mut payload = Vec::new();
+        enc.encode(&refs(&next), &mut payload);
+
+        if !payload.is_empty() {
+            let mut bad = payload.clone();
+            for (at, x) in &flips {
+                let i = at.index(bad.len());
+                bad[i] ^= x | 1;
+            }
+            let before = dst.clone();
+            let mut scratch = dst.clone();
+            if dec.decode(&bad, &mut scratch).is_err() {
+                prop_assert_eq!(&scratch, &before);
+            }
+            let short = &payload[..cut.index(payload.len())];
+            let mut scratch = dst.clone();
+            prop_assert!(dec.decode(short, &mut scratch).is_err());
+            prop_assert_eq!(&scratch, &before);
+        }
+        // The decoder is still usable after rejecting garbage.
+        dec.decode(&payload, &mut dst).unwrap();
+        for (gfn, data) in &next {
+            expect.page_mut(*gfn).unwrap().copy_from_slice(data);
+        }
+        prop_assert_eq!(&dst, &expect);
+    }
+}
+
+#[test]
+fn gfn_outside_the_store_rejects_the_whole_batch() {
+    let a = vec![1u8; PAGE_SIZE];
+    let pages = [PageRef { gfn: 0, data: &a }, PageRef { gfn: 9, data: &a }];
+    let mut payload = Vec::new();
+    BatchEncoder::new(EncoderConfig::default()).encode(&pages, &mut payload);
+    let mut dst = MemStore::new(4);
+    let err = BatchDecoder::new().decode(&payload, &mut dst).unwrap_err();
+    assert_eq!(err, CodecError::GfnOutOfRange(9));
+    assert!(
+        dst.bytes.iter().all(|&b| b == 0),
+        "page 0 must not be written"
+    );
+}
+
+#[test]
+fn page_count_above_the_limit_is_rejected_before_allocating() {
+    let mut payload = vec![1, 0];
+    payload.extend_from_slice(&((MAX_BATCH_PAGES + 1) as u16).to_le_bytes());
+    payload.extend_from_slice(&[0xff; 12]);
+    let err = BatchDecoder::new()
+        .decode(&payload, &mut MemStore::new(1))
+        .unwrap_err();
+    assert_eq!(err, CodecError::BadPageCount(MAX_BATCH_PAGES + 1));
+    // A data length beyond what the pages can hold is refused too.
+    let mut payload = vec![1, 1, 1, 0];
+    payload.extend_from_slice(&u32::MAX.to_le_bytes());
+    payload.extend_from_slice(&[0; 8]);
+    assert!(matches!(
+        BatchDecoder::new().decode(&payload, &mut MemStore::new(1)),
+        Err(CodecError::BadLength(_))
+    ));
+}
+
+#[test]
+fn stats_reflect_the_encodings_chosen() {
+    let zero = vec![0u8; PAGE_SIZE];
+    let text: Vec<u8> = (0..PAGE_SIZE).map(|i| b"abcdefgh"[i % 8]).collect();
+    let pages = [
+        PageRef {
+            gfn: 0,
+            data: &zero,
+        },
+        PageRef {
+            gfn: 1,
+            data: &text,
+        },
+        PageRef {
+            gfn: 2,
+            data: &text,
+        },
+    ];
+    let cfg = EncoderConfig {
+        compression: Compression::Lz4,
+        ..EncoderConfig::default()
+    };
+    let mut payload = Vec::new();
+    let s = BatchEncoder::new(cfg).encode(&pages, &mut payload);
+    assert_eq!((s.zero, s.dup, s.normal, s.xbzrle), (1, 1, 1, 0));
+    assert_eq!(s.raw_bytes, 3 * PAGE_SIZE);
+    assert_eq!(s.compression, CompressionUsed::Lz4);
+    assert!(s.encoded_bytes < 200, "{} bytes", s.encoded_bytes);
+
+    // An empty batch is a valid 16-byte payload.
+    let mut payload = Vec::new();
+    let s = BatchEncoder::new(cfg).encode(&[], &mut payload);
+    assert_eq!(s.encoded_bytes, 16);
+    BatchDecoder::new()
+        .decode(&payload, &mut MemStore::new(1))
+        .unwrap();
+}
+
+#[test]
+fn xbzrle_sends_small_deltas_and_reset_forgets() {
+    let mut page = vec![5u8; PAGE_SIZE];
+    let cfg = EncoderConfig {
+        xbzrle_cache_bytes: 1 << 20,
+        compression: Compression::Off,
+        ..EncoderConfig::default()
+    };
+    let mut enc = BatchEncoder::new(cfg);
+    let mut dec = BatchDecoder::new();
+    let mut dst = MemStore::new(2);
+    let mut out = Vec::new();
+    enc.encode(
+        &[PageRef {
+            gfn: 1,
+            data: &page,
+        }],
+        &mut out,
+    );
+    dec.decode(&out, &mut dst).unwrap();
+    page[100] = 9;
+    out.clear();
+    let s = enc.encode(
+        &[PageRef {
+            gfn: 1,
+            data: &page,
+        }],
+        &mut out,
+    );
+    assert_eq!(s.xbzrle, 1);
+    assert!(s.encoded_bytes < 32, "{} bytes", s.encoded_bytes);
+    dec.decode(&out, &mut dst).unwrap();
+    assert_eq!(dst.page(1), &page[..]);
+
+    enc.reset();
+    out.clear();
+    let s = enc.encode(
+        &[PageRef {
+            gfn: 1,
+            data: &page,
+        }],
+        &mut out,
+    );
+    assert_eq!((s.xbzrle, s.normal), (0, 1));
+    enc.disable_xbzrle();
+    assert_eq!(enc.config().xbzrle_cache_bytes, 0);
+}
