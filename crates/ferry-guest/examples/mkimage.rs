@@ -6,7 +6,9 @@ use ferry_guest::{build_image, GuestConfig};
 
 fn run() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let out = args.first().ok_or("usage: mkimage OUT [MEMORY_MIB WS_MIB PATTERN ENTROPY WRITE RATE FILL HEARTBEAT_US]")?;
+    let out = args.first().ok_or(
+        "usage: mkimage OUT [MEMORY_MIB WS_MIB PATTERN ENTROPY WRITE RATE FILL HEARTBEAT_US]",
+    )?;
     let mut cfg = GuestConfig::default();
     let arg = |i: usize| args.get(i).map(String::as_str);
     if let Some(v) = arg(1) {

@@ -47,7 +47,10 @@ pub fn assemble(layout: &Layout) -> Result<Vec<u8>, IcedError> {
     a.jne(check_done)?;
     a.test(dword_ptr(ebx), 1u32)?;
     a.jz(check_done)?;
-    a.cmp(dword_ptr(ebx + INFO_MEM_UPPER), layout.min_mem_upper_kib as u32)?;
+    a.cmp(
+        dword_ptr(ebx + INFO_MEM_UPPER),
+        layout.min_mem_upper_kib as u32,
+    )?;
     a.jae(check_done)?;
     a.mov(dword_ptr(MAILBOX_ADDR + OFF_STATE), STATE_HALTED as u32)?;
     a.mov(esi, fail_msg)?;

@@ -236,7 +236,11 @@ mod tests {
         for w in [WriteSize::Word, WriteSize::Page] {
             assert_eq!(w.to_string().parse::<WriteSize>(), Ok(w));
         }
-        for r in [Rate::Unlimited, Rate::PagesPerSec(0), Rate::PagesPerSec(12345)] {
+        for r in [
+            Rate::Unlimited,
+            Rate::PagesPerSec(0),
+            Rate::PagesPerSec(12345),
+        ] {
             assert_eq!(r.to_string().parse::<Rate>(), Ok(r));
         }
     }
@@ -246,7 +250,11 @@ mod tests {
         let e = "zigzag".parse::<Pattern>().unwrap_err();
         assert_eq!(e.what, "pattern");
         assert!(e.to_string().contains("sequential, random or hotcold"));
-        assert!("fast".parse::<Rate>().unwrap_err().to_string().contains("rate"));
+        assert!("fast"
+            .parse::<Rate>()
+            .unwrap_err()
+            .to_string()
+            .contains("rate"));
         assert!("-1".parse::<Rate>().is_err());
         assert!("huge".parse::<WriteSize>().is_err());
         assert!("noise".parse::<Entropy>().is_err());

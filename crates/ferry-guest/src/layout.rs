@@ -163,13 +163,19 @@ mod tests {
     fn large_layout() {
         let l = Layout::new(&cfg(16 * GIB, 15 * GIB)).unwrap();
         assert_eq!(l.ws_pages, 15 * GIB / PAGE);
-        assert_eq!(l.ws_base, align_up(VERSION_TABLE + 8 * l.ws_pages, LARGE_PAGE));
+        assert_eq!(
+            l.ws_base,
+            align_up(VERSION_TABLE + 8 * l.ws_pages, LARGE_PAGE)
+        );
         assert_eq!(l.map_gib, 16);
     }
 
     #[test]
     fn errors() {
-        assert!(matches!(Layout::new(&cfg(64 << 20, 0)), Err(GuestError::EmptyWorkingSet)));
+        assert!(matches!(
+            Layout::new(&cfg(64 << 20, 0)),
+            Err(GuestError::EmptyWorkingSet)
+        ));
         assert!(matches!(
             Layout::new(&cfg(64 << 20, 100)),
             Err(GuestError::UnalignedWorkingSet(100))
@@ -182,7 +188,7 @@ mod tests {
         assert!(matches!(e, GuestError::WorkingSetTooLarge { needed, .. } if needed == 68 << 20));
         assert!(e.to_string().contains("more than the configured memory"));
         assert!(matches!(
-            Layout::new(&cfg(64 << 20, u64::MAX & !4095)),
+            Layout::new(&cfg(64 << 20, !4095)),
             Err(GuestError::WorkingSetTooLarge { .. })
         ));
     }

@@ -161,7 +161,13 @@ fn banner(cfg: &GuestConfig, l: &Layout, tsc_hz: u64) -> String {
 }
 
 /// Copies `bytes` into the image at `off`, failing if they spill past `end`.
-fn place(img: &mut Vec<u8>, part: &'static str, off: u64, end: u64, bytes: &[u8]) -> Result<(), GuestError> {
+fn place(
+    img: &mut Vec<u8>,
+    part: &'static str,
+    off: u64,
+    end: u64,
+    bytes: &[u8],
+) -> Result<(), GuestError> {
     let size = bytes.len() as u64;
     if off + size > end {
         return Err(GuestError::SlotOverflow {
@@ -230,14 +236,32 @@ pub fn build_image(cfg: &GuestConfig) -> Result<Vec<u8>, GuestError> {
     let banner = banner(cfg, &l, tsc_hz) + "\0";
 
     let mut img = Vec::with_capacity(file_len as usize);
-    place(&mut img, "multiboot header", 0, BOOT32_OFF, &header.encode())?;
+    place(
+        &mut img,
+        "multiboot header",
+        0,
+        BOOT32_OFF,
+        &header.encode(),
+    )?;
     place(&mut img, "32-bit entry", BOOT32_OFF, SETUP64_OFF, &boot)?;
     place(&mut img, "64-bit set-up", SETUP64_OFF, GDT_OFF, &setup)?;
     place(&mut img, "GDT", GDT_OFF, GDTR_OFF, &setup64::gdt())?;
     place(&mut img, "GDTR", GDTR_OFF, FAIL_MSG_OFF, &setup64::gdtr())?;
-    place(&mut img, "failure message", FAIL_MSG_OFF, BANNER_OFF, fail_msg.as_bytes())?;
+    place(
+        &mut img,
+        "failure message",
+        FAIL_MSG_OFF,
+        BANNER_OFF,
+        fail_msg.as_bytes(),
+    )?;
     place(&mut img, "banner", BANNER_OFF, TSS_OFF, banner.as_bytes())?;
-    place(&mut img, "TSS", TSS_OFF, USER_OFF, &setup64::tss(ring0_stack_top))?;
+    place(
+        &mut img,
+        "TSS",
+        TSS_OFF,
+        USER_OFF,
+        &setup64::tss(ring0_stack_top),
+    )?;
     place(&mut img, "workload", USER_OFF, file_len, &user)?;
     Ok(img)
 }
@@ -263,7 +287,12 @@ mod tests {
     fn image_header_matches_layout() {
         let img = build_image(&small()).unwrap();
         assert_eq!(word(&img, 0), multiboot::HEADER_MAGIC);
-        assert_eq!(word(&img, 0).wrapping_add(word(&img, 4)).wrapping_add(word(&img, 8)), 0);
+        assert_eq!(
+            word(&img, 0)
+                .wrapping_add(word(&img, 4))
+                .wrapping_add(word(&img, 8)),
+            0
+        );
         assert_eq!(word(&img, 16), IMAGE_BASE as u32);
         assert_eq!(word(&img, 20) as u64, IMAGE_BASE + img.len() as u64);
         assert!(word(&img, 24) > word(&img, 20));
@@ -278,7 +307,11 @@ mod tests {
         for pattern in [Pattern::Sequential, Pattern::Random, Pattern::HotCold] {
             for entropy in [Entropy::Zero, Entropy::Text, Entropy::Random] {
                 for write_size in [WriteSize::Word, WriteSize::Page] {
-                    for rate in [Rate::Unlimited, Rate::PagesPerSec(0), Rate::PagesPerSec(1000)] {
+                    for rate in [
+                        Rate::Unlimited,
+                        Rate::PagesPerSec(0),
+                        Rate::PagesPerSec(1000),
+                    ] {
                         let cfg = GuestConfig {
                             pattern,
                             entropy,

@@ -200,7 +200,10 @@ mod tests {
         assert_eq!(mb.tsc_hz, 2_000_000_000);
         assert!(!mb.verify_finished());
         let p = mb.params();
-        assert_eq!((p.pattern, p.entropy, p.full_page, p.fill), (1, 2, true, true));
+        assert_eq!(
+            (p.pattern, p.entropy, p.full_page, p.fill),
+            (1, 2, true, true)
+        );
         assert_eq!(p.pack(), 0x3_0201);
     }
 

@@ -74,6 +74,9 @@ mod tests {
         assert_eq!(w(0), 0x1BAD_B002);
         assert_eq!(w(1), 0x0001_0002);
         assert_eq!(w(0).wrapping_add(w(1)).wrapping_add(w(2)), 0);
-        assert_eq!((w(3), w(4), w(5), w(6), w(7)), (0x10_0000, 0x10_0000, 0x10_6000, 0x10_B000, 0x10_0040));
+        assert_eq!(
+            (w(3), w(4), w(5), w(6), w(7)),
+            (0x10_0000, 0x10_0000, 0x10_6000, 0x10_B000, 0x10_0040)
+        );
     }
 }

@@ -64,7 +64,11 @@ fn emit_tag(
     a.xor(out, k)?;
     a.mov(k, SPLITMIX_GAMMA)?;
     a.add(out, k)?;
-    for (shift, mul) in [(30u32, Some(SPLITMIX_M1)), (27, Some(SPLITMIX_M2)), (31, None)] {
+    for (shift, mul) in [
+        (30u32, Some(SPLITMIX_M1)),
+        (27, Some(SPLITMIX_M2)),
+        (31, None),
+    ] {
         a.mov(tmp, out)?;
         a.shr(tmp, shift)?;
         a.xor(out, tmp)?;

@@ -1,0 +1,232 @@
+//! Boots generated images in QEMU and checks them against docs/GUEST-ABI.md: banner, heartbeats,
+//! mailbox counters, verification sweeps (driven through the GDB stub), the fill, pacing and the
+//! start-up RAM check. Needs `qemu-system-x86_64`; skips without it unless CI=true.
+
+mod qemu;
+
+use std::time::{Duration, Instant};
+
+use ferry_guest::mailbox::*;
+use ferry_guest::{build_image, expected_tag, Entropy, GuestConfig, Pattern, Rate, WriteSize};
+use qemu::{assert_consecutive, heartbeats_after_banner, qemu_available, serial_lock, Qemu};
+
+const BANNER: &str = "ferry-guest abi=1";
+const WAIT: Duration = Duration::from_secs(20);
+
+fn small(ws_mib: u64) -> GuestConfig {
+    GuestConfig {
+        memory: 64 << 20,
+        working_set: ws_mib << 20,
+        ..GuestConfig::default()
+    }
+}
+
+/// Requests a sweep and waits for its answer.
+fn verify(q: &mut Qemu, request: u64) -> Mailbox {
+    q.write_u64(MAILBOX_ADDR + OFF_VERIFY_REQUEST, request);
+    q.wait_mailbox(WAIT, |m| m.verify_done == request)
+        .filter(|m| m.verify_done == request)
+        .unwrap_or_else(|| panic!("sweep {request} never finished"))
+}
+
+#[test]
+fn boots_heartbeats_and_verifies() {
+    if !qemu_available() {
+        return;
+    }
+    let _lock = serial_lock();
+    let cfg = small(8);
+    let mut q = Qemu::boot("boot", &build_image(&cfg).expect("image"), 128);
+    let enough = |s: &[u8]| heartbeats_after_banner(s, BANNER).is_some_and(|h| h.len() >= 200);
+    assert!(
+        q.wait_serial(WAIT, enough),
+        "no banner + 200 heartbeats on serial ({} accel); stderr: {}",
+        q.accel,
+        q.stderr()
+    );
+    assert_consecutive(&heartbeats_after_banner(&q.serial(), BANNER).expect("banner"));
+
+    let m1 = q.mailbox().expect("mailbox magic set");
+    let t1 = Instant::now();
+    assert_eq!(m1.abi, ABI_VERSION);
+    assert_eq!(m1.state, STATE_RUNNING);
+    assert_eq!(m1.ws_pages, 2048);
+    assert_eq!(m1.ws_base, 4 << 20);
+    assert!(m1.tsc_hz > 0);
+    assert_eq!(m1.params().pattern, Pattern::Random.code());
+    assert!(m1.params().full_page);
+    std::thread::sleep(Duration::from_millis(300));
+    let m2 = q.mailbox().expect("mailbox");
+    let dt = t1.elapsed().as_secs_f64();
+    assert!(
+        m2.iterations > m1.iterations,
+        "iterations stuck at {}",
+        m1.iterations
+    );
+    assert!(m2.heartbeats > m1.heartbeats);
+    assert_eq!(m2.errors, 0, "self-check errors in the loop");
+    let hb_rate = (m2.heartbeats - m1.heartbeats) as f64 / dt;
+    eprintln!(
+        "accel {}: {:.0} page writes/s, {hb_rate:.0} heartbeats/s",
+        q.accel,
+        (m2.iterations - m1.iterations) as f64 / dt
+    );
+    if q.accel == "kvm" {
+        // Under KVM the TSC runs at the host's rate, so 1 ms heartbeats come at most ~1000/s;
+        // fewer when the vCPU thread is preempted (missed beats are skipped, never burst).
+        assert!((250.0..1100.0).contains(&hb_rate), "{hb_rate} heartbeats/s");
+    }
+
+    let v = verify(&mut q, 1);
+    assert_eq!((v.verify_errors, v.verify_pages), (0, 2048));
+    let v = verify(&mut q, 2);
+    assert_eq!((v.verify_errors, v.verify_pages), (0, 2048));
+    assert_eq!(v.errors, 0);
+    assert_eq!(v.state, STATE_RUNNING);
+    // The sweeps and the stops for memory writes must not have broken the heartbeat sequence.
+    assert_consecutive(&heartbeats_after_banner(&q.serial(), BANNER).expect("banner"));
+}
+
+#[test]
+fn fill_then_idle_and_detect_corruption() {
+    if !qemu_available() {
+        return;
+    }
+    let _lock = serial_lock();
+    let cfg = GuestConfig {
+        fill: true,
+        rate: Rate::PagesPerSec(0),
+        pattern: Pattern::Sequential,
+        entropy: Entropy::Text,
+        ..small(4)
+    };
+    let pages = 1024;
+    let mut q = Qemu::boot("fill", &build_image(&cfg).expect("image"), 128);
+    let m = q
+        .wait_mailbox(WAIT, |m| m.state == STATE_RUNNING)
+        .unwrap_or_else(|| panic!("guest never finished its fill; stderr: {}", q.stderr()));
+    assert_eq!(m.iterations, pages, "the fill writes every page once");
+    assert!(m.params().fill);
+    std::thread::sleep(Duration::from_millis(200));
+    let idle = q.mailbox().expect("mailbox");
+    assert_eq!(
+        idle.iterations, pages,
+        "rate 0 must not write after the fill"
+    );
+    assert!(
+        idle.heartbeats > m.heartbeats,
+        "heartbeats go on while idle"
+    );
+    assert_eq!(idle.errors, 0);
+
+    // Every page is at version 1 with its tag and text content.
+    let versions = q.read_mem(0x20_0000, pages as usize * 8);
+    assert!(versions.chunks_exact(8).all(|v| v == 1u64.to_le_bytes()));
+    let page = q.read_mem(m.ws_base + 3 * 4096, 4096);
+    let tag = u64::from_le_bytes(page[..8].try_into().expect("8 bytes"));
+    assert_eq!(tag, expected_tag(cfg.seed, 3, 1));
+    assert!(
+        page[8..].iter().all(|b| (b'a'..=b'p').contains(b)),
+        "text entropy bytes"
+    );
+
+    let v = verify(&mut q, 7);
+    assert_eq!((v.verify_errors, v.verify_pages), (0, pages));
+    q.write_u64(m.ws_base + 5 * 4096, 0xDEAD_BEEF);
+    q.write_u64(m.ws_base + 900 * 4096, 0);
+    let v = verify(&mut q, 8);
+    assert_eq!(
+        (v.verify_errors, v.verify_pages),
+        (2, pages),
+        "the sweep finds both bad pages"
+    );
+    assert_eq!(v.iterations, pages);
+}
+
+#[test]
+fn paced_hotcold_word_writes() {
+    if !qemu_available() {
+        return;
+    }
+    let _lock = serial_lock();
+    let cfg = GuestConfig {
+        pattern: Pattern::HotCold,
+        entropy: Entropy::Zero,
+        write_size: WriteSize::Word,
+        rate: Rate::PagesPerSec(2000),
+        ..small(8)
+    };
+    let mut q = Qemu::boot("paced", &build_image(&cfg).expect("image"), 128);
+    let m1 = q
+        .wait_mailbox(WAIT, |m| m.state == STATE_RUNNING && m.iterations > 0)
+        .unwrap_or_else(|| panic!("guest not running; stderr: {}", q.stderr()));
+    let t1 = Instant::now();
+    std::thread::sleep(Duration::from_millis(500));
+    let m2 = q.mailbox().expect("mailbox");
+    let rate = (m2.iterations - m1.iterations) as f64 / t1.elapsed().as_secs_f64();
+    assert_eq!(m2.errors, 0);
+    assert!(!m2.params().full_page);
+    if q.accel == "kvm" {
+        assert!(
+            (1000.0..3000.0).contains(&rate),
+            "paced at {rate} pages/s, want ~2000"
+        );
+    }
+    let v = verify(&mut q, 1);
+    assert_eq!((v.verify_errors, v.verify_pages), (0, 2048));
+}
+
+#[test]
+fn too_little_ram_exits_with_status_1() {
+    if !qemu_available() {
+        return;
+    }
+    let _lock = serial_lock();
+    let cfg = GuestConfig {
+        memory: 256 << 20,
+        working_set: 128 << 20,
+        ..GuestConfig::default()
+    };
+    let mut q = Qemu::boot("small-ram", &build_image(&cfg).expect("image"), 64);
+    // isa-debug-exit turns the byte 1 into exit status (1 << 1) | 1.
+    assert_eq!(q.wait_exit(WAIT), Some(3), "stderr: {}", q.stderr());
+    let serial = String::from_utf8_lossy(&q.serial()).into_owned();
+    assert!(serial.contains("RAM too small"), "serial: {serial:?}");
+}
+
+/// Not a check: measures the heartbeat's cost (run with `--ignored --nocapture`).
+#[test]
+#[ignore]
+fn measure_heartbeat_cost() {
+    if !qemu_available() {
+        return;
+    }
+    let _lock = serial_lock();
+    for (entropy, write_size) in [
+        (Entropy::Random, WriteSize::Page),
+        (Entropy::Random, WriteSize::Word),
+    ] {
+        for heartbeat_us in [1000, u32::MAX] {
+            let cfg = GuestConfig {
+                entropy,
+                write_size,
+                heartbeat_us,
+                ..small(8)
+            };
+            let mut q = Qemu::boot("cost", &build_image(&cfg).expect("image"), 128);
+            let m1 = q
+                .wait_mailbox(WAIT, |m| m.state == STATE_RUNNING && m.iterations > 0)
+                .expect("running");
+            let t1 = Instant::now();
+            std::thread::sleep(Duration::from_secs(3));
+            let m2 = q.mailbox().expect("mailbox");
+            let dt = t1.elapsed().as_secs_f64();
+            eprintln!(
+                "{} {entropy}/{write_size} heartbeat_us={heartbeat_us}: {:.0} writes/s, {:.0} heartbeats/s",
+                q.accel,
+                (m2.iterations - m1.iterations) as f64 / dt,
+                (m2.heartbeats - m1.heartbeats) as f64 / dt
+            );
+        }
+    }
+}
