@@ -430,3 +430,35 @@ fn xbzrle_sends_small_deltas_and_reset_forgets() {
     enc.disable_xbzrle();
     assert_eq!(enc.config().xbzrle_cache_bytes, 0);
 }
+
+#[test]
+fn dup_of_an_xbzrle_page_survives_a_rewrite_of_its_gfn() {
+    let a = vec![3u8; PAGE_SIZE];
+    let mut a2 = a.clone();
+    a2[10] = 4;
+    let b = vec![9u8; PAGE_SIZE];
+    let cfg = EncoderConfig {
+        xbzrle_cache_bytes: 1 << 20,
+        compression: Compression::Off,
+        ..EncoderConfig::default()
+    };
+    let mut enc = BatchEncoder::new(cfg);
+    let mut dec = BatchDecoder::new();
+    let mut dst = MemStore::new(4);
+    let mut out = Vec::new();
+    enc.encode(&[PageRef { gfn: 1, data: &a }], &mut out);
+    dec.decode(&out, &mut dst).unwrap();
+    // gfn 1 gets a delta, then is rewritten whole; gfn 2 copies gfn 1's *first* new version.
+    let pages = [
+        PageRef { gfn: 1, data: &a2 },
+        PageRef { gfn: 1, data: &b },
+        PageRef { gfn: 2, data: &a2 },
+    ];
+    out.clear();
+    let s = enc.encode(&pages, &mut out);
+    assert_eq!((s.xbzrle, s.normal, s.dup), (1, 1, 1));
+    let d = dec.decode(&out, &mut dst).unwrap();
+    assert_eq!((d.xbzrle, d.normal, d.dup), (1, 1, 1));
+    assert_eq!(dst.page(1), &b[..]);
+    assert_eq!(dst.page(2), &a2[..]);
+}

@@ -3,7 +3,7 @@
 use super::compress::Decompressors;
 use super::encoder::{TAG_DUP, TAG_NORMAL, TAG_XBZRLE, TAG_ZERO};
 use super::varint::{get_u64, unzigzag};
-use super::xbzrle::xbzrle_decode;
+use super::xbzrle::{xbzrle_check, xbzrle_decode};
 use super::{
     CodecError, CompressionUsed, PageStore, FORMAT_VERSION, HEADER_LEN, MAX_BATCH_PAGES, PAGE_SIZE,
     XBZRLE_MAX_DELTA,
@@ -28,24 +28,30 @@ pub struct DecodeStats {
     pub compression: CompressionUsed,
 }
 
+/// Marks a delta whose result no Dup refers to.
+const NO_SLOT: usize = usize::MAX;
+
 /// Where a page's decoded bytes come from once the payload is validated.
 #[derive(Debug, Clone, Copy)]
 enum Source {
     Zero,
     /// 4096 bytes at this offset of the data section.
     Data(usize),
-    /// Page reconstructed in scratch slot `slot` from the delta at `delta..delta + len`.
-    Xb {
-        slot: usize,
+    /// Xbzrle delta at `delta..delta + len` of the data section, applied in place to the store's
+    /// page; the result is also kept in scratch slot `keep` when a later Dup refers to it.
+    Delta {
         delta: usize,
         len: usize,
+        keep: usize,
     },
+    /// A Dup of an xbzrle page: the content kept in scratch slot `slot`. Copying from the source
+    /// gfn's store page instead would be wrong if a later page of the batch rewrote that gfn.
+    Kept(usize),
 }
 
 #[derive(Debug, Clone, Copy)]
 struct Entry {
     gfn: u64,
-    tag: u8,
     src: Source,
 }
 
@@ -54,8 +60,8 @@ pub struct BatchDecoder {
     decompressors: Decompressors,
     /// Decompressed data section (grows to at most `MAX_BATCH_PAGES * PAGE_SIZE`, never shrinks).
     data: Vec<u8>,
-    /// Xbzrle pages reconstructed before anything is written to the store.
-    xb: Vec<u8>,
+    /// Xbzrle results that a Dup copies.
+    kept: Vec<u8>,
     entries: Vec<Entry>,
 }
 
@@ -76,17 +82,18 @@ impl BatchDecoder {
         Self {
             decompressors: Decompressors::new(),
             data: Vec::new(),
-            xb: Vec::new(),
+            kept: Vec::new(),
             entries: Vec::with_capacity(MAX_BATCH_PAGES),
         }
     }
 
     /// Decodes `payload` and writes its pages into `store`.
     ///
-    /// The payload is parsed, decompressed and every xbzrle page reconstructed in scratch, and
-    /// every gfn is checked against the store, before the first page is written: a rejected
-    /// payload leaves the store untouched. Xbzrle deltas apply to the store's content as it was
-    /// before this call (see the precondition in the module docs).
+    /// The payload is parsed, decompressed, every xbzrle delta checked (a delta's validity does
+    /// not depend on page content) and every gfn checked against the store before the first page
+    /// is written: a rejected payload leaves the store untouched. Pages are then written in batch
+    /// order; an xbzrle delta applies in place to the store's current page (see the precondition
+    /// in the module docs).
     pub fn decode(
         &mut self,
         payload: &[u8],
@@ -95,7 +102,7 @@ impl BatchDecoder {
         let Self {
             decompressors,
             data: data_buf,
-            xb,
+            kept,
             entries,
         } = self;
 
@@ -157,7 +164,7 @@ impl BatchDecoder {
         };
         let mut pos = 0;
         let mut data_off = 0;
-        let mut xb_slots = 0;
+        let mut kept_slots = 0;
         let mut prev_gfn = u64::MAX;
         for index in 0..count {
             let bad = |what| CodecError::BadEncoding { index, what };
@@ -186,10 +193,19 @@ impl BatchDecoder {
                 TAG_DUP => {
                     let src = get_u64(desc, &mut pos).ok_or_else(|| bad("bad dup varint"))?;
                     let earlier = entries
-                        .get(usize::try_from(src).unwrap_or(usize::MAX))
+                        .get_mut(usize::try_from(src).unwrap_or(usize::MAX))
                         .ok_or_else(|| bad("dup of a page not earlier in the batch"))?;
                     stats.dup += 1;
-                    earlier.src
+                    match &mut earlier.src {
+                        Source::Delta { keep, .. } => {
+                            if *keep == NO_SLOT {
+                                *keep = kept_slots;
+                                kept_slots += 1;
+                            }
+                            Source::Kept(*keep)
+                        }
+                        other => *other,
+                    }
                 }
                 TAG_XBZRLE => {
                     let len = get_u64(desc, &mut pos).ok_or_else(|| bad("bad delta varint"))?;
@@ -200,19 +216,21 @@ impl BatchDecoder {
                     if data.len() - data_off < len {
                         return Err(bad("data section too short for an xbzrle delta"));
                     }
-                    let src = Source::Xb {
-                        slot: xb_slots,
+                    if !xbzrle_check(&data[data_off..data_off + len], PAGE_SIZE) {
+                        return Err(CodecError::XbzrleOverflow { index });
+                    }
+                    let src = Source::Delta {
                         delta: data_off,
                         len,
+                        keep: NO_SLOT,
                     };
                     data_off += len;
-                    xb_slots += 1;
                     stats.xbzrle += 1;
                     src
                 }
                 _ => return Err(bad("unknown page tag")),
             };
-            entries.push(Entry { gfn, tag, src });
+            entries.push(Entry { gfn, src });
         }
         if pos != desc.len() {
             return Err(CodecError::BadLength(
@@ -223,29 +241,31 @@ impl BatchDecoder {
             return Err(CodecError::BadLength("unused bytes in data section"));
         }
 
-        // Check every gfn and rebuild xbzrle pages, still without writing the store.
-        if xb.len() < xb_slots * PAGE_SIZE {
-            xb.resize(xb_slots * PAGE_SIZE, 0);
+        // Every gfn must exist before anything is written.
+        for e in entries.iter() {
+            store_page(store, e.gfn)?;
         }
-        for (index, e) in entries.iter().enumerate() {
-            let page = store_page(store, e.gfn)?;
-            if let (TAG_XBZRLE, Source::Xb { slot, delta, len }) = (e.tag, e.src) {
-                let scratch = &mut xb[slot * PAGE_SIZE..(slot + 1) * PAGE_SIZE];
-                scratch.copy_from_slice(page);
-                if !xbzrle_decode(&data[delta..delta + len], scratch) {
-                    return Err(CodecError::XbzrleOverflow { index });
-                }
-            }
+        if kept.len() < kept_slots * PAGE_SIZE {
+            kept.resize(kept_slots * PAGE_SIZE, 0);
         }
 
-        // Everything checked: apply.
-        for e in entries.iter() {
+        // Everything checked: apply in batch order.
+        for (index, e) in entries.iter().enumerate() {
             let page = store_page(store, e.gfn)?;
             match e.src {
                 Source::Zero => page.fill(0),
                 Source::Data(off) => page.copy_from_slice(&data[off..off + PAGE_SIZE]),
-                Source::Xb { slot, .. } => {
-                    page.copy_from_slice(&xb[slot * PAGE_SIZE..(slot + 1) * PAGE_SIZE])
+                Source::Delta { delta, len, keep } => {
+                    // Cannot fail: the same walk accepted this delta above.
+                    if !xbzrle_decode(&data[delta..delta + len], page) {
+                        return Err(CodecError::XbzrleOverflow { index });
+                    }
+                    if keep != NO_SLOT {
+                        kept[keep * PAGE_SIZE..(keep + 1) * PAGE_SIZE].copy_from_slice(page);
+                    }
+                }
+                Source::Kept(slot) => {
+                    page.copy_from_slice(&kept[slot * PAGE_SIZE..(slot + 1) * PAGE_SIZE])
                 }
             }
         }

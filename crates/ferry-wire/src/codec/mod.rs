@@ -69,7 +69,7 @@ use std::str::FromStr;
 pub use adaptive::{AdaptiveDecision, AdaptivePolicy, AdaptiveState, CompressionSample};
 pub use decoder::{BatchDecoder, DecodeStats};
 pub use encoder::{BatchEncoder, BatchStats};
-pub use xbzrle::{xbzrle_decode, xbzrle_encode};
+pub use xbzrle::{xbzrle_check, xbzrle_decode, xbzrle_encode};
 pub use zero::is_zero_page;
 
 /// Size of one guest page in bytes.

@@ -67,8 +67,24 @@ pub fn xbzrle_encode(old: &[u8], new: &[u8], out: &mut [u8]) -> Option<usize> {
 
 /// Applies a delta produced by [`xbzrle_encode`] to `page` in place. `false` (leaving `page`
 /// partly modified) if the delta is malformed: truncated, a zero-length run where QEMU's format
-/// forbids one, or a run past the end of the page.
+/// forbids one, or a run past the end of the page. [`xbzrle_check`] gives the same verdict
+/// without touching a page.
 pub fn xbzrle_decode(delta: &[u8], page: &mut [u8]) -> bool {
+    walk(delta, page.len(), |at, bytes| {
+        page[at..at + bytes.len()].copy_from_slice(bytes)
+    })
+}
+
+/// Whether `delta` would apply cleanly to a page of `page_len` bytes (the validity of a delta
+/// depends only on its structure, never on the page content).
+pub fn xbzrle_check(delta: &[u8], page_len: usize) -> bool {
+    walk(delta, page_len, |_, _| {})
+}
+
+/// Parses `delta`, calling `write(offset, bytes)` for each changed run; `false` if malformed.
+/// Every run handed to `write` lies within `0..page_len`.
+#[inline]
+fn walk(delta: &[u8], page_len: usize, mut write: impl FnMut(usize, &[u8])) -> bool {
     let mut i = 0;
     let mut d: usize = 0;
     let mut first = true;
@@ -88,7 +104,7 @@ pub fn xbzrle_decode(delta: &[u8], page: &mut [u8]) -> bool {
             return false;
         }
         // Both runs are bounded by the page length before any usize arithmetic, so nothing wraps.
-        let room = (page.len() - d) as u64;
+        let room = (page_len - d) as u64;
         if zrun > room || nzrun > room - zrun {
             return false;
         }
@@ -97,7 +113,7 @@ pub fn xbzrle_decode(delta: &[u8], page: &mut [u8]) -> bool {
         let Some(src) = delta.get(i..i + len) else {
             return false;
         };
-        page[d..d + len].copy_from_slice(src);
+        write(d, src);
         d += len;
         i += len;
     }
@@ -248,7 +264,16 @@ mod tests {
         huge.push(0x01);
         huge.extend_from_slice(&[1, 1]);
         assert!(!xbzrle_decode(&huge, &mut page));
+        for bad in [
+            &[0u8, 0][..],
+            &[0, 1, 9, 0, 1, 9],
+            &[0xff, 0x1f, 2, 1, 1],
+            &[0x80],
+        ] {
+            assert!(!xbzrle_check(bad, PAGE_SIZE));
+        }
         // Exactly to the end is fine.
+        assert!(xbzrle_check(&[0xff, 0x1f, 1, 42], PAGE_SIZE));
         assert!(xbzrle_decode(&[0xff, 0x1f, 1, 42], &mut page));
         assert_eq!(page[4095], 42);
     }
