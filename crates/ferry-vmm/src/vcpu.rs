@@ -32,6 +32,8 @@ pub enum ExitReason {
 #[derive(Debug, Default)]
 pub(crate) struct RunControl {
     pause: AtomicBool,
+    /// Percent of time the vCPUs sit out (auto-converge), applied at each VM exit.
+    pub(crate) throttle: std::sync::atomic::AtomicU8,
     exit: Mutex<Option<ExitReason>>,
     exit_cv: Condvar,
 }
@@ -164,10 +166,12 @@ impl RunControl {
 fn run_until_paused(fd: &mut VcpuFd, bus: &PortBus, ctl: &RunControl) {
     let run_ptr: *mut kvm_run = fd.get_kvm_run();
     KVM_RUN.with(|r| r.set(run_ptr));
+    let mut slice_start = std::time::Instant::now();
     loop {
         if ctl.pause.load(Ordering::SeqCst) {
             break;
         }
+        throttle(ctl.throttle.load(Ordering::Relaxed), &mut slice_start);
         match fd.run() {
             Ok(VcpuExit::IoOut(port, data)) => match bus.write(port, data) {
                 PortAction::None => {}
@@ -188,4 +192,21 @@ fn run_until_paused(fd: &mut VcpuFd, bus: &PortBus, ctl: &RunControl) {
     }
     KVM_RUN.with(|r| r.set(std::ptr::null_mut()));
     fd.set_kvm_immediate_exit(0);
+}
+
+/// Time slice over which throttling is applied.
+const THROTTLE_SLICE: Duration = Duration::from_millis(10);
+
+/// Sleeps away `percent` of each slice. Applied at VM exits, so it bites as often as the guest exits
+/// (ferry's guests exit at every heartbeat, 1 kHz by default).
+fn throttle(percent: u8, slice_start: &mut std::time::Instant) {
+    if percent == 0 {
+        return;
+    }
+    let pct = u32::from(percent.min(99));
+    let run_for = THROTTLE_SLICE * (100 - pct) / 100;
+    if slice_start.elapsed() >= run_for {
+        std::thread::sleep(THROTTLE_SLICE * pct / 100);
+        *slice_start = std::time::Instant::now();
+    }
 }

@@ -161,6 +161,16 @@ impl Vm {
             .unwrap_or_default()
     }
 
+    /// Number of vCPUs.
+    pub fn vcpu_count(&self) -> u8 {
+        self.vcpus.len() as u8
+    }
+
+    /// Makes the vCPUs sit out `percent` of their time (auto-converge); 0 turns it off.
+    pub fn set_throttle_percent(&self, percent: u8) {
+        self.ctl.throttle.store(percent.min(99), std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Whether the vCPUs are running.
     pub fn is_running(&self) -> bool {
         self.running

@@ -1,0 +1,201 @@
+//! A framed, CRC-checked, sequence-checked connection; the only place the engine touches sockets.
+
+use std::io::{IoSlice, Read, Write};
+use std::net::TcpStream;
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+use ferry_wire::{encode_header, FrameHeader, FrameType, WireError, HEADER_LEN};
+
+use crate::MigrateError;
+
+/// A byte stream a migration can run over.
+#[derive(Debug)]
+pub enum Stream {
+    /// TCP.
+    Tcp(TcpStream),
+    /// A Unix socket (same host).
+    Unix(UnixStream),
+}
+
+impl Stream {
+    /// A second handle on the same connection (one thread reads while another writes).
+    pub fn try_clone(&self) -> std::io::Result<Stream> {
+        Ok(match self {
+            Stream::Tcp(s) => Stream::Tcp(s.try_clone()?),
+            Stream::Unix(s) => Stream::Unix(s.try_clone()?),
+        })
+    }
+
+    /// How long a read may block before the peer counts as gone.
+    pub fn set_read_timeout(&self, t: Option<Duration>) -> std::io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.set_read_timeout(t),
+            Stream::Unix(s) => s.set_read_timeout(t),
+        }
+    }
+
+    /// How long a write may block before the peer counts as gone.
+    pub fn set_write_timeout(&self, t: Option<Duration>) -> std::io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.set_write_timeout(t),
+            Stream::Unix(s) => s.set_write_timeout(t),
+        }
+    }
+
+    /// Closes both directions (wakes a thread blocked reading the other handle).
+    pub fn shutdown(&self) {
+        let _ = match self {
+            Stream::Tcp(s) => s.shutdown(std::net::Shutdown::Both),
+            Stream::Unix(s) => s.shutdown(std::net::Shutdown::Both),
+        };
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.read(buf),
+            Stream::Unix(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.write(buf),
+            Stream::Unix(s) => s.write(buf),
+        }
+    }
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> std::io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.write_vectored(bufs),
+            Stream::Unix(s) => s.write_vectored(bufs),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Sending half of a channel.
+#[derive(Debug)]
+pub struct FrameWriter {
+    stream: Stream,
+    key: u32,
+    seq: u32,
+    /// Bytes written, headers included.
+    pub bytes: u64,
+}
+
+/// Receiving half of a channel, with a reusable payload buffer.
+#[derive(Debug)]
+pub struct FrameReader {
+    stream: Stream,
+    key: u32,
+    seq: u32,
+    buf: Vec<u8>,
+    /// Bytes read, headers included.
+    pub bytes: u64,
+}
+
+/// Splits a connection into framed halves keyed by `key` (0 until the handshake sets the key).
+pub fn split(stream: Stream, key: u32) -> Result<(FrameReader, FrameWriter), MigrateError> {
+    let w = stream.try_clone().map_err(MigrateError::io("cannot clone socket"))?;
+    Ok((
+        FrameReader { stream, key, seq: 0, buf: Vec::new(), bytes: 0 },
+        FrameWriter { stream: w, key, seq: 0, bytes: 0 },
+    ))
+}
+
+impl FrameWriter {
+    /// Sends one frame.
+    pub fn send(&mut self, kind: FrameType, flags: u8, payload: &[u8]) -> Result<(), MigrateError> {
+        let h = encode_header(kind, flags, self.seq, payload, self.key)?;
+        write_all_vectored(&mut self.stream, &h, payload).map_err(|e| match e.kind() {
+            std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset => MigrateError::PeerClosed("sending"),
+            _ => MigrateError::Io { context: format!("sending {kind:?} frame"), source: e },
+        })?;
+        self.seq = self.seq.wrapping_add(1);
+        self.bytes += (HEADER_LEN + payload.len()) as u64;
+        Ok(())
+    }
+
+    /// Switches to the migration's channel key (after the handshake frames).
+    pub fn set_key(&mut self, key: u32) {
+        self.key = key;
+    }
+
+    /// The underlying stream.
+    pub fn stream(&self) -> &Stream {
+        &self.stream
+    }
+}
+
+fn write_all_vectored(s: &mut Stream, mut head: &[u8], mut body: &[u8]) -> std::io::Result<()> {
+    while !head.is_empty() || !body.is_empty() {
+        let n = s.write_vectored(&[IoSlice::new(head), IoSlice::new(body)])?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        let from_head = n.min(head.len());
+        head = &head[from_head..];
+        body = &body[n - from_head..];
+    }
+    Ok(())
+}
+
+impl FrameReader {
+    /// Receives one frame; the payload is valid until the next call. `during` names the phase for errors.
+    pub fn recv(&mut self, during: &'static str) -> Result<(FrameHeader, &[u8]), MigrateError> {
+        let mut raw = [0u8; HEADER_LEN];
+        read_exact(&mut self.stream, &mut raw, during)?;
+        let h = FrameHeader::parse(&raw)?;
+        self.buf.resize(h.len as usize, 0);
+        read_exact(&mut self.stream, &mut self.buf, during)?;
+        h.verify(&raw, &self.buf, self.key, self.seq)?;
+        self.seq = self.seq.wrapping_add(1);
+        self.bytes += (HEADER_LEN + self.buf.len()) as u64;
+        if h.kind == FrameType::Abort {
+            let reason = ferry_wire::message::decode_reason(&self.buf).unwrap_or_else(|_| "no reason given".into());
+            return Err(MigrateError::PeerAborted(reason));
+        }
+        Ok((h, &self.buf))
+    }
+
+    /// Receives a frame that must be of type `want`.
+    pub fn expect(&mut self, want: FrameType, during: &'static str) -> Result<&[u8], MigrateError> {
+        let (h, p) = self.recv(during)?;
+        if h.kind != want {
+            return Err(MigrateError::Unexpected { got: h.kind, during });
+        }
+        Ok(p)
+    }
+
+    /// Switches to the migration's channel key.
+    pub fn set_key(&mut self, key: u32) {
+        self.key = key;
+    }
+
+    /// The underlying stream.
+    pub fn stream(&self) -> &Stream {
+        &self.stream
+    }
+}
+
+fn read_exact(s: &mut Stream, buf: &mut [u8], during: &'static str) -> Result<(), MigrateError> {
+    s.read_exact(buf).map_err(|e| match e.kind() {
+        std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset => MigrateError::PeerClosed(during),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => MigrateError::Io {
+            context: format!("peer silent too long during {during}"),
+            source: e,
+        },
+        _ => MigrateError::Io { context: format!("reading during {during}"), source: e },
+    })
+}
+
+/// Maps a wire error (for callers that only have a [`WireError`]).
+pub fn wire(e: WireError) -> MigrateError {
+    MigrateError::Wire(e)
+}

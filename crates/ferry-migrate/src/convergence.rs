@@ -1,0 +1,133 @@
+//! When to stop copying live and switch over: plain functions of what the rounds measured, so the
+//! engine, the planner and the simulator all apply the same rule.
+
+use std::time::Duration;
+
+use crate::report::RoundStats;
+
+/// Knobs of the convergence rule.
+#[derive(Clone, Copy, Debug)]
+pub struct ConvergenceConfig {
+    /// Largest pause we aim for.
+    pub downtime_target: Duration,
+    /// Live rounds at most before switching over anyway.
+    pub max_rounds: u32,
+    /// Whether throttling the guest is allowed.
+    pub auto_converge: bool,
+    /// Whether switching to post-copy is allowed when pre-copy does not converge.
+    pub postcopy_fallback: bool,
+}
+
+/// What to do after a round.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Decision {
+    /// Another live round.
+    Continue,
+    /// Throttle the guest to this percent and continue.
+    Throttle(u8),
+    /// Pause and send the rest: predicted pause fits the target (or we gave up waiting).
+    SwitchOver,
+    /// Resume on the destination now and let pages follow.
+    Postcopy,
+}
+
+/// Predicted pause if we switched over now with `remaining` dirty pages at `bandwidth` bytes/s.
+pub fn predicted_downtime(remaining_pages: u64, bytes_per_page: f64, bandwidth: f64) -> Duration {
+    if bandwidth <= 0.0 {
+        return Duration::MAX;
+    }
+    Duration::from_secs_f64(remaining_pages as f64 * bytes_per_page / bandwidth)
+}
+
+/// Rounds "stop shrinking" when the last `window` rounds did not cut the dirty set by 10%.
+fn stalled(rounds: &[RoundStats], window: usize) -> bool {
+    if rounds.len() < window + 1 {
+        return false;
+    }
+    let recent = &rounds[rounds.len() - window - 1..];
+    recent.windows(2).all(|w| w[1].dirtied as f64 > 0.9 * w[0].dirtied as f64)
+}
+
+/// Decides the next step from the rounds so far and the pages now dirty.
+pub fn decide(cfg: &ConvergenceConfig, rounds: &[RoundStats], remaining_pages: u64, throttle: u8) -> Decision {
+    let Some(last) = rounds.last() else {
+        return Decision::Continue;
+    };
+    let bytes_per_page = if last.pages > 0 { last.bytes as f64 / last.pages as f64 } else { 4096.0 };
+    // Bandwidth: best of the recent rounds (a short round under-measures).
+    let bw = rounds.iter().rev().take(3).map(RoundStats::bandwidth).fold(0.0, f64::max);
+    if predicted_downtime(remaining_pages, bytes_per_page, bw) <= cfg.downtime_target {
+        return Decision::SwitchOver;
+    }
+    let live_rounds = rounds.len() as u32;
+    if stalled(rounds, 2) || live_rounds >= cfg.max_rounds {
+        if cfg.postcopy_fallback {
+            return Decision::Postcopy;
+        }
+        if cfg.auto_converge && throttle < 99 && live_rounds < cfg.max_rounds * 4 {
+            return Decision::Throttle(next_throttle(throttle));
+        }
+        if live_rounds >= cfg.max_rounds {
+            return Decision::SwitchOver;
+        }
+    }
+    Decision::Continue
+}
+
+/// QEMU-like stepping: start at 20%, add 10% per stalled round, cap at 99%.
+pub fn next_throttle(current: u8) -> u8 {
+    if current == 0 {
+        20
+    } else {
+        (current + 10).min(99)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round(pages: u64, dirtied: u64) -> RoundStats {
+        RoundStats { round: 0, pages, bytes: pages * 4096, seconds: pages as f64 * 4096.0 / 1e9, dirtied }
+    }
+
+    fn cfg() -> ConvergenceConfig {
+        ConvergenceConfig {
+            downtime_target: Duration::from_millis(10),
+            max_rounds: 30,
+            auto_converge: false,
+            postcopy_fallback: false,
+        }
+    }
+
+    #[test]
+    fn switches_over_when_the_rest_fits_the_target() {
+        // 1 GB/s: 10 ms is about 2441 pages.
+        let r = [round(262_144, 1000)];
+        assert_eq!(decide(&cfg(), &r, 1000, 0), Decision::SwitchOver);
+        assert_eq!(decide(&cfg(), &r, 100_000, 0), Decision::Continue);
+    }
+
+    #[test]
+    fn non_converging_guest_falls_back() {
+        let r = [round(262_144, 131_072), round(131_072, 131_072), round(131_072, 131_072)];
+        assert_eq!(decide(&cfg(), &r, 131_072, 0), Decision::Continue);
+        let pc = ConvergenceConfig { postcopy_fallback: true, ..cfg() };
+        assert_eq!(decide(&pc, &r, 131_072, 0), Decision::Postcopy);
+        let ac = ConvergenceConfig { auto_converge: true, ..cfg() };
+        assert_eq!(decide(&ac, &r, 131_072, 0), Decision::Throttle(20));
+        assert_eq!(decide(&ac, &r, 131_072, 20), Decision::Throttle(30));
+    }
+
+    #[test]
+    fn round_limit_forces_switch_over() {
+        let c = ConvergenceConfig { max_rounds: 2, ..cfg() };
+        let r = [round(1000, 900), round(900, 500)];
+        assert_eq!(decide(&c, &r, 100_000, 0), Decision::SwitchOver);
+    }
+
+    #[test]
+    fn no_bandwidth_means_infinite_downtime() {
+        assert_eq!(predicted_downtime(10, 4096.0, 0.0), Duration::MAX);
+    }
+}

@@ -1,0 +1,56 @@
+//! RAM digests: one xxh3 hash per page, combined into one 128-bit digest.
+//!
+//! The destination keeps per-page hashes as pages land, so its digest at switch-over costs a pass
+//! over 8 bytes per page instead of over all of RAM; the source hashes its frozen RAM after the
+//! destination runs, off the downtime path.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use xxhash_rust::xxh3::{xxh3_128, xxh3_64};
+
+use crate::memory::GuestMemory;
+
+/// Per-page hashes, updatable from several threads (each owns distinct pages).
+pub struct PageHashes {
+    hashes: Vec<AtomicU64>,
+}
+
+impl PageHashes {
+    /// Hashes for `pages` pages, all initialised to the hash of a zero page (fresh RAM).
+    pub fn new(pages: u64) -> Self {
+        let zero = xxh3_64(&[0u8; ferry_vmm::PAGE_SIZE]);
+        Self { hashes: (0..pages).map(|_| AtomicU64::new(zero)).collect() }
+    }
+
+    /// Records page `index`'s content.
+    pub fn set(&self, index: u64, page: &[u8]) {
+        if let Some(h) = self.hashes.get(index as usize) {
+            h.store(xxh3_64(page), Ordering::Relaxed);
+        }
+    }
+
+    /// The combined digest.
+    pub fn digest(&self) -> [u8; 16] {
+        let mut bytes = Vec::with_capacity(self.hashes.len() * 8);
+        for h in &self.hashes {
+            bytes.extend_from_slice(&h.load(Ordering::Relaxed).to_le_bytes());
+        }
+        xxh3_128(&bytes).to_le_bytes()
+    }
+}
+
+/// Digest of all of `mem` as it is now (the caller keeps it from changing).
+pub fn digest_memory(mem: &dyn GuestMemory) -> [u8; 16] {
+    let mut page = vec![0u8; ferry_vmm::PAGE_SIZE];
+    let mut bytes = Vec::with_capacity(mem.pages() as usize * 8);
+    for p in 0..mem.pages() {
+        mem.read_page(p, &mut page);
+        bytes.extend_from_slice(&xxh3_64(&page).to_le_bytes());
+    }
+    xxh3_128(&bytes).to_le_bytes()
+}
+
+/// Hex form of a digest, for reports.
+pub fn hex(d: &[u8; 16]) -> String {
+    d.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,102 @@
+//! The real VM behind the engine's traits.
+
+use std::sync::Arc;
+
+use ferry_vmm::devices::{Console, HeartbeatLog};
+use ferry_vmm::dirty::DirtyBitmap;
+use ferry_vmm::state::VmState;
+use ferry_vmm::Vm;
+use ferry_wire::message::VmConfig;
+
+use crate::memory::GuestMemory;
+use crate::vm::{GuestObserved, MigrationSink, MigrationSource, SinkFactory};
+use crate::MigrateError;
+
+impl MigrationSource for Vm {
+    fn memory(&self) -> Arc<dyn GuestMemory> {
+        self.ram().clone()
+    }
+    fn vcpus(&self) -> u8 {
+        self.vcpu_count()
+    }
+    fn start_dirty_log(&mut self) -> Result<(), MigrateError> {
+        self.set_dirty_logging(true)?;
+        let mut scratch = DirtyBitmap::new(self.ram().pages());
+        self.collect_dirty(&mut scratch)?; // forget writes from before tracking started
+        Ok(())
+    }
+    fn collect_dirty(&mut self, into: &mut DirtyBitmap) -> Result<(), MigrateError> {
+        Ok(Vm::collect_dirty(self, into)?)
+    }
+    fn stop_dirty_log(&mut self) -> Result<(), MigrateError> {
+        Ok(self.set_dirty_logging(false)?)
+    }
+    fn pause(&mut self) -> Result<(), MigrateError> {
+        Ok(Vm::pause(self)?)
+    }
+    fn resume(&mut self) -> Result<(), MigrateError> {
+        Ok(Vm::resume(self)?)
+    }
+    fn set_throttle(&mut self, percent: u8) -> Result<(), MigrateError> {
+        self.set_throttle_percent(percent);
+        Ok(())
+    }
+    fn save_state(&mut self) -> Result<Vec<u8>, MigrateError> {
+        let state = Vm::save_state(self)?;
+        bincode::serialize(&state).map_err(|e| MigrateError::State(e.to_string()))
+    }
+}
+
+/// A KVM VM under construction on the destination.
+pub struct KvmSink {
+    /// The VM (paused until the source commits).
+    pub vm: Vm,
+}
+
+impl MigrationSink for KvmSink {
+    fn memory(&self) -> Arc<dyn GuestMemory> {
+        self.vm.ram().clone()
+    }
+    fn restore_state(&mut self, state: &[u8]) -> Result<(), MigrateError> {
+        let state: VmState = bincode::deserialize(state).map_err(|e| MigrateError::State(e.to_string()))?;
+        self.vm.restore_state(&state)?;
+        self.vm.continue_heartbeats(state.heartbeat);
+        Ok(())
+    }
+    fn resume(&mut self) -> Result<(), MigrateError> {
+        Ok(self.vm.resume()?)
+    }
+    fn guest_observed(&self) -> Option<GuestObserved> {
+        let log = self.vm.heartbeats();
+        let log = log.lock().ok()?;
+        Some(GuestObserved { gap_ns: log.arrival_gap_ns?, sequence_continues: log.arrival_seq_ok? })
+    }
+}
+
+/// Creates KVM VMs for incoming migrations, with the console wired as the user asked.
+pub struct KvmSinkFactory {
+    /// Makes the console of the VM (called once per incoming VM).
+    pub console: Box<dyn FnMut() -> Console + Send>,
+    /// Fault all of RAM in ahead of the incoming pages (first-touch faults are slow here).
+    pub prefault: bool,
+}
+
+impl SinkFactory for KvmSinkFactory {
+    type Sink = KvmSink;
+    fn create(&mut self, cfg: &VmConfig) -> Result<KvmSink, MigrateError> {
+        let console = (self.console)();
+        let vm = Vm::new(ferry_vmm::VmConfig { memory: cfg.memory, vcpus: cfg.vcpus }, console)?;
+        if self.prefault {
+            let ram = vm.ram().clone();
+            // Off the receive thread: populating 1 GiB takes about half a second here.
+            std::thread::spawn(move || ram.populate());
+        }
+        Ok(KvmSink { vm })
+    }
+}
+
+impl Default for KvmSinkFactory {
+    fn default() -> Self {
+        Self { console: Box::new(|| Console::new(None, false, HeartbeatLog::default())), prefault: true }
+    }
+}

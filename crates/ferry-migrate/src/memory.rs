@@ -1,0 +1,77 @@
+//! Guest memory as the engine sees it: numbered 4 KiB pages.
+
+use std::sync::Arc;
+
+use ferry_vmm::{GuestRam, PAGE_SIZE};
+use ferry_wire::codec::{CodecError, PageStore};
+
+use crate::digest::PageHashes;
+
+/// Page-granular access to a VM's RAM, shareable between sender or receiver threads.
+pub trait GuestMemory: Send + Sync {
+    /// Number of 4 KiB pages.
+    fn pages(&self) -> u64;
+    /// Copies page `index` into `buf` (one page long).
+    fn read_page(&self, index: u64, buf: &mut [u8]);
+    /// A mutable view of page `index`.
+    ///
+    /// # Safety
+    /// The caller must be the only one touching this page while the slice lives: the guest is not
+    /// running and no other thread has the same page (the engine shards pages across channels so
+    /// that a page always travels on the same channel).
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn page_mut(&self, index: u64) -> &mut [u8];
+}
+
+impl GuestMemory for GuestRam {
+    fn pages(&self) -> u64 {
+        GuestRam::pages(self)
+    }
+    fn read_page(&self, index: u64, buf: &mut [u8]) {
+        GuestRam::read_page(self, index, buf)
+    }
+    unsafe fn page_mut(&self, index: u64) -> &mut [u8] {
+        assert!(index < GuestRam::pages(self));
+        // SAFETY: the page lies inside the live mapping (checked above); exclusivity is the caller's
+        // contract, stated on the trait method.
+        unsafe { std::slice::from_raw_parts_mut(self.host_base().add(index as usize * PAGE_SIZE), PAGE_SIZE) }
+    }
+}
+
+/// The decoder's view of a destination's RAM for one channel: checks page numbers and records which
+/// pages a batch wrote so their hashes can be updated after it is applied.
+pub struct RamStore {
+    mem: Arc<dyn GuestMemory>,
+    touched: Vec<u64>,
+}
+
+impl RamStore {
+    /// A store over `mem`.
+    pub fn new(mem: Arc<dyn GuestMemory>) -> Self {
+        Self { mem, touched: Vec::with_capacity(1024) }
+    }
+
+    /// Hashes the pages the last batch wrote into `hashes`, then forgets them.
+    pub fn record_hashes(&mut self, hashes: Option<&PageHashes>) {
+        if let Some(h) = hashes {
+            for &p in &self.touched {
+                // SAFETY: this channel just wrote page `p` and owns it (sharding); the guest is not
+                // running while pages are applied through this store.
+                h.set(p, unsafe { self.mem.page_mut(p) });
+            }
+        }
+        self.touched.clear();
+    }
+}
+
+impl PageStore for RamStore {
+    fn page_mut(&mut self, gfn: u64) -> Result<&mut [u8], CodecError> {
+        if gfn >= self.mem.pages() {
+            return Err(CodecError::GfnOutOfRange(gfn));
+        }
+        self.touched.push(gfn);
+        // SAFETY: the receive engine gives each channel a disjoint set of pages (pages are sharded by
+        // number) and applies pages only while the destination guest is not running.
+        Ok(unsafe { self.mem.page_mut(gfn) })
+    }
+}

@@ -1,0 +1,176 @@
+//! What a migration tells the world: progress events while it runs, a report when it ends.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::vm::GuestObserved;
+
+/// How to move the VM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Strategy {
+    /// Pause, copy everything, resume on the destination.
+    StopAndCopy,
+    /// Copy while running, re-send dirtied pages in rounds, pause for the last few.
+    Precopy,
+    /// Resume on the destination at once; pages follow on demand and in the background.
+    Postcopy,
+    /// A few pre-copy rounds, then post-copy.
+    Hybrid,
+    /// Pick and adapt from measured dirty rate and bandwidth.
+    Auto,
+}
+
+impl Strategy {
+    /// Wire code (informational in the VmConfig frame).
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+}
+
+impl FromStr for Strategy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "stop-and-copy" | "stopcopy" => Strategy::StopAndCopy,
+            "precopy" | "pre-copy" => Strategy::Precopy,
+            "postcopy" | "post-copy" => Strategy::Postcopy,
+            "hybrid" => Strategy::Hybrid,
+            "auto" => Strategy::Auto,
+            other => {
+                return Err(format!("unknown strategy '{other}' (expected stop-and-copy, precopy, postcopy, hybrid or auto)"))
+            }
+        })
+    }
+}
+
+impl fmt::Display for Strategy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Strategy::StopAndCopy => "stop-and-copy",
+            Strategy::Precopy => "precopy",
+            Strategy::Postcopy => "postcopy",
+            Strategy::Hybrid => "hybrid",
+            Strategy::Auto => "auto",
+        })
+    }
+}
+
+/// Where a migration is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Phase {
+    /// Connecting and negotiating.
+    Handshake,
+    /// Copying RAM while the guest runs.
+    LiveCopy,
+    /// Guest paused; last pages and state in flight.
+    SwitchOver,
+    /// Guest runs on the destination; remaining pages follow.
+    Postcopy,
+    /// Checking the RAM digest.
+    Verify,
+    /// Finished.
+    Done,
+}
+
+/// Statistics of one round of copying.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RoundStats {
+    /// Round number (0 = the bulk copy of all RAM).
+    pub round: u32,
+    /// Pages sent in the round.
+    pub pages: u64,
+    /// Bytes put on the wire.
+    pub bytes: u64,
+    /// Wall time of the round in seconds.
+    pub seconds: f64,
+    /// Pages the guest dirtied while the round ran.
+    pub dirtied: u64,
+}
+
+impl RoundStats {
+    /// Wire throughput of the round in bytes/s.
+    pub fn bandwidth(&self) -> f64 {
+        if self.seconds > 0.0 {
+            self.bytes as f64 / self.seconds
+        } else {
+            0.0
+        }
+    }
+
+    /// Rate at which the guest dirtied pages during the round, pages/s.
+    pub fn dirty_rate(&self) -> f64 {
+        if self.seconds > 0.0 {
+            self.dirtied as f64 / self.seconds
+        } else {
+            0.0
+        }
+    }
+}
+
+/// A progress event.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "kebab-case")]
+pub enum Event {
+    /// A new phase began.
+    Phase {
+        /// The phase.
+        phase: Phase,
+    },
+    /// Copy progress within a round.
+    Progress {
+        /// Round number.
+        round: u32,
+        /// Pages of the round done.
+        done: u64,
+        /// Pages in the round.
+        total: u64,
+        /// Bytes sent so far in the migration.
+        bytes: u64,
+    },
+    /// A round finished.
+    Round(RoundStats),
+    /// The engine changed a knob (strategy switch, throttle).
+    Adapt {
+        /// What changed, in words.
+        what: String,
+    },
+}
+
+/// The outcome of a migration, from the source's point of view.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Report {
+    /// Strategy asked for.
+    pub strategy: String,
+    /// Strategy actually used at switch-over (auto resolves to one of the others).
+    pub strategy_used: String,
+    /// Guest RAM in bytes.
+    pub ram_bytes: u64,
+    /// Wall time from first connect to the destination running the VM, in ms.
+    pub total_ms: f64,
+    /// Guest paused, as the engine measured it (pause to the destination's Running), in ms.
+    pub downtime_ms: f64,
+    /// The pause as the guest saw it (heartbeat gap across hosts), if measured.
+    pub guest_observed: Option<GuestObserved>,
+    /// Largest heartbeat gap on the source while migrating (live rounds can stall the guest), ms.
+    pub source_max_gap_ms: Option<f64>,
+    /// Bytes on the wire (all channels, both directions, headers included).
+    pub bytes_sent: u64,
+    /// Pages sent (counting re-sends).
+    pub pages_sent: u64,
+    /// Wire throughput over the copy phases, MB/s.
+    pub throughput_mbps: f64,
+    /// Per-round statistics.
+    pub rounds: Vec<RoundStats>,
+    /// Channels used.
+    pub channels: u16,
+    /// RAM digest of the source at switch-over (hex).
+    pub source_digest: String,
+    /// Whether the destination's RAM digest matched the source's.
+    pub digest_match: Option<bool>,
+    /// Highest throttle applied (auto-converge), percent.
+    pub max_throttle: u8,
+}

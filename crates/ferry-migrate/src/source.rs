@@ -1,0 +1,362 @@
+//! The sending side. Laid out as its phases: handshake, live rounds, switch-over, commit, verify.
+//!
+//! The one rule: before `Go` is sent, any failure resumes the source VM; after `Go`, the source never
+//! resumes on its own (the destination may already run the guest), and a failure before `Running`
+//! arrives leaves the VM paused here for an operator ([`MigrateError::OutcomeUnknown`]).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ferry_vmm::dirty::DirtyBitmap;
+use ferry_vmm::PAGE_SIZE;
+use ferry_wire::codec::{BatchEncoder, EncoderConfig, PageRef};
+use ferry_wire::message::{self, features, channel_key, Hello, HelloAck, RoundSummary, VmConfig};
+use ferry_wire::FrameType;
+
+use crate::channel::{split, FrameReader, FrameWriter, Stream};
+use crate::convergence::{decide, ConvergenceConfig, Decision};
+use crate::digest::{digest_memory, hex};
+use crate::memory::GuestMemory;
+use crate::report::{Event, Phase, Report, RoundStats, Strategy};
+use crate::sink::DoneReport;
+use crate::vm::MigrationSource;
+use crate::MigrateError;
+
+/// Pages per Pages frame.
+pub const BATCH_PAGES: usize = 256;
+/// Pages in one shard: a page always travels on channel `(page / SHARD_PAGES) % channels`, so pages
+/// never overtake their own older copies on another channel.
+pub const SHARD_PAGES: u64 = 512;
+
+/// How to run a migration.
+#[derive(Clone, Debug)]
+pub struct SourceOptions {
+    /// Technique.
+    pub strategy: Strategy,
+    /// Longest pause to aim for.
+    pub downtime_target: Duration,
+    /// Live rounds at most.
+    pub max_rounds: u32,
+    /// Parallel connections.
+    pub channels: u16,
+    /// Page encoding.
+    pub encoder: EncoderConfig,
+    /// Compare RAM digests after switch-over.
+    pub verify: bool,
+    /// How long the peer may stay silent.
+    pub timeout: Duration,
+    /// Set to cancel (honoured until the point of no return).
+    pub cancel: Arc<AtomicBool>,
+}
+
+impl Default for SourceOptions {
+    fn default() -> Self {
+        Self {
+            strategy: Strategy::Auto,
+            downtime_target: Duration::from_millis(10),
+            max_rounds: 30,
+            channels: 1,
+            encoder: EncoderConfig::default(),
+            verify: true,
+            timeout: Duration::from_secs(30),
+            cancel: Arc::new(AtomicBool::new(false)),
+        }
+    }
+}
+
+struct Link {
+    control: FrameReader,
+    writers: Vec<FrameWriter>,
+    encoders: Vec<BatchEncoder>,
+}
+
+impl Link {
+    fn bytes(&self) -> u64 {
+        self.writers.iter().map(|w| w.bytes).sum::<u64>() + self.control.bytes
+    }
+    fn abort(&mut self, reason: &str) {
+        let _ = self.writers[0].send(FrameType::Abort, 0, &message::encode_reason(reason));
+        for w in &self.writers {
+            w.stream().shutdown();
+        }
+    }
+}
+
+/// Migrates `src` to the destination reached by `connect` (called once per channel).
+pub fn migrate_out<S: MigrationSource>(
+    src: &mut S,
+    connect: &dyn Fn() -> std::io::Result<Stream>,
+    opts: &SourceOptions,
+    events: &mut dyn FnMut(Event),
+) -> Result<Report, MigrateError> {
+    if opts.channels == 0 || opts.channels > 64 {
+        return Err(MigrateError::Config("channels must be between 1 and 64".into()));
+    }
+    if matches!(opts.strategy, Strategy::Postcopy | Strategy::Hybrid) {
+        return Err(MigrateError::Config(format!("strategy {} is not available in this build yet", opts.strategy)));
+    }
+    let t0 = Instant::now();
+    events(Event::Phase { phase: Phase::Handshake });
+    let mem = src.memory();
+    let mut link = handshake(connect, opts)?;
+    let cfg = VmConfig { memory: mem.pages() * PAGE_SIZE as u64, vcpus: src.vcpus(), strategy: opts.strategy.code() };
+    link.writers[0].send(FrameType::VmConfig, 0, &cfg.encode())?;
+
+    let mut report = Report {
+        strategy: opts.strategy.to_string(),
+        ram_bytes: cfg.memory,
+        channels: opts.channels,
+        ..Report::default()
+    };
+    let mut paused = false;
+    let result = copy_phases(src, &mem, &mut link, opts, &mut report, &mut paused, events);
+    let t_pause = match result {
+        Ok(t) => t,
+        Err(e) => {
+            link.abort(&e.to_string());
+            let _ = src.set_throttle(0);
+            let _ = src.stop_dirty_log();
+            if paused {
+                src.resume()?;
+            }
+            return Err(e);
+        }
+    };
+    commit(src, &mem, &mut link, opts, &mut report, t0, t_pause, events)?;
+    Ok(report)
+}
+
+fn handshake(connect: &dyn Fn() -> std::io::Result<Stream>, opts: &SourceOptions) -> Result<Link, MigrateError> {
+    let mut id = [0u8; 16];
+    rand::Rng::fill(&mut rand::thread_rng(), &mut id);
+    let (mut control, mut writers) = (None, Vec::new());
+    for ch in 0..opts.channels {
+        let stream = connect().map_err(MigrateError::io("cannot connect to the destination"))?;
+        stream.set_read_timeout(Some(opts.timeout)).map_err(MigrateError::io("socket option"))?;
+        stream.set_write_timeout(Some(opts.timeout)).map_err(MigrateError::io("socket option"))?;
+        let (mut r, mut w) = split(stream, 0)?;
+        let hello = Hello {
+            min_version: message::MIN_PROTOCOL_VERSION,
+            max_version: message::PROTOCOL_VERSION,
+            features: features::ALL,
+            migration_id: id,
+            channel: ch,
+            channels: opts.channels,
+        };
+        w.send(FrameType::Hello, 0, &hello.encode())?;
+        let ack = HelloAck::decode(r.expect(FrameType::HelloAck, "handshake")?)?;
+        if let Some(why) = ack.refusal {
+            return Err(MigrateError::Refused(why));
+        }
+        let key = channel_key(&id, ch);
+        r.set_key(key);
+        w.set_key(key);
+        writers.push(w);
+        if ch == 0 {
+            control = Some(r);
+        }
+    }
+    let control = control.ok_or_else(|| MigrateError::Config("no channel".into()))?;
+    let encoders = (0..opts.channels).map(|_| BatchEncoder::new(opts.encoder)).collect();
+    Ok(Link { control, writers, encoders })
+}
+
+/// Runs the live rounds and the final copy. Returns when the VM is paused and every page and the
+/// device state are sent, with the instant the VM was paused.
+fn copy_phases<S: MigrationSource>(
+    src: &mut S,
+    mem: &Arc<dyn GuestMemory>,
+    link: &mut Link,
+    opts: &SourceOptions,
+    report: &mut Report,
+    paused: &mut bool,
+    events: &mut dyn FnMut(Event),
+) -> Result<Instant, MigrateError> {
+    let pages = mem.pages();
+    let mut dirty = DirtyBitmap::full(pages);
+    let mut round = 0u32;
+    if opts.strategy != Strategy::StopAndCopy {
+        let conv = ConvergenceConfig {
+            downtime_target: opts.downtime_target,
+            max_rounds: opts.max_rounds,
+            auto_converge: opts.strategy == Strategy::Auto,
+            postcopy_fallback: false,
+        };
+        src.start_dirty_log()?;
+        events(Event::Phase { phase: Phase::LiveCopy });
+        let mut throttle = 0u8;
+        loop {
+            if opts.cancel.load(Ordering::SeqCst) {
+                return Err(MigrateError::Cancelled);
+            }
+            let mut stats = send_round(mem, link, round, &dirty, report, events)?;
+            dirty.clear();
+            src.collect_dirty(&mut dirty)?;
+            stats.dirtied = dirty.count();
+            report.rounds.push(stats.clone());
+            events(Event::Round(stats));
+            round += 1;
+            match decide(&conv, &report.rounds, dirty.count(), throttle) {
+                Decision::Continue => {}
+                Decision::Throttle(p) => {
+                    throttle = p;
+                    report.max_throttle = report.max_throttle.max(p);
+                    src.set_throttle(p)?;
+                    events(Event::Adapt { what: format!("throttling the guest to {p}%") });
+                }
+                Decision::SwitchOver | Decision::Postcopy => break,
+            }
+        }
+    }
+    events(Event::Phase { phase: Phase::SwitchOver });
+    let t_pause = Instant::now();
+    src.pause()?;
+    *paused = true;
+    if opts.strategy != Strategy::StopAndCopy {
+        src.collect_dirty(&mut dirty)?;
+        src.stop_dirty_log()?;
+        src.set_throttle(0)?;
+    }
+    let stats = send_round(mem, link, round, &dirty, report, events)?;
+    report.rounds.push(stats);
+    let state = src.save_state()?;
+    let mut payload = round.to_le_bytes().to_vec();
+    payload.extend_from_slice(&state);
+    link.writers[0].send(FrameType::DeviceState, 0, &payload)?;
+    link.control.expect(FrameType::Ready, "switch-over (waiting for the destination to load state)")?;
+    if opts.cancel.load(Ordering::SeqCst) {
+        return Err(MigrateError::Cancelled);
+    }
+    report.strategy_used = if round == 0 && opts.strategy == Strategy::StopAndCopy {
+        Strategy::StopAndCopy.to_string()
+    } else {
+        Strategy::Precopy.to_string()
+    };
+    Ok(t_pause)
+}
+
+/// Sends every page in `dirty` across all channels, then a RoundEnd on each.
+fn send_round(
+    mem: &Arc<dyn GuestMemory>,
+    link: &mut Link,
+    round: u32,
+    dirty: &DirtyBitmap,
+    report: &mut Report,
+    events: &mut dyn FnMut(Event),
+) -> Result<RoundStats, MigrateError> {
+    let t = Instant::now();
+    let before = link.bytes();
+    let total = dirty.count();
+    let n = link.writers.len() as u64;
+    let done = AtomicU64::new(0);
+    let results: Vec<Result<(), MigrateError>> = std::thread::scope(|s| {
+        let handles: Vec<_> = link
+            .writers
+            .iter_mut()
+            .zip(link.encoders.iter_mut())
+            .enumerate()
+            .map(|(ch, (w, enc))| {
+                let (mem, done) = (mem.clone(), &done);
+                s.spawn(move || send_shard(&*mem, w, enc, round, dirty, ch as u64, n, done))
+            })
+            .collect();
+        while !handles.iter().all(|h| h.is_finished()) {
+            std::thread::sleep(Duration::from_millis(50));
+            let bytes = report.bytes_sent + before;
+            events(Event::Progress { round, done: done.load(Ordering::Relaxed), total, bytes });
+        }
+        handles.into_iter().map(|h| h.join().unwrap_or(Err(MigrateError::Config("sender thread panicked".into())))).collect()
+    });
+    for r in results {
+        r?;
+    }
+    let bytes = link.bytes() - before;
+    report.pages_sent += total;
+    Ok(RoundStats { round, pages: total, bytes, seconds: t.elapsed().as_secs_f64(), dirtied: 0 })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn send_shard(
+    mem: &dyn GuestMemory,
+    w: &mut FrameWriter,
+    enc: &mut BatchEncoder,
+    round: u32,
+    dirty: &DirtyBitmap,
+    ch: u64,
+    channels: u64,
+    done: &AtomicU64,
+) -> Result<(), MigrateError> {
+    let mut buf = vec![0u8; BATCH_PAGES * PAGE_SIZE];
+    let mut gfns = Vec::with_capacity(BATCH_PAGES);
+    let mut out = Vec::with_capacity(BATCH_PAGES * PAGE_SIZE + 4096);
+    let mut flush = |gfns: &mut Vec<u64>, buf: &[u8], out: &mut Vec<u8>| -> Result<(), MigrateError> {
+        if gfns.is_empty() {
+            return Ok(());
+        }
+        let refs: Vec<PageRef<'_>> =
+            gfns.iter().enumerate().map(|(i, &gfn)| PageRef { gfn, data: &buf[i * PAGE_SIZE..(i + 1) * PAGE_SIZE] }).collect();
+        out.clear();
+        enc.encode(&refs, out);
+        w.send(FrameType::Pages, 0, out)?;
+        done.fetch_add(gfns.len() as u64, Ordering::Relaxed);
+        gfns.clear();
+        Ok(())
+    };
+    for p in dirty.iter().filter(|p| (p / SHARD_PAGES) % channels == ch) {
+        let i = gfns.len();
+        mem.read_page(p, &mut buf[i * PAGE_SIZE..(i + 1) * PAGE_SIZE]);
+        gfns.push(p);
+        if gfns.len() == BATCH_PAGES {
+            flush(&mut gfns, &buf, &mut out)?;
+        }
+    }
+    flush(&mut gfns, &buf, &mut out)?;
+    let end = RoundSummary { round, pages: 0, digest: [0; 16] };
+    w.send(FrameType::RoundEnd, 0, &end.encode())
+}
+
+/// Point of no return, then verification.
+#[allow(clippy::too_many_arguments)]
+fn commit<S: MigrationSource>(
+    _src: &mut S,
+    mem: &Arc<dyn GuestMemory>,
+    link: &mut Link,
+    opts: &SourceOptions,
+    report: &mut Report,
+    t0: Instant,
+    t_pause: Instant,
+    events: &mut dyn FnMut(Event),
+) -> Result<(), MigrateError> {
+    let unknown = |e: MigrateError| MigrateError::OutcomeUnknown(e.to_string());
+    link.writers[0].send(FrameType::Go, 0, &[]).map_err(unknown)?;
+    link.control.expect(FrameType::Running, "commit (waiting for the destination to run)").map_err(unknown)?;
+    report.downtime_ms = t_pause.elapsed().as_secs_f64() * 1e3;
+    report.total_ms = t0.elapsed().as_secs_f64() * 1e3;
+    let copy_secs: f64 = report.rounds.iter().map(|r| r.seconds).sum();
+    let copy_bytes: u64 = report.rounds.iter().map(|r| r.bytes).sum();
+    report.throughput_mbps = if copy_secs > 0.0 { copy_bytes as f64 / copy_secs / 1e6 } else { 0.0 };
+    // From here the VM runs on the destination; what follows only checks the result.
+    events(Event::Phase { phase: Phase::Verify });
+    let digest = if opts.verify { digest_memory(&**mem) } else { [0; 16] };
+    report.source_digest = if opts.verify { hex(&digest) } else { String::new() };
+    let summary = RoundSummary { round: report.rounds.len() as u32, pages: report.pages_sent, digest };
+    let done = link
+        .writers[0]
+        .send(FrameType::Complete, u8::from(opts.verify), &summary.encode())
+        .and_then(|_| link.control.expect(FrameType::Done, "verification").map(DoneReport::decode))
+        .and_then(|d| d.map_err(MigrateError::from));
+    match done {
+        Ok(d) => {
+            report.digest_match = d.digest_match;
+            report.guest_observed = d.guest_observed;
+        }
+        Err(e) => tracing::warn!("destination runs the VM, but verification did not complete: {e}"),
+    }
+    report.bytes_sent = link.bytes();
+    for w in &link.writers {
+        w.stream().shutdown();
+    }
+    events(Event::Phase { phase: Phase::Done });
+    Ok(())
+}

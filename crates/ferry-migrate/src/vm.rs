@@ -1,0 +1,61 @@
+//! The two sides of a migration as the engine sees them.
+
+use std::sync::Arc;
+
+use ferry_vmm::dirty::DirtyBitmap;
+use ferry_wire::message::VmConfig;
+use serde::{Deserialize, Serialize};
+
+use crate::memory::GuestMemory;
+use crate::MigrateError;
+
+/// A running VM that can be moved away.
+pub trait MigrationSource {
+    /// Its RAM.
+    fn memory(&self) -> Arc<dyn GuestMemory>;
+    /// vCPU count.
+    fn vcpus(&self) -> u8;
+    /// Starts tracking guest writes (and forgets earlier ones).
+    fn start_dirty_log(&mut self) -> Result<(), MigrateError>;
+    /// ORs pages written since the last call into `into`.
+    fn collect_dirty(&mut self, into: &mut DirtyBitmap) -> Result<(), MigrateError>;
+    /// Stops tracking.
+    fn stop_dirty_log(&mut self) -> Result<(), MigrateError>;
+    /// Stops the vCPUs.
+    fn pause(&mut self) -> Result<(), MigrateError>;
+    /// Restarts the vCPUs (after a failed or cancelled migration).
+    fn resume(&mut self) -> Result<(), MigrateError>;
+    /// Slows the guest down to `percent` of its CPU time off (auto-converge); 0 turns it off.
+    fn set_throttle(&mut self, percent: u8) -> Result<(), MigrateError>;
+    /// Serialises complete vCPU and device state (the VM is paused).
+    fn save_state(&mut self) -> Result<Vec<u8>, MigrateError>;
+}
+
+/// A VM being built on the destination.
+pub trait MigrationSink {
+    /// Its RAM.
+    fn memory(&self) -> Arc<dyn GuestMemory>;
+    /// Loads state from [`MigrationSource::save_state`].
+    fn restore_state(&mut self, state: &[u8]) -> Result<(), MigrateError>;
+    /// Runs the VM (after the source committed).
+    fn resume(&mut self) -> Result<(), MigrateError>;
+    /// What the guest itself saw of the pause, once it has shown it.
+    fn guest_observed(&self) -> Option<GuestObserved>;
+}
+
+/// Builds a sink once the source has said what it sends.
+pub trait SinkFactory {
+    /// The sink type.
+    type Sink: MigrationSink;
+    /// Creates an empty VM of the given shape.
+    fn create(&mut self, cfg: &VmConfig) -> Result<Self::Sink, MigrateError>;
+}
+
+/// The pause as the guest saw it, measured from its heartbeats.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestObserved {
+    /// Gap between the last heartbeat on the source and the first on the destination, in ns.
+    pub gap_ns: u64,
+    /// Whether the heartbeat sequence continued without a lost beat.
+    pub sequence_continues: bool,
+}

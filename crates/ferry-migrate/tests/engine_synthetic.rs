@@ -1,0 +1,212 @@
+//! The engine against the synthetic VM over real loopback TCP: strategies, integrity, failures.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use ferry_migrate::channel::Stream;
+use ferry_migrate::synthetic::{DirtyScript, SyntheticFactory, SyntheticVm};
+use ferry_migrate::{migrate_out, receive, GuestMemory, MigrateError, MigrationSource, ReceiveOptions, SourceOptions, Strategy};
+
+const PAGES: u64 = 4096; // 16 MiB
+
+fn script(rate: u64, ws: u64) -> DirtyScript {
+    DirtyScript { pages_per_sec: rate, working_set: ws, random: true }
+}
+
+fn listener() -> (TcpListener, std::net::SocketAddr) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let a = l.local_addr().unwrap();
+    (l, a)
+}
+
+fn spawn_receiver(l: TcpListener, s: DirtyScript) -> thread::JoinHandle<Result<ferry_migrate::Incoming<SyntheticVm>, MigrateError>> {
+    thread::spawn(move || {
+        let mut accept = || l.accept().map(|(s, _)| Stream::Tcp(s));
+        receive(&mut accept, &mut SyntheticFactory { script: s }, &ReceiveOptions { timeout: Duration::from_secs(5) })
+    })
+}
+
+fn opts(strategy: Strategy, channels: u16) -> SourceOptions {
+    SourceOptions { strategy, channels, timeout: Duration::from_secs(5), ..SourceOptions::default() }
+}
+
+fn same_memory(a: &dyn GuestMemory, b: &dyn GuestMemory) -> bool {
+    let (mut x, mut y) = (vec![0u8; 4096], vec![0u8; 4096]);
+    (0..a.pages()).all(|p| {
+        a.read_page(p, &mut x);
+        b.read_page(p, &mut y);
+        x == y
+    })
+}
+
+fn run(strategy: Strategy, channels: u16, s: DirtyScript) {
+    let (l, addr) = listener();
+    let rx = spawn_receiver(l, s);
+    let mut src = SyntheticVm::new(PAGES, s);
+    src.fill();
+    src.resume().unwrap();
+    thread::sleep(Duration::from_millis(30));
+    let connect = || TcpStream::connect(addr).map(Stream::Tcp);
+    let report = migrate_out(&mut src, &connect, &opts(strategy, channels), &mut |_| {}).unwrap();
+    let incoming = rx.join().unwrap().unwrap();
+    assert!(!src.is_running(), "the source must stay paused after a successful migration");
+    assert!(incoming.sink.is_running(), "the destination runs the VM");
+    assert_eq!(report.digest_match, Some(true), "{strategy}: digests differ");
+    assert!(report.pages_sent >= PAGES);
+    // The source is frozen at switch-over; the destination's RAM at switch-over equalled it. The
+    // destination has run on since, so compare against a paused copy.
+    let mut dst = incoming.sink;
+    MigrationSource::pause(&mut dst).unwrap();
+    if s.pages_per_sec == 0 {
+        assert!(same_memory(&*src.memory(), &*MigrationSource::memory(&dst)));
+    }
+    assert!(dst.iterations() >= src.iterations(), "the guest continues from where it stopped");
+}
+
+#[test]
+fn stop_and_copy_moves_an_idle_vm_exactly() {
+    run(Strategy::StopAndCopy, 1, script(0, PAGES));
+}
+
+#[test]
+fn precopy_moves_a_busy_vm_with_matching_digest() {
+    run(Strategy::Precopy, 1, script(50_000, PAGES / 4));
+}
+
+#[test]
+fn precopy_over_three_channels() {
+    run(Strategy::Precopy, 3, script(50_000, PAGES));
+}
+
+#[test]
+fn auto_converges_a_guest_that_dirties_faster_than_the_link() {
+    run(Strategy::Auto, 2, script(2_000_000, PAGES));
+}
+
+#[test]
+fn destination_not_listening_keeps_the_source_running() {
+    let (l, addr) = listener();
+    drop(l);
+    let mut src = SyntheticVm::new(PAGES, script(1000, 100));
+    src.resume().unwrap();
+    let connect = || TcpStream::connect(addr).map(Stream::Tcp);
+    let err = migrate_out(&mut src, &connect, &opts(Strategy::Precopy, 1), &mut |_| {}).unwrap_err();
+    assert!(matches!(err, MigrateError::Io { .. }), "{err}");
+    assert!(src.is_running());
+}
+
+/// A fake destination that handshakes, reads a little and hangs up.
+#[test]
+fn peer_vanishing_mid_stream_resumes_the_source() {
+    let (l, addr) = listener();
+    let t = thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        let mut b = vec![0u8; 1 << 20];
+        let _ = s.read(&mut b);
+        // Pretend to be a destination: answer the hello properly, take some pages, then vanish.
+        let ack = ferry_wire::message::HelloAck { version: 1, features: 0, refusal: None }.encode();
+        let h = ferry_wire::encode_header(ferry_wire::FrameType::HelloAck, 0, 0, &ack, 0).unwrap();
+        s.write_all(&h).unwrap();
+        s.write_all(&ack).unwrap();
+        let _ = s.read(&mut b);
+    });
+    let mut src = SyntheticVm::new(PAGES, script(1000, 100));
+    src.fill();
+    src.resume().unwrap();
+    let connect = || TcpStream::connect(addr).map(Stream::Tcp);
+    let err = migrate_out(&mut src, &connect, &opts(Strategy::StopAndCopy, 1), &mut |_| {}).unwrap_err();
+    t.join().unwrap();
+    assert!(matches!(err, MigrateError::PeerClosed(_) | MigrateError::Io { .. }), "{err}");
+    assert!(src.is_running(), "stop-and-copy paused the VM; the failure must resume it");
+}
+
+/// A man in the middle flips one byte of the stream: the destination refuses, the source resumes.
+#[test]
+fn corrupt_frame_is_refused_and_the_source_resumes() {
+    let (l, addr) = listener();
+    let (proxy_l, proxy_addr) = listener();
+    let rx = spawn_receiver(l, script(0, 1));
+    let proxy = thread::spawn(move || {
+        let (mut from_src, _) = proxy_l.accept().unwrap();
+        let mut to_dst = TcpStream::connect(addr).unwrap();
+        let mut back = to_dst.try_clone().unwrap();
+        let mut src_w = from_src.try_clone().unwrap();
+        thread::spawn(move || {
+            let _ = std::io::copy(&mut back, &mut src_w);
+        });
+        let mut buf = vec![0u8; 65536];
+        let mut total = 0usize;
+        loop {
+            let n = match from_src.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            if total < 300_000 && total + n >= 300_000 {
+                buf[300_000 - total] ^= 0x40;
+            }
+            total += n;
+            if to_dst.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
+    });
+    let mut src = SyntheticVm::new(PAGES, script(0, 1));
+    src.fill();
+    src.resume().unwrap();
+    let connect = || TcpStream::connect(proxy_addr).map(Stream::Tcp);
+    let err = migrate_out(&mut src, &connect, &opts(Strategy::StopAndCopy, 1), &mut |_| {}).unwrap_err();
+    let dst_err = rx.join().unwrap().err().expect("destination must refuse a corrupt stream");
+    assert!(dst_err.to_string().contains("protocol") || matches!(dst_err, MigrateError::Wire(_)), "{dst_err}");
+    assert!(src.is_running(), "source resumes after {err}");
+    let _ = proxy.join();
+}
+
+#[test]
+fn version_mismatch_is_refused_with_a_clear_error() {
+    let (l, addr) = listener();
+    let rx = spawn_receiver(l, script(0, 1));
+    let mut s = TcpStream::connect(addr).unwrap();
+    let hello = ferry_wire::message::Hello {
+        min_version: 7,
+        max_version: 9,
+        features: 0,
+        migration_id: [1; 16],
+        channel: 0,
+        channels: 1,
+    }
+    .encode();
+    s.write_all(&ferry_wire::encode_header(ferry_wire::FrameType::Hello, 0, 0, &hello, 0).unwrap()).unwrap();
+    s.write_all(&hello).unwrap();
+    let mut h = [0u8; 16];
+    s.read_exact(&mut h).unwrap();
+    let hdr = ferry_wire::FrameHeader::parse(&h).unwrap();
+    let mut p = vec![0u8; hdr.len as usize];
+    s.read_exact(&mut p).unwrap();
+    let ack = ferry_wire::message::HelloAck::decode(&p).unwrap();
+    assert!(ack.refusal.unwrap().contains("version mismatch"));
+    let err = rx.join().unwrap().err().unwrap();
+    assert!(matches!(err, MigrateError::Refused(_)), "{err}");
+}
+
+#[test]
+fn cancel_before_switch_over_leaves_the_source_running() {
+    let (l, addr) = listener();
+    let _rx = spawn_receiver(l, script(0, 1));
+    let mut src = SyntheticVm::new(PAGES, script(2_000_000, PAGES));
+    src.resume().unwrap();
+    let o = opts(Strategy::Precopy, 1);
+    let cancel = o.cancel.clone();
+    let connect = || TcpStream::connect(addr).map(Stream::Tcp);
+    let mut events = |e: ferry_migrate::Event| {
+        if matches!(e, ferry_migrate::Event::Round(_)) {
+            cancel.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    };
+    let err = migrate_out(&mut src, &connect, &o, &mut events).unwrap_err();
+    assert!(matches!(err, MigrateError::Cancelled), "{err}");
+    assert!(src.is_running());
+    let _ = Arc::new(());
+}
