@@ -2,6 +2,7 @@
 //! sequences of versions, and hostile payloads that must be rejected without panicking or
 //! touching the store.
 
+use ferry_wire::codec::max_payload_len;
 use ferry_wire::codec::{
     BatchDecoder, BatchEncoder, CodecError, Compression, CompressionUsed, EncoderConfig, PageRef,
     PageStore, MAX_BATCH_PAGES, PAGE_SIZE,
@@ -158,6 +159,7 @@ fn send(
     let mut payload = Vec::new();
     let stats = enc.encode(&refs(pages), &mut payload);
     assert_eq!(stats.encoded_bytes, payload.len());
+    assert!(payload.len() <= max_payload_len(pages.len()));
     assert_eq!(
         stats.zero + stats.dup + stats.xbzrle + stats.normal,
         pages.len()
@@ -518,4 +520,40 @@ fn dup_of_an_xbzrle_page_survives_a_rewrite_of_its_gfn() {
     assert_eq!((d.xbzrle, d.normal, d.dup), (1, 1, 1));
     assert_eq!(dst.page(1), &b[..]);
     assert_eq!(dst.page(2), &a2[..]);
+}
+
+#[test]
+fn a_full_batch_of_scattered_gfns_round_trips_within_the_bound() {
+    // MAX_BATCH_PAGES pages with far-apart gfns (long gfn varints), half random, half repeats.
+    let mut r = xorshift(99);
+    let mut mem = vec![0u8; MAX_BATCH_PAGES * PAGE_SIZE];
+    mem.iter_mut().for_each(|b| *b = r() as u8);
+    for p in (1..MAX_BATCH_PAGES).step_by(2) {
+        mem.copy_within((p - 1) * PAGE_SIZE..p * PAGE_SIZE, p * PAGE_SIZE);
+    }
+    let gfn = |i: usize| (i as u64) * 7 % MAX_BATCH_PAGES as u64;
+    let pages: Vec<PageRef<'_>> = mem
+        .chunks_exact(PAGE_SIZE)
+        .enumerate()
+        .map(|(i, data)| PageRef { gfn: gfn(i), data })
+        .collect();
+    for compression in [
+        Compression::Off,
+        Compression::Lz4,
+        Compression::Zstd { level: 1 },
+    ] {
+        let cfg = EncoderConfig {
+            compression,
+            ..EncoderConfig::default()
+        };
+        let mut payload = Vec::new();
+        let s = BatchEncoder::new(cfg).encode(&pages, &mut payload);
+        assert_eq!(s.dup, MAX_BATCH_PAGES / 2);
+        assert!(payload.len() <= max_payload_len(MAX_BATCH_PAGES));
+        let mut dst = MemStore::new(MAX_BATCH_PAGES);
+        BatchDecoder::new().decode(&payload, &mut dst).unwrap();
+        for p in &pages {
+            assert_eq!(dst.page(p.gfn), p.data);
+        }
+    }
 }

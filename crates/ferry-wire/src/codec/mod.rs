@@ -48,6 +48,14 @@
 //! bytes to skip and `nzrun` (LEB128, > 0) counts changed bytes that follow literally. Only the first
 //! `zrun` may be 0. A trailing unchanged run is not encoded; an empty delta means "unchanged".
 //!
+//! # Decoding order
+//!
+//! The decoder validates the whole payload (header, lengths, decompression, every descriptor,
+//! the structure of every delta, every gfn against the store) before writing anything, then writes
+//! pages in batch order. A Dup copies the decoded content of its source page. An Xbzrle delta is
+//! applied in place to the store's page as it is at that moment; the encoder only delta-encodes the
+//! first occurrence of a gfn in a batch, so that is the content from before the batch.
+//!
 //! **Precondition:** the destination's current content of that gfn must equal the version the
 //! encoder last sent for it. That holds in pre-copy, where the destination guest has not run and the
 //! payloads are decoded in the order they were encoded. The caller must turn xbzrle off for
@@ -86,6 +94,15 @@ pub const FORMAT_VERSION: u8 = 1;
 
 /// Length of the fixed batch header.
 pub const HEADER_LEN: usize = 16;
+
+/// Upper bound on the payload [`BatchEncoder::encode`] produces for `pages` pages (header, raw
+/// data section, and the longest descriptors), for sizing frames and buffers. Compression never
+/// makes a payload longer: a data section that does not shrink is stored raw.
+pub const fn max_payload_len(pages: usize) -> usize {
+    // Longest descriptor: tag + 10-byte gfn varint + 2-byte dup index or delta length.
+    const MAX_DESC: usize = 1 + 10 + 2;
+    HEADER_LEN + pages * (PAGE_SIZE + MAX_DESC)
+}
 
 /// How the data section of a batch is compressed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
