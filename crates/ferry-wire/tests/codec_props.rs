@@ -2,10 +2,9 @@
 //! sequences of versions, and hostile payloads that must be rejected without panicking or
 //! touching the store.
 
-use ferry_wire::codec::max_payload_len;
 use ferry_wire::codec::{
-    BatchDecoder, BatchEncoder, CodecError, Compression, CompressionUsed, EncoderConfig, PageRef,
-    PageStore, MAX_BATCH_PAGES, PAGE_SIZE,
+    max_payload_len, BatchDecoder, BatchEncoder, CodecError, Compression, CompressionUsed,
+    EncoderConfig, PageRef, PageStore, MAX_BATCH_PAGES, PAGE_SIZE,
 };
 use proptest::prelude::*;
 
