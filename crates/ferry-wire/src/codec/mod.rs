@@ -223,13 +223,17 @@ pub struct PageRef<'a> {
 }
 
 /// The destination's memory, as seen by the decoder.
+///
+/// The decoder calls `page_mut` twice per page: once to validate every gfn before writing, once
+/// to write. It must answer the same way both times.
 pub trait PageStore {
     /// The 4096 bytes of page `gfn`, or [`CodecError::GfnOutOfRange`] if the guest has no such page.
     fn page_mut(&mut self, gfn: u64) -> Result<&mut [u8], CodecError>;
 }
 
 /// Why a batch payload was rejected. Nothing has been written to the store when one is returned,
-/// except for [`CodecError::Store`] raised while writing (a store that changed its mind).
+/// unless the store itself failed a gfn while pages were written after accepting it during
+/// validation (a store that changed its mind).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CodecError {
     /// The payload ends before a field it declares.
