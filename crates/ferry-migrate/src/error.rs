@@ -55,7 +55,8 @@ pub enum MigrateError {
 }
 
 impl MigrateError {
-    pub(crate) fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> MigrateError {
+    /// Wraps an I/O error with what we were doing.
+    pub fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> MigrateError {
         let context = context.into();
         move |source| MigrateError::Io { context, source }
     }

@@ -1,0 +1,220 @@
+//! `ferry demo`: a destination and a source as separate processes on loopback, a guest writing
+//! memory at full speed, one live migration, and a report with an integrity verdict.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Args;
+use ferry_guest::{Entropy, GuestConfig, Pattern, Rate, WriteSize};
+use ferry_migrate::Strategy;
+
+use crate::cmd::migrate::{print_report, request_migration};
+use crate::control::{call, MigrateRequest, Request};
+use crate::guest_probe::{GuestStatus, Verification};
+use crate::size::{human, parse_size};
+
+/// `ferry demo`.
+#[derive(Args, Clone, Debug)]
+pub struct DemoArgs {
+    /// Guest RAM.
+    #[arg(long, default_value = "1G", value_parser = parse_size)]
+    pub memory: u64,
+    /// Working set the guest writes over (random full-page writes at full speed).
+    #[arg(long = "ws", default_value = "128M", value_parser = parse_size)]
+    pub working_set: u64,
+    /// Strategy (auto is ferry's best: pre-copy that throttles a guest that will not converge).
+    #[arg(long, default_value = "auto")]
+    pub strategy: Strategy,
+    /// Parallel channels.
+    #[arg(long, default_value_t = 1)]
+    pub channels: u16,
+    /// Seconds the guest runs before the migration starts.
+    #[arg(long, default_value_t = 1.0)]
+    pub warmup: f64,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Keep the work directory (image, logs) instead of deleting it.
+    #[arg(long)]
+    pub keep: bool,
+}
+
+/// Child processes are killed if the demo fails half way.
+struct Host {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Host {
+    fn spawn(name: &'static str, dir: &Path, args: &[&str], stdout: Stdio) -> anyhow::Result<Host> {
+        let log = dir.join(format!("{name}.log"));
+        let err = std::fs::File::create(&log)?;
+        let child = Command::new(std::env::current_exe()?)
+            .args(args)
+            .stdout(stdout)
+            .stderr(err)
+            .spawn()
+            .with_context(|| format!("cannot start the {name} process"))?;
+        Ok(Host { child, log })
+    }
+
+    fn log_tail(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default().lines().rev().take(5).collect::<Vec<_>>().join("\n")
+    }
+
+    fn wait(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let end = Instant::now() + timeout;
+        while Instant::now() < end {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn guest_status(sock: &Path) -> anyhow::Result<GuestStatus> {
+    let v = call(sock, &Request::Status, |_| {})?;
+    Ok(serde_json::from_value(v["guest"].clone())?)
+}
+
+/// Runs the demo.
+pub fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
+    let dir = std::env::temp_dir().join(format!("ferry-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let result = demo(&a, &dir);
+    if !a.keep && result.is_ok() {
+        let _ = std::fs::remove_dir_all(&dir);
+    } else {
+        eprintln!("ferry demo: work directory kept at {}", dir.display());
+    }
+    result
+}
+
+fn demo(a: &DemoArgs, dir: &Path) -> anyhow::Result<ExitCode> {
+    let say = |s: String| {
+        if !a.json {
+            println!("{s}");
+        }
+    };
+    let cfg = GuestConfig {
+        memory: a.memory,
+        working_set: a.working_set,
+        pattern: Pattern::Random,
+        entropy: Entropy::Random,
+        write_size: WriteSize::Page,
+        rate: Rate::Unlimited,
+        ..GuestConfig::default()
+    };
+    let image = dir.join("guest.img");
+    std::fs::write(&image, ferry_guest::build_image(&cfg)?)?;
+    say(format!(
+        "guest: {} RAM, random full-page writes over {} at full speed, heartbeat every 1 ms",
+        human(a.memory),
+        human(a.working_set)
+    ));
+
+    let (src_sock, dst_sock) = (dir.join("source.sock"), dir.join("destination.sock"));
+    let mut dst = Host::spawn(
+        "destination",
+        dir,
+        &["vm", "receive", "--listen", "127.0.0.1:0", "--once", "--control", &dst_sock.to_string_lossy()],
+        Stdio::piped(),
+    )?;
+    let mut first = String::new();
+    let out = dst.child.stdout.take().context("destination stdout")?;
+    BufReader::new(out).read_line(&mut first)?;
+    let Some(addr) = first.trim().strip_prefix("listening on ").map(str::to_string) else {
+        bail!("destination did not start: {}", dst.log_tail());
+    };
+    say(format!("destination host: process {} listening on {addr}", dst.child.id()));
+
+    let mem = format!("{}", a.memory);
+    let mut src = Host::spawn(
+        "source",
+        dir,
+        &["vm", "run", "--kernel", &image.to_string_lossy(), "--memory", &mem, "--control", &src_sock.to_string_lossy()],
+        Stdio::null(),
+    )?;
+    let t = Instant::now();
+    let booted = loop {
+        if let Ok(Some(status)) = src.child.try_wait() {
+            bail!("source VM exited early ({status}): {}", src.log_tail());
+        }
+        if let Ok(g) = guest_status(&src_sock) {
+            if g.ferry_guest && g.iterations > 0 && g.heartbeats > 0 {
+                break g;
+            }
+        }
+        if t.elapsed() > Duration::from_secs(60) {
+            bail!("guest did not start within 60 s: {}", src.log_tail());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    say(format!(
+        "source host: process {}, guest running after {:.0} ms ({} page writes so far)",
+        src.child.id(),
+        t.elapsed().as_secs_f64() * 1e3,
+        booted.iterations
+    ));
+    std::thread::sleep(Duration::from_secs_f64(a.warmup));
+    let before = guest_status(&src_sock)?;
+    say(format!("migrating with strategy {} ...", a.strategy));
+    let req = MigrateRequest {
+        to: addr.clone(),
+        strategy: a.strategy.to_string(),
+        downtime_ms: 10,
+        channels: a.channels,
+        compression: "adaptive".into(),
+        verify: true,
+        max_rounds: 30,
+    };
+    let report = request_migration(&src_sock, req, !a.json)?;
+    match src.wait(Duration::from_secs(10)) {
+        Some(s) if s.success() => {}
+        other => bail!("source did not exit cleanly after the migration ({other:?}): {}", src.log_tail()),
+    }
+    // The guest goes on at the destination: its counters grow past where the source stopped.
+    std::thread::sleep(Duration::from_millis(300));
+    let after = guest_status(&dst_sock)?;
+    let v = call(&dst_sock, &Request::Verify, |_| {})?;
+    let verify: Verification = serde_json::from_value(v["verify"].clone())?;
+    let _ = call(&dst_sock, &Request::Stop, |_| {});
+    let _ = dst.wait(Duration::from_secs(5));
+
+    let continues = after.iterations > before.iterations && after.heartbeats > before.heartbeats;
+    let seq_ok = report.guest_observed.is_some_and(|g| g.sequence_continues);
+    let ok = report.digest_match == Some(true) && verify.errors == 0 && verify.loop_errors == 0 && continues && seq_ok;
+    if a.json {
+        let out = serde_json::json!({
+            "report": report, "guest_before": before, "guest_after": after, "verify": verify, "integrity_ok": ok,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        println!();
+        print_report(&report);
+        println!(
+            "guest self-check    {} pages verified on the destination, {} bad; loop errors {}",
+            verify.pages, verify.errors, verify.loop_errors
+        );
+        println!(
+            "guest continues     page writes {} -> {}, heartbeats {} -> {}",
+            before.iterations, after.iterations, before.heartbeats, after.heartbeats
+        );
+        println!("integrity           {}", if ok { "OK" } else { "FAILED" });
+    }
+    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(3) })
+}

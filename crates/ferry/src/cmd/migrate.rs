@@ -1,0 +1,138 @@
+//! `ferry migrate`: asks a VM host to migrate its VM, shows progress, prints the report.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use ferry_migrate::{Report, Strategy};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::control::{call, MigrateRequest, Request};
+use crate::size::human;
+
+/// `ferry migrate`.
+#[derive(Args, Clone, Debug)]
+pub struct MigrateArgs {
+    /// Control socket of the source VM (printed by `ferry vm run`).
+    #[arg(long)]
+    pub vm: PathBuf,
+    /// Destination address, as printed by `ferry vm receive` (host:port).
+    #[arg(long)]
+    pub to: String,
+    /// stop-and-copy, precopy, or auto (pre-copy that throttles the guest when rounds stop shrinking).
+    #[arg(long, default_value = "auto")]
+    pub strategy: Strategy,
+    /// Pause the guest may see at switch-over (ms); pre-copy keeps copying until the rest fits.
+    #[arg(long, default_value_t = 10)]
+    pub downtime: u64,
+    /// Parallel TCP connections.
+    #[arg(long, default_value_t = 1)]
+    pub channels: u16,
+    /// Page compression: off, lz4, zstd, zstd:LEVEL, adaptive.
+    #[arg(long, default_value = "adaptive")]
+    pub compression: String,
+    /// Live rounds at most before switching over anyway.
+    #[arg(long, default_value_t = 30)]
+    pub max_rounds: u32,
+    /// Skip the RAM digest comparison after switch-over.
+    #[arg(long)]
+    pub no_verify: bool,
+    /// Print the final report as JSON (no progress bar).
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl MigrateArgs {
+    /// The request these flags make.
+    pub fn request(&self) -> MigrateRequest {
+        MigrateRequest {
+            to: self.to.clone(),
+            strategy: self.strategy.to_string(),
+            downtime_ms: self.downtime,
+            channels: self.channels,
+            compression: self.compression.clone(),
+            verify: !self.no_verify,
+            max_rounds: self.max_rounds,
+        }
+    }
+}
+
+/// Sends a migration request to `socket` with a progress bar; returns the report.
+pub fn request_migration(socket: &std::path::Path, req: MigrateRequest, show: bool) -> anyhow::Result<Report> {
+    let bar = if show { ProgressBar::new(0) } else { ProgressBar::hidden() };
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {msg:<28} [{bar:30}] {pos}/{len} pages  {elapsed}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.enable_steady_tick(Duration::from_millis(100));
+    let reply = call(socket, &Request::Migrate(req), |e| {
+        match e.get("event").and_then(|k| k.as_str()) {
+            Some("phase") => bar.set_message(format!("phase: {}", e["phase"].as_str().unwrap_or("?"))),
+            Some("progress") => {
+                bar.set_length(e["total"].as_u64().unwrap_or(0));
+                bar.set_position(e["done"].as_u64().unwrap_or(0));
+                bar.set_message(format!("round {} ({})", e["round"], human(e["bytes"].as_u64().unwrap_or(0))));
+            }
+            Some("adapt") => bar.println(format!("  adapt: {}", e["what"].as_str().unwrap_or(""))),
+            Some("round") => bar.println(format!(
+                "  round {:>2}: {:>7} pages in {:>6.1} ms, guest dirtied {} meanwhile",
+                e["round"],
+                e["pages"],
+                e["seconds"].as_f64().unwrap_or(0.0) * 1e3,
+                e["dirtied"]
+            )),
+            _ => {}
+        }
+    });
+    bar.finish_and_clear();
+    let reply = reply?;
+    serde_json::from_value(reply["report"].clone()).context("bad report from the VM host")
+}
+
+/// Prints a report for people.
+pub fn print_report(r: &Report) {
+    let guest = r.guest_observed.map_or("not measured".to_string(), |g| {
+        format!(
+            "{:.2} ms (heartbeat sequence {})",
+            g.gap_ns as f64 / 1e6,
+            if g.sequence_continues { "continues" } else { "BROKEN" }
+        )
+    });
+    println!("strategy            {} (used: {})", r.strategy, r.strategy_used);
+    println!("guest RAM           {}", human(r.ram_bytes));
+    println!("total time          {:.1} ms", r.total_ms);
+    println!("downtime (engine)   {:.2} ms", r.downtime_ms);
+    println!("downtime (guest)    {guest}");
+    if let Some(g) = r.source_max_gap_ms {
+        println!("largest pause before switch-over (guest)  {g:.2} ms");
+    }
+    println!("rounds              {}", r.rounds.len());
+    println!("pages sent          {}", r.pages_sent);
+    println!("bytes on the wire   {} ({:.2} x RAM)", human(r.bytes_sent), r.bytes_sent as f64 / r.ram_bytes.max(1) as f64);
+    println!("throughput          {:.0} MB/s", r.throughput_mbps);
+    if r.max_throttle > 0 {
+        println!("max throttle        {}%", r.max_throttle);
+    }
+    println!(
+        "RAM digest          {}",
+        match r.digest_match {
+            Some(true) => format!("equal on both sides ({})", r.source_digest),
+            Some(false) => "DIFFERENT".into(),
+            None => "not checked".into(),
+        }
+    );
+}
+
+/// Runs `ferry migrate`.
+pub fn run(a: MigrateArgs) -> anyhow::Result<ExitCode> {
+    let report = request_migration(&a.vm, a.request(), !a.json)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_report(&report);
+    }
+    Ok(if report.digest_match == Some(false) { ExitCode::from(3) } else { ExitCode::SUCCESS })
+}

@@ -1,0 +1,287 @@
+//! `ferry vm run` and `ferry vm receive`: a process that hosts one VM and serves its control socket.
+
+use std::io::{BufRead, BufReader, IsTerminal, Write};
+use std::net::{TcpListener, TcpStream, ToSocketAddrs};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+use ferry_migrate::channel::Stream;
+use ferry_migrate::{migrate_out, receive, KvmSinkFactory, MigrateError, ReceiveOptions, SourceOptions, Strategy};
+use ferry_vmm::clock::monotonic_ns;
+use ferry_vmm::devices::{Console, HeartbeatLog};
+use ferry_vmm::{ExitReason, Vm, VmConfig};
+use serde_json::json;
+
+use crate::control::{MigrateRequest, Request};
+use crate::guest_probe;
+use crate::size::parse_size;
+
+/// VM commands.
+#[derive(Subcommand)]
+pub enum VmCommand {
+    /// Boot a multiboot v1 kernel image and serve the VM's control socket until it stops or leaves.
+    Run(RunArgs),
+    /// Wait for a VM to arrive by migration, run it, and serve its control socket.
+    Receive(ReceiveArgs),
+}
+
+/// Where the guest's COM1 goes and where the host listens for commands.
+#[derive(Args, Clone, Debug)]
+pub struct HostArgs {
+    /// Control socket (Unix) for `ferry migrate` and status queries. Default: $TMPDIR/ferry-<pid>.sock.
+    #[arg(long)]
+    pub control: Option<PathBuf>,
+    /// Copy the guest's COM1 output here, unbuffered: a file path, or `-` for stdout. Heartbeat bytes
+    /// (0x80-0xFF) are passed through too, except when stdout is a terminal.
+    #[arg(long)]
+    pub serial: Option<String>,
+}
+
+/// `ferry vm run`.
+#[derive(Args, Clone, Debug)]
+pub struct RunArgs {
+    /// Multiboot v1 kernel image (e.g. from `ferry guest build`).
+    #[arg(long)]
+    pub kernel: PathBuf,
+    /// Guest RAM (multiple of 2 MiB).
+    #[arg(long, default_value = "1G", value_parser = parse_size)]
+    pub memory: u64,
+    /// vCPUs (the first boots the kernel, the others wait for INIT/SIPI).
+    #[arg(long, default_value_t = 1)]
+    pub vcpus: u8,
+    #[command(flatten)]
+    pub host: HostArgs,
+}
+
+/// `ferry vm receive`.
+#[derive(Args, Clone, Debug)]
+pub struct ReceiveArgs {
+    /// Address to accept migrations on (host:port; port 0 picks a free one, printed at start).
+    #[arg(long)]
+    pub listen: String,
+    /// Seconds the source may stay silent before the incoming migration is dropped.
+    #[arg(long, default_value_t = 30)]
+    pub timeout: u64,
+    /// Do not fault guest RAM in ahead of the incoming pages.
+    #[arg(long)]
+    pub no_prefault: bool,
+    /// Exit after one failed incoming migration instead of waiting for another.
+    #[arg(long)]
+    pub once: bool,
+    #[command(flatten)]
+    pub host: HostArgs,
+}
+
+/// Runs a vm subcommand.
+pub fn run(cmd: VmCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        VmCommand::Run(a) => run_vm(a),
+        VmCommand::Receive(a) => receive_vm(a),
+    }
+}
+
+fn console(serial: &Option<String>) -> anyhow::Result<Console> {
+    let (out, pass): (Option<Box<dyn Write + Send>>, bool) = match serial.as_deref() {
+        None => (None, false),
+        Some("-") => (Some(Box::new(std::io::stdout())), !std::io::stdout().is_terminal()),
+        Some(path) => {
+            let f = std::fs::File::create(path).with_context(|| format!("cannot open serial output {path}"))?;
+            (Some(Box::new(f)), true)
+        }
+    };
+    Ok(Console::new(out, pass, HeartbeatLog::default()))
+}
+
+fn control_path(host: &HostArgs) -> PathBuf {
+    host.control
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("ferry-{}.sock", std::process::id())))
+}
+
+fn run_vm(a: RunArgs) -> anyhow::Result<ExitCode> {
+    let image = std::fs::read(&a.kernel).with_context(|| format!("cannot read kernel image {}", a.kernel.display()))?;
+    let control = bind_control(&control_path(&a.host))?;
+    let mut vm = Vm::new(VmConfig { memory: a.memory, vcpus: a.vcpus }, console(&a.host.serial)?)
+        .context("cannot create the VM")?;
+    vm.boot_multiboot(&image).with_context(|| format!("cannot load {}", a.kernel.display()))?;
+    vm.resume()?;
+    eprintln!("ferry: VM running ({} MiB); control socket {}", a.memory >> 20, control.1.display());
+    serve(vm, control)
+}
+
+fn receive_vm(a: ReceiveArgs) -> anyhow::Result<ExitCode> {
+    let listener = TcpListener::bind(&a.listen).with_context(|| format!("cannot listen on {}", a.listen))?;
+    let control = bind_control(&control_path(&a.host))?;
+    println!("listening on {}", listener.local_addr()?);
+    std::io::stdout().flush()?;
+    let serial = a.host.serial.clone();
+    let mut factory = KvmSinkFactory {
+        console: Box::new(move || console(&serial).unwrap_or_else(|_| Console::new(None, false, HeartbeatLog::default()))),
+        prefault: !a.no_prefault,
+    };
+    let opts = ReceiveOptions { timeout: Duration::from_secs(a.timeout) };
+    loop {
+        let mut accept = || listener.accept().map(|(s, _)| Stream::Tcp(s));
+        match receive(&mut accept, &mut factory, &opts) {
+            Ok(incoming) => {
+                eprintln!(
+                    "ferry: VM arrived ({} received, digest {}); control socket {}",
+                    crate::size::human(incoming.bytes),
+                    match incoming.digest_match {
+                        Some(true) => "matches",
+                        Some(false) => "MISMATCH",
+                        None => "not checked",
+                    },
+                    control.1.display()
+                );
+                return serve(incoming.sink.vm, control);
+            }
+            Err(e) => {
+                eprintln!("ferry: incoming migration failed: {}", chain(&e));
+                if a.once {
+                    bail!("incoming migration failed");
+                }
+            }
+        }
+    }
+}
+
+/// Formats an error with its causes, each once.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+struct ControlSocket(UnixListener, PathBuf);
+
+impl Drop for ControlSocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.1);
+    }
+}
+
+fn bind_control(path: &Path) -> anyhow::Result<ControlSocket> {
+    if path.exists() {
+        if UnixStream::connect(path).is_ok() {
+            bail!("control socket {} is in use by another ferry process", path.display());
+        }
+        std::fs::remove_file(path).with_context(|| format!("cannot remove stale socket {}", path.display()))?;
+    }
+    let l = UnixListener::bind(path).with_context(|| format!("cannot create control socket {}", path.display()))?;
+    l.set_nonblocking(true)?;
+    Ok(ControlSocket(l, path.to_path_buf()))
+}
+
+fn serve(mut vm: Vm, control: ControlSocket) -> anyhow::Result<ExitCode> {
+    let mut paused_unknown = false;
+    loop {
+        if let Some(reason) = vm.exit_reason() {
+            eprintln!("ferry: guest stopped: {reason:?}");
+            return Ok(match reason {
+                ExitReason::Guest(0) => ExitCode::SUCCESS,
+                ExitReason::Guest(c) => ExitCode::from(c),
+                _ => ExitCode::from(2),
+            });
+        }
+        let stream = match control.0.accept() {
+            Ok((s, _)) => s,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(20));
+                continue;
+            }
+            Err(e) => return Err(e).context("control socket"),
+        };
+        stream.set_nonblocking(false)?;
+        let mut out = stream.try_clone()?;
+        let mut line = String::new();
+        BufReader::new(stream).read_line(&mut line)?;
+        let reply = match serde_json::from_str::<Request>(&line) {
+            Err(e) => json!({"ok": false, "error": format!("bad request: {e}")}),
+            Ok(Request::Status) => status(&vm, paused_unknown),
+            Ok(Request::Verify) => match guest_probe::verify(vm.ram(), Duration::from_secs(60)) {
+                Ok(v) => json!({"ok": true, "verify": v}),
+                Err(e) => json!({"ok": false, "error": e}),
+            },
+            Ok(Request::Stop) => {
+                vm.pause()?;
+                let _ = writeln!(out, "{}", json!({"ok": true}));
+                eprintln!("ferry: VM stopped on request");
+                return Ok(ExitCode::SUCCESS);
+            }
+            Ok(Request::Migrate(req)) => match migrate(&mut vm, &req, &mut out) {
+                Ok(report) => {
+                    let _ = writeln!(out, "{}", json!({"ok": true, "report": report}));
+                    // The VM lives on the destination now: scrub our copy before we go.
+                    let _ = vm.ram().scrub();
+                    eprintln!("ferry: VM migrated to {}; source exits", req.to);
+                    return Ok(ExitCode::SUCCESS);
+                }
+                Err(e) => {
+                    paused_unknown |= matches!(e, MigrateError::OutcomeUnknown(_));
+                    json!({"ok": false, "error": chain(&e)})
+                }
+            },
+        };
+        let _ = writeln!(out, "{reply}");
+    }
+}
+
+fn status(vm: &Vm, paused_unknown: bool) -> serde_json::Value {
+    let hb = vm.heartbeats();
+    let (count, median) = hb.lock().map(|l| (l.snapshot().count, l.median_gap())).unwrap_or_default();
+    json!({
+        "ok": true,
+        "vm": {
+            "running": vm.is_running(),
+            "memory": vm.ram().size(),
+            "vcpus": vm.vcpu_count(),
+            "heartbeats_seen": count,
+            "heartbeat_period_ms": median.map(|m| m as f64 / 1e6),
+            "outcome_unknown": paused_unknown,
+        },
+        "guest": guest_probe::status(vm.ram()),
+        "console": vm.console_text(),
+    })
+}
+
+fn migrate(vm: &mut Vm, req: &MigrateRequest, out: &mut UnixStream) -> Result<ferry_migrate::Report, MigrateError> {
+    let strategy: Strategy = req.strategy.parse().map_err(MigrateError::Config)?;
+    let compression = req.compression.parse().map_err(|e| MigrateError::Config(format!("{e}")))?;
+    let addr = req
+        .to
+        .to_socket_addrs()
+        .map_err(MigrateError::io(format!("cannot resolve {}", req.to)))?
+        .next()
+        .ok_or_else(|| MigrateError::Config(format!("{} resolves to no address", req.to)))?;
+    let opts = SourceOptions {
+        strategy,
+        downtime_target: Duration::from_millis(req.downtime_ms),
+        max_rounds: req.max_rounds,
+        channels: req.channels,
+        encoder: ferry_wire::codec::EncoderConfig { compression, ..Default::default() },
+        verify: req.verify,
+        ..SourceOptions::default()
+    };
+    let connect = || TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map(Stream::Tcp);
+    let start_ns = monotonic_ns();
+    let mut events = |e: ferry_migrate::Event| {
+        let _ = writeln!(out, "{}", json!({ "event": e }));
+    };
+    let result = migrate_out(vm, &connect, &opts, &mut events);
+    let hb = vm.heartbeats();
+    result.map(|mut r| {
+        r.source_max_gap_ms = hb.lock().ok().and_then(|l| l.max_gap_since(start_ns)).map(|g| g as f64 / 1e6);
+        r
+    })
+}
+

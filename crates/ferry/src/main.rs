@@ -1,0 +1,52 @@
+//! `ferry`: live migration of KVM virtual machines.
+
+mod cmd;
+mod control;
+mod guest_probe;
+mod size;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Live migration of KVM virtual machines.
+///
+/// Start with `ferry demo`: it boots a guest, migrates it live between two local hosts and prints
+/// what it cost. Then use `ferry vm run` / `ferry vm receive` / `ferry migrate` to do the same by hand.
+#[derive(Parser)]
+#[command(name = "ferry", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Two hosts, a running guest, one live migration, and a report (downtime, time, bytes, integrity).
+    Demo(cmd::demo::DemoArgs),
+    /// Run a VM, or wait to receive one.
+    #[command(subcommand)]
+    Vm(cmd::vm::VmCommand),
+    /// Migrate a running VM (started with `ferry vm run`) to a host waiting in `ferry vm receive`.
+    Migrate(cmd::migrate::MigrateArgs),
+    /// Build workload guest images.
+    #[command(subcommand)]
+    Guest(cmd::guest::GuestCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Demo(a) => cmd::demo::run(a),
+        Command::Vm(c) => cmd::vm::run(c),
+        Command::Migrate(a) => cmd::migrate::run(a),
+        Command::Guest(c) => cmd::guest::run(c),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("ferry: error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
