@@ -8,7 +8,9 @@ use iced_x86::code_asm::*;
 
 use crate::layout::*;
 use crate::mailbox::{MAILBOX_ADDR, OFF_STATE, STATE_HALTED};
-use crate::multiboot::{BOOT_MAGIC, INFO_MEM_UPPER};
+use crate::multiboot::{
+    BOOT_MAGIC, INFO_FLAG_MMAP, INFO_MEM_UPPER, INFO_MMAP_ADDR, INFO_MMAP_LENGTH,
+};
 
 /// Page table entry flags: present, writable, user-accessible (ring 3 runs everything).
 const PTE_PWU: u32 = 0x7;
@@ -45,13 +47,21 @@ pub fn assemble(layout: &Layout) -> Result<Vec<u8>, IcedError> {
     let mut check_done = a.create_label();
     a.cmp(eax, BOOT_MAGIC)?;
     a.jne(check_done)?;
+    let mut fail = a.create_label();
+    let mut high = a.create_label();
     a.test(dword_ptr(ebx), 1u32)?;
-    a.jz(check_done)?;
+    a.jz(high)?;
     a.cmp(
         dword_ptr(ebx + INFO_MEM_UPPER),
         layout.min_mem_upper_kib as u32,
     )?;
-    a.jae(check_done)?;
+    a.jb(fail)?;
+    a.set_label(&mut high)?;
+    if layout.crosses_hole() {
+        emit_high_ram_check(&mut a, layout.high_ram_needed, check_done, fail)?;
+    }
+    a.jmp(check_done)?;
+    a.set_label(&mut fail)?;
     a.mov(dword_ptr(MAILBOX_ADDR + OFF_STATE), STATE_HALTED as u32)?;
     a.mov(esi, fail_msg)?;
     a.mov(edx, 0x3F8u32)?;
@@ -124,6 +134,44 @@ pub fn assemble(layout: &Layout) -> Result<Vec<u8>, IcedError> {
     a.jmp_far(SEL_CODE64, setup64)?;
 
     a.assemble(base)
+}
+
+/// Emits a scan of the multiboot memory map (EBX = info) for an available region at 4 GiB at
+/// least `needed` bytes long: jumps to `ok` if found or if there is no map, to `fail` otherwise.
+fn emit_high_ram_check(
+    a: &mut CodeAssembler,
+    needed: u64,
+    ok: CodeLabel,
+    fail: CodeLabel,
+) -> Result<(), IcedError> {
+    let mut scan = a.create_label();
+    let mut next = a.create_label();
+    a.test(dword_ptr(ebx), INFO_FLAG_MMAP)?;
+    a.jz(ok)?;
+    a.mov(esi, dword_ptr(ebx + INFO_MMAP_ADDR))?;
+    a.mov(edi, dword_ptr(ebx + INFO_MMAP_LENGTH))?;
+    a.add(edi, esi)?;
+    a.set_label(&mut scan)?;
+    a.cmp(esi, edi)?;
+    a.jae(fail)?;
+    // Entry: size u32 (not counting itself), base u64, length u64, type u32 (1 = RAM).
+    a.cmp(dword_ptr(esi + 20), 1u32)?;
+    a.jne(next)?;
+    a.cmp(dword_ptr(esi + 4), 0u32)?;
+    a.jne(next)?;
+    a.cmp(dword_ptr(esi + 8), (HOLE_END >> 32) as u32)?;
+    a.jne(next)?;
+    // length >= needed as a 64-bit compare: no borrow out of the high half.
+    a.mov(eax, dword_ptr(esi + 12))?;
+    a.mov(edx, dword_ptr(esi + 16))?;
+    a.sub(eax, needed as u32)?;
+    a.sbb(edx, (needed >> 32) as u32)?;
+    a.jae(ok)?;
+    a.set_label(&mut next)?;
+    a.add(esi, dword_ptr(esi))?;
+    a.add(esi, 4u32)?;
+    a.jmp(scan)?;
+    Ok(())
 }
 
 /// Offset from the start of the entry code of the instruction after the CS-reloading far jump:

@@ -8,14 +8,21 @@ pub const PAGE: u64 = 4096;
 pub const LARGE_PAGE: u64 = 2 << 20;
 /// One GiB: one page directory maps this much.
 pub const GIB: u64 = 1 << 30;
-/// Largest RAM the page tables can map (16 page directories).
+/// Largest RAM the guest supports (mapped by up to 17 page directories, the hole included).
 pub const MAX_MEMORY: u64 = 16 * GIB;
+/// Start of the guest-physical hole below 4 GiB (LAPIC, IOAPIC, PCI): RAM past this offset lives
+/// above 4 GiB, as both ferry's VMM and QEMU (`pc`, 3.5 GiB of RAM or more) lay it out.
+pub const HOLE_START: u64 = 3 * GIB;
+/// RAM just below the hole that the start-up check does not insist the loader reports as free.
+pub const LOW_SLACK: u64 = 1 << 20;
+/// End of the hole: where RAM continues.
+pub const HOLE_END: u64 = 4 * GIB;
 
 /// Guest-physical address of the PML4; the PDPT and the page directories follow it.
 pub const PML4_ADDR: u64 = 0x1_0000;
 /// Guest-physical address of the PDPT.
 pub const PDPT_ADDR: u64 = 0x1_1000;
-/// Guest-physical address of the first page directory (one per GiB, contiguous).
+/// Guest-physical address of the first page directory (one per mapped GiB, contiguous).
 pub const PD_ADDR: u64 = 0x1_2000;
 
 /// Load address of the image (multiboot a.out kludge `load_addr`).
@@ -68,12 +75,30 @@ pub struct Layout {
     pub ws_pages: u64,
     /// Guest-physical base of the working set.
     pub ws_base: u64,
-    /// First byte past the working set: the RAM the guest needs.
+    /// RAM offset one past the working set: how much RAM the guest needs.
     pub ws_end: u64,
+    /// Guest-physical address one past the working set (past the hole if the set crosses it).
+    pub ws_phys_end: u64,
     /// GiBs of guest-physical space the page tables map.
     pub map_gib: u64,
     /// Minimum multiboot `mem_upper` (KiB above 1 MiB) for the start-up check.
     pub min_mem_upper_kib: u64,
+    /// Bytes of RAM the working set needs at [`HOLE_END`] (0 if it stays below the hole).
+    pub high_ram_needed: u64,
+}
+
+/// Guest-physical address of the RAM byte at `offset` (RAM past 3 GiB is mapped above 4 GiB).
+pub const fn ram_to_phys(offset: u64) -> u64 {
+    if offset < HOLE_START {
+        offset
+    } else {
+        offset + (HOLE_END - HOLE_START)
+    }
+}
+
+/// Guest-physical address of working-set page `index` given the mailbox's `ws_base`.
+pub const fn page_address(ws_base: u64, index: u64) -> u64 {
+    ram_to_phys(ws_base + index * PAGE)
 }
 
 /// Rounds `v` up to a multiple of `align` (a power of two).
@@ -111,21 +136,38 @@ impl Layout {
                 needed: ws_end,
             });
         }
+        let ws_phys_end = ram_to_phys(ws_end - 1) + 1;
         // Mapping all of the configured memory (not just the working set) lets a host poke anywhere.
-        let map_gib = align_up(cfg.memory.max(ws_end), GIB) / GIB;
-        let min_mem_upper_kib = (ws_end - IMAGE_BASE).div_ceil(1024);
+        let mem_phys_end = ram_to_phys(cfg.memory.max(1) - 1) + 1;
+        let map_gib = align_up(mem_phys_end.max(ws_phys_end), GIB) / GIB;
+        // A working set that runs into the hole uses RAM right up to 3 GiB, where firmware may
+        // reserve a little (QEMU: 128 KiB of tables); that RAM is ours to clobber, so the check
+        // leaves the last MiB out.
+        let low_needed = if ws_end >= HOLE_START {
+            HOLE_START - LOW_SLACK
+        } else {
+            ws_end
+        };
+        let min_mem_upper_kib = (low_needed - IMAGE_BASE).div_ceil(1024);
         Ok(Layout {
             ws_pages,
             ws_base,
             ws_end,
+            ws_phys_end,
             map_gib,
             min_mem_upper_kib,
+            high_ram_needed: ws_end.saturating_sub(HOLE_START),
         })
     }
 
     /// Guest-physical address of a working-set page.
     pub fn page_addr(&self, index: u64) -> u64 {
-        self.ws_base + index * PAGE
+        page_address(self.ws_base, index)
+    }
+
+    /// Whether the working set continues above the hole.
+    pub fn crosses_hole(&self) -> bool {
+        self.high_ram_needed > 0
     }
 
     /// Number of pages of the hot set of the hot/cold pattern (10%, at least one).
@@ -155,6 +197,8 @@ mod tests {
         assert_eq!(l.ws_end, 12 << 20);
         assert_eq!(l.map_gib, 1);
         assert_eq!(l.min_mem_upper_kib, 11 * 1024);
+        assert_eq!(l.ws_phys_end, 12 << 20);
+        assert!(!l.crosses_hole());
         assert_eq!(l.page_addr(1), (4 << 20) + 4096);
         assert_eq!(l.hot_pages(), 204);
     }
@@ -167,7 +211,26 @@ mod tests {
             l.ws_base,
             align_up(VERSION_TABLE + 8 * l.ws_pages, LARGE_PAGE)
         );
-        assert_eq!(l.map_gib, 16);
+        // 16 GiB of RAM ends at 17 GiB guest-physical: 3 GiB below the hole, 13 GiB above 4 GiB.
+        assert_eq!(l.map_gib, 17);
+        assert_eq!(l.ws_phys_end, l.ws_end + GIB);
+        assert_eq!(l.high_ram_needed, l.ws_end - 3 * GIB);
+        assert_eq!(l.min_mem_upper_kib, (3 * GIB - (2 << 20)) / 1024);
+        assert_eq!(l.page_addr(0), l.ws_base);
+        let first_high = (3 * GIB - l.ws_base) / PAGE;
+        assert_eq!(l.page_addr(first_high - 1), 3 * GIB - PAGE);
+        assert_eq!(l.page_addr(first_high), 4 * GIB);
+    }
+
+    #[test]
+    fn hole_mapping() {
+        assert_eq!(ram_to_phys(0), 0);
+        assert_eq!(ram_to_phys(3 * GIB - 1), 3 * GIB - 1);
+        assert_eq!(ram_to_phys(3 * GIB), 4 * GIB);
+        // 3.5 GiB of RAM: mapped up to 4.5 GiB, so 5 page directories.
+        let l = Layout::new(&cfg(3 * GIB + GIB / 2, 1 << 20)).unwrap();
+        assert_eq!(l.map_gib, 5);
+        assert!(!l.crosses_hole());
     }
 
     #[test]

@@ -14,6 +14,12 @@ pub const FLAGS: u32 = FLAG_MEMINFO | FLAG_AOUT_KLUDGE;
 pub const HEADER_SIZE: usize = 32;
 /// Offset of `mem_upper` (KiB above 1 MiB) in the multiboot information structure.
 pub const INFO_MEM_UPPER: u32 = 8;
+/// Information flag: `mmap_length`/`mmap_addr` are valid.
+pub const INFO_FLAG_MMAP: u32 = 1 << 6;
+/// Offset of `mmap_length` in the multiboot information structure.
+pub const INFO_MMAP_LENGTH: u32 = 44;
+/// Offset of `mmap_addr` in the multiboot information structure.
+pub const INFO_MMAP_ADDR: u32 = 48;
 
 /// The address fields of the header, all guest-physical.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -12,7 +12,7 @@
 use iced_x86::code_asm::*;
 
 use crate::config::{Entropy, GuestConfig, Pattern, Rate, WriteSize};
-use crate::layout::{Layout, PAGE, VERSION_TABLE};
+use crate::layout::{Layout, HOLE_END, HOLE_START, PAGE, VERSION_TABLE};
 use crate::mailbox::*;
 
 /// Golden-ratio increment of splitmix64.
@@ -80,6 +80,27 @@ fn emit_tag(
     a.or(out, 1i32)?;
     a.test(ver, ver)?;
     a.cmovz(out, ver)?;
+    Ok(())
+}
+
+/// Emits the hole skip for a working-set address in `reg` (RAM past 3 GiB lives above 4 GiB);
+/// nothing when the working set stays below the hole. Clobbers `tmp`.
+fn emit_hole_shift(
+    a: &mut CodeAssembler,
+    l: &Layout,
+    reg: AsmRegister64,
+    tmp: AsmRegister64,
+) -> Result<(), IcedError> {
+    if !l.crosses_hole() {
+        return Ok(());
+    }
+    let mut below = a.create_label();
+    a.mov(tmp, HOLE_START)?;
+    a.cmp(reg, tmp)?;
+    a.jb(below)?;
+    a.add(reg, (HOLE_END - HOLE_START) as i32)?;
+    a.set_label(&mut below)?;
+    a.nop()?;
     Ok(())
 }
 
@@ -165,6 +186,7 @@ fn emit_write_page(
     a.shl(rdi, 12u32)?;
     a.mov(rax, l.ws_base)?;
     a.add(rdi, rax)?;
+    emit_hole_shift(a, l, rdi, rax)?;
     a.lea(rsi, qword_ptr(rbx * 8 + VERSION_TABLE as i32))?;
     a.mov(r8, qword_ptr(rsi))?;
     if tagged {
@@ -173,7 +195,11 @@ fn emit_write_page(
         a.xor(eax, eax)?;
     }
     a.mov(r9, qword_ptr(rdi))?;
+    // Never-written pages hold whatever the loader left (firmware leaves data in free RAM), so
+    // only written pages are checked.
     let mut tag_ok = a.create_label();
+    a.test(r8, r8)?;
+    a.jz(tag_ok)?;
     a.cmp(r9, rax)?;
     a.je(tag_ok)?;
     a.inc(mb(OFF_ERRORS))?;
@@ -395,17 +421,23 @@ pub fn assemble(
     let mut sweep_ok = a.create_label();
     let mut sweep_next = a.create_label();
     let mut sweep_done = a.create_label();
+    // r8 page index, r9 mismatches, r10 pages checked (the pacing deadline is saved meanwhile).
     a.set_label(&mut sweep)?;
     a.push(rax)?;
     a.push(mb(OFF_STATE))?;
+    a.push(r10)?;
     a.mov(mb(OFF_STATE), STATE_VERIFYING as i32)?;
     a.xor(r8d, r8d)?;
     a.xor(r9d, r9d)?;
+    a.xor(r10d, r10d)?;
     a.set_label(&mut sweep_loop)?;
     a.mov(rax, l.ws_pages)?;
     a.cmp(r8, rax)?;
     a.jae(sweep_done)?;
     a.mov(rsi, qword_ptr(r8 * 8 + VERSION_TABLE as i32))?;
+    a.test(rsi, rsi)?;
+    a.jz(sweep_ok)?;
+    a.inc(r10)?;
     if cfg.entropy == Entropy::Zero {
         a.xor(edi, edi)?;
     } else {
@@ -415,6 +447,7 @@ pub fn assemble(
     a.shl(rax, 12u32)?;
     a.mov(rcx, l.ws_base)?;
     a.add(rax, rcx)?;
+    emit_hole_shift(&mut a, l, rax, rcx)?;
     a.cmp(rdi, qword_ptr(rax))?;
     a.je(sweep_ok)?;
     a.inc(r9)?;
@@ -427,7 +460,8 @@ pub fn assemble(
     a.jmp(sweep_loop)?;
     a.set_label(&mut sweep_done)?;
     a.mov(mb(OFF_VERIFY_ERRORS), r9)?;
-    a.mov(mb(OFF_VERIFY_PAGES), r8)?;
+    a.mov(mb(OFF_VERIFY_PAGES), r10)?;
+    a.pop(r10)?;
     a.pop(mb(OFF_STATE))?;
     a.pop(rax)?;
     a.mov(mb(OFF_VERIFY_DONE), rax)?;
