@@ -1,0 +1,242 @@
+//! The planner's view of a cluster: hosts, VMs, current demand and utilisation history.
+//!
+//! The view mirrors what a real cluster manager measures (per-VM CPU demand sampled every
+//! scheduling interval, per-host measured utilisation) and what CloudSim keeps, so that the
+//! same decision functions can run against both.
+
+use crate::power::PowerModel;
+use crate::{HostId, VmId};
+
+/// Number of utilisation samples kept per VM (CloudSim's `PowerVm.HISTORY_LENGTH`).
+pub const HISTORY_LEN: usize = 30;
+
+/// A physical host as the planner sees it.
+#[derive(Debug, Clone)]
+pub struct HostView {
+    /// CPU capacity over all cores, in MIPS.
+    pub total_mips: f64,
+    /// Capacity of one core, in MIPS (a one-vCPU VM can never get more).
+    pub pe_mips: f64,
+    /// RAM, in MB.
+    pub ram_mb: f64,
+    /// Network bandwidth, in Mbit/s.
+    pub bw_mbps: f64,
+    /// Index into [`Cluster::power_models`].
+    pub power: usize,
+    /// VMs placed on the host, in arrival order (the order matters for tie-breaks).
+    pub vms: Vec<VmId>,
+    /// CPU used at the last measurement, in MIPS (CloudSim's `getUtilizationOfCpuMips`).
+    pub measured_mips: f64,
+    /// MIPS not yet promised to placed VMs (0 when over-subscribed).
+    pub avail_mips: f64,
+    /// RAM promised to placed VMs, in MB.
+    pub ram_used: f64,
+    /// The host must not receive VMs (being drained, predicted to fail, in maintenance).
+    pub closed: bool,
+}
+
+/// A VM as the planner sees it.
+#[derive(Debug, Clone)]
+pub struct VmView {
+    /// Requested (maximum) CPU, in MIPS; one vCPU.
+    pub mips: f64,
+    /// RAM, in MB.
+    pub ram_mb: f64,
+    /// Current CPU demand, in MIPS.
+    pub demand_mips: f64,
+    /// Utilisation samples (fraction of `mips`), newest first, at most [`HISTORY_LEN`].
+    pub history: Vec<f64>,
+    /// A migration of this VM is in flight.
+    pub in_migration: bool,
+    /// Host the VM is placed on.
+    pub host: Option<HostId>,
+}
+
+/// Hosts, VMs and power models: the input of every planning function.
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    /// Hosts, indexed by [`HostId`].
+    pub hosts: Vec<HostView>,
+    /// VMs, indexed by [`VmId`].
+    pub vms: Vec<VmView>,
+    /// Power models referenced by [`HostView::power`].
+    pub power_models: Vec<PowerModel>,
+    /// Scheduling interval, in seconds.
+    pub interval_s: f64,
+    /// Check RAM on re-placement (CloudSim does not: its VMs request 0 MB once running).
+    pub enforce_ram: bool,
+}
+
+/// A saved allocation, restored after a planning round.
+#[derive(Debug, Clone)]
+pub struct Checkpoint {
+    vms: Vec<Vec<VmId>>,
+    avail: Vec<f64>,
+    ram: Vec<f64>,
+    vm_host: Vec<Option<HostId>>,
+}
+
+impl HostView {
+    /// A host with no VMs.
+    pub fn new(total_mips: f64, pe_mips: f64, ram_mb: f64, bw_mbps: f64, power: usize) -> Self {
+        Self {
+            total_mips,
+            pe_mips,
+            ram_mb,
+            bw_mbps,
+            power,
+            vms: Vec::new(),
+            measured_mips: 0.0,
+            avail_mips: total_mips,
+            ram_used: 0.0,
+            closed: false,
+        }
+    }
+}
+
+impl VmView {
+    /// A VM requesting `mips` and `ram_mb`, not yet placed, with no history.
+    pub fn new(mips: f64, ram_mb: f64) -> Self {
+        Self {
+            mips,
+            ram_mb,
+            demand_mips: mips,
+            history: Vec::new(),
+            in_migration: false,
+            host: None,
+        }
+    }
+
+    /// Pushes a utilisation sample (fraction of `mips`), keeping the newest [`HISTORY_LEN`].
+    pub fn push_history(&mut self, u: f64) {
+        self.history.insert(0, u);
+        self.history.truncate(HISTORY_LEN);
+    }
+}
+
+impl Cluster {
+    /// Demand of `vm` as the host's scheduler grants it: capped at one core.
+    pub fn capped_demand(&self, host: HostId, vm: VmId) -> f64 {
+        self.vms[vm].demand_mips.min(self.hosts[host].pe_mips)
+    }
+
+    /// Places `vm` on `host` (planning or real), like CloudSim's `Host.vmCreate`.
+    pub fn vm_create(&mut self, host: HostId, vm: VmId) {
+        let c = self.capped_demand(host, vm);
+        let h = &mut self.hosts[host];
+        h.vms.push(vm);
+        h.avail_mips = if h.avail_mips >= c { h.avail_mips - c } else { 0.0 };
+        h.ram_used += self.vms[vm].ram_mb;
+        self.vms[vm].host = Some(host);
+    }
+
+    /// Removes `vm` from `host`, like CloudSim's `Host.vmDestroy`.
+    pub fn vm_destroy(&mut self, host: HostId, vm: VmId) {
+        if let Some(pos) = self.hosts[host].vms.iter().position(|&v| v == vm) {
+            self.hosts[host].vms.remove(pos);
+            self.hosts[host].ram_used -= self.vms[vm].ram_mb;
+            self.recompute_avail(host);
+            if self.vms[vm].host == Some(host) {
+                self.vms[vm].host = None;
+            }
+        }
+    }
+
+    /// Recomputes a host's available MIPS from its VMs' current demand.
+    pub fn recompute_avail(&mut self, host: HostId) {
+        let mut avail = self.hosts[host].total_mips;
+        for &v in &self.hosts[host].vms {
+            let c = self.capped_demand(host, v);
+            avail = if avail >= c { avail - c } else { 0.0 };
+        }
+        self.hosts[host].avail_mips = avail;
+    }
+
+    /// Measured utilisation of a host (fraction), CloudSim's `getUtilizationOfCpu`.
+    pub fn measured_util(&self, host: HostId) -> f64 {
+        let u = self.hosts[host].measured_mips / self.hosts[host].total_mips;
+        if u > 1.0 && u < 1.01 {
+            1.0
+        } else {
+            u
+        }
+    }
+
+    /// Demanded utilisation of a host (fraction), optionally with one more VM.
+    pub fn demand_util(&self, host: HostId, extra: Option<VmId>) -> f64 {
+        let h = &self.hosts[host];
+        let mut total: f64 = 0.0;
+        for &v in &h.vms {
+            total += self.vms[v].demand_mips;
+        }
+        if let Some(v) = extra {
+            total += self.vms[v].demand_mips;
+        }
+        total / h.total_mips
+    }
+
+    /// Host utilisation history (newest first, trailing zeros trimmed) built from its VMs'
+    /// histories, optionally with one more VM; returns the length written into `out`.
+    pub fn host_history(&self, host: HostId, extra: Option<VmId>, out: &mut [f64; HISTORY_LEN]) -> usize {
+        *out = [0.0; HISTORY_LEN];
+        let h = &self.hosts[host];
+        let add = |v: VmId, out: &mut [f64; HISTORY_LEN]| {
+            let vm = &self.vms[v];
+            for (i, u) in vm.history.iter().enumerate() {
+                out[i] += u * vm.mips / h.total_mips;
+            }
+        };
+        for &v in &h.vms {
+            add(v, out);
+        }
+        if let Some(v) = extra {
+            add(v, out);
+        }
+        crate::stats::non_zero_len(out)
+    }
+
+    /// Whether `vm` fits on `host` now (CloudSim's `isSuitableForVm`, plus RAM if enforced
+    /// and the host being open).
+    pub fn is_suitable(&self, host: HostId, vm: VmId) -> bool {
+        let h = &self.hosts[host];
+        let v = &self.vms[vm];
+        !h.closed
+            && h.pe_mips >= v.demand_mips
+            && h.avail_mips >= v.demand_mips
+            && (!self.enforce_ram || h.ram_used + v.ram_mb <= h.ram_mb + 1e-9)
+    }
+
+    /// Longest migration time off `host` at half its bandwidth (CloudSim's estimate), s.
+    pub fn max_migration_time(&self, host: HostId) -> f64 {
+        let h = &self.hosts[host];
+        let max_ram = h.vms.iter().map(|&v| self.vms[v].ram_mb).fold(f64::MIN, f64::max);
+        max_ram / (h.bw_mbps / 16.0)
+    }
+
+    /// Saves the allocation so that planning can move VMs around and undo it.
+    pub fn checkpoint(&self) -> Checkpoint {
+        Checkpoint {
+            vms: self.hosts.iter().map(|h| h.vms.clone()).collect(),
+            avail: self.hosts.iter().map(|h| h.avail_mips).collect(),
+            ram: self.hosts.iter().map(|h| h.ram_used).collect(),
+            vm_host: self.vms.iter().map(|v| v.host).collect(),
+        }
+    }
+
+    /// Restores an allocation saved by [`Cluster::checkpoint`].
+    pub fn restore(&mut self, cp: Checkpoint) {
+        for (h, ((vms, avail), ram)) in self.hosts.iter_mut().zip(cp.vms.into_iter().zip(cp.avail).zip(cp.ram)) {
+            h.vms = vms;
+            h.avail_mips = avail;
+            h.ram_used = ram;
+        }
+        for (v, host) in self.vms.iter_mut().zip(cp.vm_host) {
+            v.host = host;
+        }
+    }
+
+    /// Power of `host` at utilisation `u`.
+    pub fn power_at(&self, host: HostId, u: f64) -> f64 {
+        self.power_models[self.hosts[host].power].power(u)
+    }
+}

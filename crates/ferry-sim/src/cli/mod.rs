@@ -1,0 +1,163 @@
+//! Command-line surface: `ferry sim [FLAGS]` and `ferry sim compare [FLAGS]`.
+
+mod args;
+
+pub use args::{CompareArgs, MigrationArg, SimArgs, SimCommand};
+
+use crate::engine::{self, EngineConfig, HostAt};
+use crate::error::SimError;
+use crate::migration::{MigrationModel, PreCopy};
+use crate::report::{self, IntervalStats, Report};
+use crate::setup::Scenario;
+use crate::trace::{self, SyntheticParams, Trace};
+use std::path::{Path, PathBuf};
+
+/// Runs what `args` asks for and prints the metrics table to stdout.
+pub fn run(args: &SimArgs) -> Result<(), SimError> {
+    match &args.command {
+        None => {
+            let (r, series) = run_one(args, &args.policy, &args.trace)?;
+            print!("{}", report::table(std::slice::from_ref(&r)));
+            write_outputs(args, std::slice::from_ref(&r), Some(&series))
+        }
+        Some(SimCommand::Compare(c)) => {
+            let reports = compare(args, c)?;
+            print!("{}", report::table(&reports));
+            write_outputs(args, &reports, None)
+        }
+    }
+}
+
+/// Runs one policy on one trace (a day, a file, or the synthetic generator).
+pub fn run_one(args: &SimArgs, policy: &str, trace_spec: &str) -> Result<(Report, Vec<IntervalStats>), SimError> {
+    let spec = ferry_cluster::policy::parse(policy)?;
+    let scn = scenario(args, trace_spec)?;
+    let mut cfg = EngineConfig::new(policy, spec);
+    cfg.seed = args.seed;
+    cfg.enforce_ram = args.enforce_ram;
+    cfg.migration = match args.migration {
+        MigrationArg::Cloudsim => MigrationModel::CloudSim,
+        MigrationArg::Precopy => MigrationModel::PreCopy(PreCopy { dirty_mb_s_at_full: args.dirty_rate, ..PreCopy::default() }),
+    };
+    cfg.drains = args.drain.clone();
+    cfg.failures = args.fail.clone();
+    cfg.failure_warning_s = args.fail_warning;
+    let (mut r, s) = engine::run(&scn, &cfg)?;
+    r.policy = policy.to_string();
+    Ok((r, s))
+}
+
+/// Builds the scenario of `args` for one trace.
+pub fn scenario(args: &SimArgs, trace_spec: &str) -> Result<Scenario, SimError> {
+    let trace = if args.synthetic {
+        Trace::Synthetic(SyntheticParams {
+            vms: args.vms.unwrap_or(1000),
+            days: args.days,
+            interval_s: args.interval,
+            seed: args.seed,
+            mean: args.syn_mean,
+            diurnal: args.syn_diurnal,
+            noise: args.syn_noise,
+            burst_prob: args.syn_burst_prob,
+            burst: args.syn_burst,
+        })
+    } else {
+        let path = trace::resolve(trace_spec, args.trace_dir.as_deref())?;
+        let mut t = trace::load_planetlab(&path)?;
+        if let Trace::Stored { days, interval_s, .. } = &mut t {
+            *days = args.days.ceil().max(1.0) as usize;
+            *interval_s = args.interval;
+        }
+        t
+    };
+    Scenario::reference(trace, args.hosts, args.vms, args.days, args.interval)
+}
+
+fn compare(args: &SimArgs, c: &CompareArgs) -> Result<Vec<Report>, SimError> {
+    for p in &c.policies {
+        ferry_cluster::policy::parse(p)?;
+    }
+    let traces: Vec<String> = if c.all_days {
+        let days = trace::list_days(args.trace_dir.as_deref());
+        if days.is_empty() {
+            return Err(SimError::TraceNotFound { name: "all days".into(), looked: format!("{:?}", trace::search_dirs(args.trace_dir.as_deref())) });
+        }
+        days
+    } else {
+        vec![args.trace.clone()]
+    };
+    let jobs: Vec<(String, String)> = traces.iter().flat_map(|t| c.policies.iter().map(move |p| (t.clone(), p.clone()))).collect();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let results: std::sync::Mutex<Vec<Option<Result<Report, SimError>>>> = std::sync::Mutex::new((0..jobs.len()).map(|_| None).collect());
+    let workers = c.jobs.max(1).min(jobs.len().max(1));
+    std::thread::scope(|s| {
+        for _ in 0..workers {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some((t, p)) = jobs.get(i) else { break };
+                let r = run_one(args, p, t).map(|(r, _)| r);
+                if let Ok(mut g) = results.lock() {
+                    g[i] = Some(r);
+                }
+            });
+        }
+    });
+    let results = results.into_inner().unwrap_or_default();
+    let mut out = Vec::new();
+    for r in results.into_iter().flatten() {
+        let mut r = r?;
+        if traces.len() > 1 {
+            r.policy = format!("{} {}", r.trace, r.policy);
+        }
+        out.push(r);
+    }
+    Ok(out)
+}
+
+fn write_outputs(args: &SimArgs, reports: &[Report], series: Option<&Vec<IntervalStats>>) -> Result<(), SimError> {
+    let dir = match (&args.out, args.plot) {
+        (Some(d), _) => d.clone(),
+        (None, true) => PathBuf::from("ferry-sim-out"),
+        (None, false) => return Ok(()),
+    };
+    std::fs::create_dir_all(&dir).map_err(|source| SimError::Io { path: dir.clone(), source })?;
+    let write = |name: &str, text: String| -> Result<PathBuf, SimError> {
+        let p = dir.join(name);
+        std::fs::write(&p, text).map_err(|source| SimError::Io { path: p.clone(), source })?;
+        Ok(p)
+    };
+    write("metrics.csv", report::csv(reports))?;
+    let json = serde_json::to_string_pretty(reports).map_err(|e| SimError::Config(e.to_string()))?;
+    write("metrics.json", json)?;
+    if let Some(s) = series {
+        let mut csv = String::from("t_s,active_hosts,mean_util,migrations\n");
+        for x in s {
+            csv += &format!("{},{},{:.4},{}\n", x.t, x.active_hosts, x.mean_util, x.migrations);
+        }
+        write("intervals.csv", csv)?;
+    }
+    if args.plot {
+        crate::plot::energy_vs_slav(reports, &dir.join("energy_vs_slav"))?;
+        if let Some(s) = series {
+            crate::plot::timeline(s, &dir.join("timeline"))?;
+        }
+    }
+    eprintln!("wrote results to {}", dir.display());
+    Ok(())
+}
+
+/// Parses `HOST@SECONDS` (used by `--drain` and `--fail`).
+pub fn parse_host_at(s: &str) -> Result<HostAt, String> {
+    let (h, t) = s.split_once('@').ok_or_else(|| format!("'{s}': expected HOST@SECONDS, e.g. 17@3600"))?;
+    let host = h.trim().parse().map_err(|_| format!("'{h}' is not a host index"))?;
+    let t: f64 = t.trim().parse().map_err(|_| format!("'{t}' is not a time in seconds"))?;
+    if !(t >= 0.0 && t.is_finite()) {
+        return Err(format!("'{t}' is not a time in seconds"));
+    }
+    Ok(HostAt { host, t })
+}
+
+/// Whether a path looks like a file rather than a day name.
+pub fn is_path(s: &str) -> bool {
+    Path::new(s).components().count() > 1 || s.ends_with(".tsv")
+}

@@ -1,0 +1,154 @@
+//! Initial placement, maintenance drains and failure evacuations.
+
+use super::{HostAt, Sim};
+use crate::error::SimError;
+use crate::report::OpOutcome;
+use crate::setup::Scenario;
+use ferry_cluster::state::Cluster;
+use ferry_cluster::{drain, evacuate, HostId, VmId};
+
+/// Places every VM at its full requested size, in VM order: PABFD (least power increase,
+/// ties to the lowest index) or first fit. Host bandwidth is checked; RAM only when
+/// `c.enforce_ram` (CloudSim's reference runs pack by CPU alone: their DVFS host count
+/// only matches without the RAM check).
+pub(super) fn initial_placement(c: &mut Cluster, scn: &Scenario, pabfd: bool) -> Result<(), SimError> {
+    let n_h = c.hosts.len();
+    let check_ram = c.enforce_ram;
+    let mut bw_used = vec![0.0; n_h];
+    let min_mips = c.vms.iter().map(|v| v.mips).fold(f64::MAX, f64::min);
+    let min_ram = c.vms.iter().map(|v| v.ram_mb).fold(f64::MAX, f64::min);
+    let min_bw = scn.vm_types.iter().map(|v| v.bw_mbps).fold(f64::MAX, f64::min);
+    // Groups of interchangeable hosts (same power model and capacity), in index order.
+    let mut keys: Vec<(usize, u64, u64)> = Vec::new();
+    let mut groups: Vec<Vec<HostId>> = Vec::new();
+    if pabfd {
+        for h in 0..n_h {
+            let host = &c.hosts[h];
+            let key = (host.power, host.total_mips.to_bits(), host.pe_mips.to_bits());
+            match keys.iter().position(|k| *k == key) {
+                Some(g) => groups[g].push(h),
+                None => {
+                    keys.push(key);
+                    groups.push(vec![h]);
+                }
+            }
+        }
+    } else {
+        groups.push((0..n_h).collect());
+    }
+    let mut ptr = vec![0usize; groups.len()];
+    for v in 0..c.vms.len() {
+        let bw = scn.vm_types[scn.vms[v].0].bw_mbps;
+        c.vms[v].demand_mips = c.vms[v].mips;
+        let mut best: Option<(f64, HostId)> = None;
+        for (g, group) in groups.iter().enumerate() {
+            let dead = |h: HostId, c: &Cluster| {
+                let host = &c.hosts[h];
+                host.avail_mips < min_mips || (check_ram && host.ram_used + min_ram > host.ram_mb) || bw_used[h] + min_bw > host.bw_mbps
+            };
+            while ptr[g] < group.len() && dead(group[ptr[g]], c) {
+                ptr[g] += 1;
+            }
+            let found = group[ptr[g]..].iter().copied().find(|&h| c.is_suitable(h, v) && bw_used[h] + bw <= c.hosts[h].bw_mbps);
+            if let Some(h) = found {
+                let d = if pabfd { ferry_cluster::placement::power_increase(c, h, c.vms[v].mips) } else { h as f64 };
+                if best.is_none_or(|(bd, bh)| d < bd || (d == bd && h < bh)) {
+                    best = Some((d, h));
+                }
+            }
+        }
+        let Some((_, h)) = best else {
+            return Err(SimError::Config(format!(
+                "VM {v} ({} MIPS, {} MB) fits on no host at start; add hosts (--hosts) or use fewer VMs (--vms)",
+                c.vms[v].mips, c.vms[v].ram_mb
+            )));
+        };
+        c.vm_create(h, v);
+        bw_used[h] += bw;
+    }
+    Ok(())
+}
+
+impl Sim<'_> {
+    fn migration_time(&self, v: VmId, to_bw: f64) -> f64 {
+        let vm = &self.c.vms[v];
+        self.cfg.migration.cost(vm.ram_mb, vm.demand_mips / vm.mips, to_bw).duration_s
+    }
+
+    /// Starts drains whose deadline approaches, evacuates hosts about to fail, and fails
+    /// hosts whose time has come.
+    pub(super) fn operations(&mut self, t: f64) -> Result<(), SimError> {
+        if self.ops.is_empty() {
+            for d in &self.cfg.drains {
+                self.ops.push(outcome("drain", *d));
+            }
+            for f in &self.cfg.failures {
+                self.ops.push(outcome("evacuate", *f));
+            }
+        }
+        let det = self.detector();
+        let n_drains = self.cfg.drains.len();
+        for i in 0..self.ops.len() {
+            let (host, deadline) = (self.ops[i].host, self.ops[i].deadline_s);
+            let is_drain = i < n_drains;
+            let started = self.c.hosts[host].closed;
+            if started && self.ops[i].emptied_at_s.is_none() && self.c.hosts[host].vms.is_empty() && self.ops[i].problem.is_none() {
+                self.ops[i].emptied_at_s = Some(t);
+            }
+            if is_drain && !started {
+                let bw = self.c.hosts[host].bw_mbps;
+                let est: f64 = self.c.hosts[host].vms.iter().map(|&v| self.migration_time(v, bw)).sum();
+                if t + est + 2.0 * self.scn.interval_s >= deadline {
+                    let times: Vec<f64> = (0..self.c.vms.len()).map(|v| self.migration_time(v, bw)).collect();
+                    match drain::plan(&mut self.c, &det, host, t, deadline, |v| times[v]) {
+                        Ok(p) => self.start(t, &p.migrations),
+                        Err(e) => self.ops[i].problem = Some(e.to_string()),
+                    }
+                    if self.c.hosts[host].vms.is_empty() {
+                        self.ops[i].emptied_at_s = Some(t);
+                    }
+                }
+            } else if !is_drain && !started && t >= deadline - self.cfg.failure_warning_s {
+                let bw = self.c.hosts[host].bw_mbps;
+                let times: Vec<f64> = (0..self.c.vms.len()).map(|v| self.migration_time(v, bw)).collect();
+                let p = evacuate::plan(&mut self.c, &det, host, deadline - t, |v| times[v]);
+                if !p.stranded.is_empty() {
+                    self.ops[i].problem = Some(format!("{} VM(s) cannot leave host {host} before it fails", p.stranded.len()));
+                }
+                self.start(t, &p.migrations);
+            }
+            if !is_drain && t >= deadline && !self.failed[host] {
+                self.fail_host(host, t);
+            }
+        }
+        Ok(())
+    }
+
+    /// The host dies: VMs still on it are lost and cold-restarted elsewhere.
+    fn fail_host(&mut self, host: HostId, t: f64) {
+        self.failed[host] = true;
+        self.c.hosts[host].closed = true;
+        let stranded: Vec<VmId> = self.c.hosts[host].vms.iter().copied().filter(|&v| self.c.vms[v].host == Some(host)).collect();
+        let incoming = std::mem::take(&mut self.mig_in[host]);
+        for v in incoming {
+            self.c.vm_destroy(host, v);
+            self.c.vms[v].in_migration = false;
+        }
+        for v in stranded {
+            self.vms_lost += 1;
+            self.c.vm_destroy(host, v);
+            self.c.vms[v].in_migration = false;
+            let excluded = vec![false; self.c.hosts.len()];
+            let target = ferry_cluster::placement::first_fit(&self.c, v, &excluded).or_else(|| (0..self.c.hosts.len()).find(|&h| !self.failed[h]));
+            if let Some(h) = target {
+                self.c.vm_create(h, v);
+                self.measure(h, t);
+            }
+        }
+        self.measure(host, t);
+    }
+}
+
+fn outcome(kind: &str, at: HostAt) -> OpOutcome {
+    OpOutcome { kind: kind.to_string(), host: at.host, deadline_s: at.t, emptied_at_s: None, problem: None }
+}
