@@ -61,21 +61,33 @@ fn temp_dir(tag: &str) -> PathBuf {
 }
 
 impl Qemu {
-    /// Boots `image` with `mem_mib` MiB of RAM, preferring KVM and falling back to TCG.
+    /// Boots `image` with `mem_mib` MiB of RAM: KVM if it works, else TCG (or `FERRY_GUEST_ACCEL`).
     pub fn boot(tag: &str, image: &[u8], mem_mib: u64) -> Qemu {
-        if let Some(accel) = ACCEL.get() {
+        let forced = std::env::var("FERRY_GUEST_ACCEL").ok();
+        let forced = match forced.as_deref() {
+            Some("kvm") => Some("kvm"),
+            Some("tcg") => Some("tcg"),
+            _ => None,
+        };
+        if let Some(accel) = forced.or_else(|| ACCEL.get().copied()) {
             return Qemu::spawn(tag, image, mem_mib, accel);
         }
-        let kvm = Qemu::spawn(tag, image, mem_mib, "kvm");
-        // Anything on serial means the guest ran; a QEMU that died without output could not use KVM.
-        if kvm.wait_serial(Duration::from_secs(5), |s| !s.is_empty()) {
-            let _ = ACCEL.set("kvm");
-            return kvm;
+        let mut kvm = Qemu::spawn(tag, image, mem_mib, "kvm");
+        // A QEMU that cannot use KVM exits at once; one that prints anything is running the guest.
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(20) && kvm.serial().is_empty() {
+            if let Ok(Some(_)) = kvm.child.try_wait() {
+                eprintln!(
+                    "KVM boot failed ({}); falling back to TCG",
+                    kvm.stderr().trim()
+                );
+                let _ = ACCEL.set("tcg");
+                return Qemu::spawn(tag, image, mem_mib, "tcg");
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
-        drop(kvm);
-        eprintln!("KVM boot failed; falling back to TCG");
-        let _ = ACCEL.set("tcg");
-        Qemu::spawn(tag, image, mem_mib, "tcg")
+        let _ = ACCEL.set("kvm");
+        kvm
     }
 
     fn spawn(tag: &str, image: &[u8], mem_mib: u64, accel: &'static str) -> Qemu {
