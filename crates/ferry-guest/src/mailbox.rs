@@ -5,7 +5,7 @@ pub const MAILBOX_ADDR: u64 = 0x8000;
 /// Size of the mailbox page.
 pub const MAILBOX_SIZE: usize = 4096;
 /// Bytes of the page that hold fields (the rest is reserved).
-pub const MAILBOX_USED: usize = 0x78;
+pub const MAILBOX_USED: usize = 0x80;
 
 /// Value of the `magic` field once set-up is done ("FERRYGST" read as little-endian bytes).
 pub const MAGIC: u64 = 0x5453_4759_5252_4546;
@@ -32,7 +32,7 @@ pub const OFF_VERIFY_REQUEST: u64 = 0x38;
 pub const OFF_VERIFY_DONE: u64 = 0x40;
 /// Offset of `verify_errors`.
 pub const OFF_VERIFY_ERRORS: u64 = 0x48;
-/// Offset of `verify_pages`.
+/// Offset of `verify_pages` (pages swept: all of the working set).
 pub const OFF_VERIFY_PAGES: u64 = 0x50;
 /// Offset of `ws_base`.
 pub const OFF_WS_BASE: u64 = 0x58;
@@ -42,6 +42,8 @@ pub const OFF_WS_PAGES: u64 = 0x60;
 pub const OFF_PARAMS: u64 = 0x68;
 /// Offset of `tsc_hz`.
 pub const OFF_TSC_HZ: u64 = 0x70;
+/// Offset of `verify_written` (pages the last sweep checked against a tag: the written ones).
+pub const OFF_VERIFY_WRITTEN: u64 = 0x78;
 
 /// `state`: set-up (and the optional fill) in progress.
 pub const STATE_BOOTING: u64 = 0;
@@ -75,7 +77,7 @@ pub struct Mailbox {
     pub verify_done: u64,
     /// Mismatching pages found by the last sweep.
     pub verify_errors: u64,
-    /// Pages checked by the last sweep.
+    /// Pages swept by the last sweep (the whole working set).
     pub verify_pages: u64,
     /// Guest-physical base of the working set.
     pub ws_base: u64,
@@ -85,6 +87,8 @@ pub struct Mailbox {
     pub params: u64,
     /// TSC frequency baked into the image.
     pub tsc_hz: u64,
+    /// Pages the last sweep compared with their tags (those written at least once).
+    pub verify_written: u64,
 }
 
 fn read_u64(page: &[u8], off: u64) -> Option<u64> {
@@ -117,6 +121,7 @@ impl Mailbox {
             ws_pages: f(OFF_WS_PAGES)?,
             params: f(OFF_PARAMS)?,
             tsc_hz: f(OFF_TSC_HZ)?,
+            verify_written: f(OFF_VERIFY_WRITTEN)?,
         })
     }
 

@@ -290,6 +290,7 @@ pub fn assemble(
         (OFF_VERIFY_DONE, 0),
         (OFF_VERIFY_ERRORS, 0),
         (OFF_VERIFY_PAGES, 0),
+        (OFF_VERIFY_WRITTEN, 0),
         (OFF_WS_BASE, l.ws_base),
         (OFF_WS_PAGES, l.ws_pages),
         (OFF_PARAMS, params),
@@ -421,7 +422,7 @@ pub fn assemble(
     let mut sweep_ok = a.create_label();
     let mut sweep_next = a.create_label();
     let mut sweep_done = a.create_label();
-    // r8 page index, r9 mismatches, r10 pages checked (the pacing deadline is saved meanwhile).
+    // r8 page index, r9 mismatches, r10 written pages checked (the pacing deadline is saved meanwhile).
     a.set_label(&mut sweep)?;
     a.push(rax)?;
     a.push(mb(OFF_STATE))?;
@@ -460,7 +461,8 @@ pub fn assemble(
     a.jmp(sweep_loop)?;
     a.set_label(&mut sweep_done)?;
     a.mov(mb(OFF_VERIFY_ERRORS), r9)?;
-    a.mov(mb(OFF_VERIFY_PAGES), r10)?;
+    a.mov(mb(OFF_VERIFY_PAGES), r8)?;
+    a.mov(mb(OFF_VERIFY_WRITTEN), r10)?;
     a.pop(r10)?;
     a.pop(mb(OFF_STATE))?;
     a.pop(rax)?;

@@ -39,15 +39,19 @@ fn written_pages(q: &mut Qemu, pages: u64) -> u64 {
         .count() as u64
 }
 
-/// Requests a sweep and checks its page count against the version table around it.
+/// Requests a sweep and checks its page counts against the version table around it.
 fn verify_written(q: &mut Qemu, request: u64, pages: u64) -> Mailbox {
     let before = written_pages(q, pages);
     let v = verify(q, request);
     let after = written_pages(q, pages);
+    assert_eq!(
+        v.verify_pages, pages,
+        "the sweep covers the whole working set"
+    );
     assert!(
-        (before..=after).contains(&v.verify_pages),
-        "sweep checked {} pages; {before}..={after} were written",
-        v.verify_pages
+        (before..=after).contains(&v.verify_written),
+        "sweep checked {} written pages; {before}..={after} were written",
+        v.verify_written
     );
     v
 }
@@ -154,7 +158,10 @@ fn fill_then_idle_and_detect_corruption() {
     );
 
     let v = verify(&mut q, 7);
-    assert_eq!((v.verify_errors, v.verify_pages), (0, pages));
+    assert_eq!(
+        (v.verify_errors, v.verify_pages, v.verify_written),
+        (0, pages, pages)
+    );
     q.write_u64(m.ws_base + 5 * 4096, 0xDEAD_BEEF);
     q.write_u64(m.ws_base + 900 * 4096, 0);
     let v = verify(&mut q, 8);
