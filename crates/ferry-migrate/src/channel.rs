@@ -102,10 +102,23 @@ pub struct FrameReader {
 
 /// Splits a connection into framed halves keyed by `key` (0 until the handshake sets the key).
 pub fn split(stream: Stream, key: u32) -> Result<(FrameReader, FrameWriter), MigrateError> {
-    let w = stream.try_clone().map_err(MigrateError::io("cannot clone socket"))?;
+    let w = stream
+        .try_clone()
+        .map_err(MigrateError::io("cannot clone socket"))?;
     Ok((
-        FrameReader { stream, key, seq: 0, buf: Vec::new(), bytes: 0 },
-        FrameWriter { stream: w, key, seq: 0, bytes: 0 },
+        FrameReader {
+            stream,
+            key,
+            seq: 0,
+            buf: Vec::new(),
+            bytes: 0,
+        },
+        FrameWriter {
+            stream: w,
+            key,
+            seq: 0,
+            bytes: 0,
+        },
     ))
 }
 
@@ -114,8 +127,13 @@ impl FrameWriter {
     pub fn send(&mut self, kind: FrameType, flags: u8, payload: &[u8]) -> Result<(), MigrateError> {
         let h = encode_header(kind, flags, self.seq, payload, self.key)?;
         write_all_vectored(&mut self.stream, &h, payload).map_err(|e| match e.kind() {
-            std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset => MigrateError::PeerClosed("sending"),
-            _ => MigrateError::Io { context: format!("sending {kind:?} frame"), source: e },
+            std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset => {
+                MigrateError::PeerClosed("sending")
+            }
+            _ => MigrateError::Io {
+                context: format!("sending {kind:?} frame"),
+                source: e,
+            },
         })?;
         self.seq = self.seq.wrapping_add(1);
         self.bytes += (HEADER_LEN + payload.len()) as u64;
@@ -158,7 +176,8 @@ impl FrameReader {
         self.seq = self.seq.wrapping_add(1);
         self.bytes += (HEADER_LEN + self.buf.len()) as u64;
         if h.kind == FrameType::Abort {
-            let reason = ferry_wire::message::decode_reason(&self.buf).unwrap_or_else(|_| "no reason given".into());
+            let reason = ferry_wire::message::decode_reason(&self.buf)
+                .unwrap_or_else(|_| "no reason given".into());
             return Err(MigrateError::PeerAborted(reason));
         }
         Ok((h, &self.buf))
@@ -168,7 +187,10 @@ impl FrameReader {
     pub fn expect(&mut self, want: FrameType, during: &'static str) -> Result<&[u8], MigrateError> {
         let (h, p) = self.recv(during)?;
         if h.kind != want {
-            return Err(MigrateError::Unexpected { got: h.kind, during });
+            return Err(MigrateError::Unexpected {
+                got: h.kind,
+                during,
+            });
         }
         Ok(p)
     }
@@ -186,12 +208,17 @@ impl FrameReader {
 
 fn read_exact(s: &mut Stream, buf: &mut [u8], during: &'static str) -> Result<(), MigrateError> {
     s.read_exact(buf).map_err(|e| match e.kind() {
-        std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset => MigrateError::PeerClosed(during),
+        std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset => {
+            MigrateError::PeerClosed(during)
+        }
         std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => MigrateError::Io {
             context: format!("peer silent too long during {during}"),
             source: e,
         },
-        _ => MigrateError::Io { context: format!("reading during {during}"), source: e },
+        _ => MigrateError::Io {
+            context: format!("reading during {during}"),
+            source: e,
+        },
     })
 }
 

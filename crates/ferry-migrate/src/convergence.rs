@@ -45,17 +45,33 @@ fn stalled(rounds: &[RoundStats], window: usize) -> bool {
         return false;
     }
     let recent = &rounds[rounds.len() - window - 1..];
-    recent.windows(2).all(|w| w[1].dirtied as f64 > 0.9 * w[0].dirtied as f64)
+    recent
+        .windows(2)
+        .all(|w| w[1].dirtied as f64 > 0.9 * w[0].dirtied as f64)
 }
 
 /// Decides the next step from the rounds so far and the pages now dirty.
-pub fn decide(cfg: &ConvergenceConfig, rounds: &[RoundStats], remaining_pages: u64, throttle: u8) -> Decision {
+pub fn decide(
+    cfg: &ConvergenceConfig,
+    rounds: &[RoundStats],
+    remaining_pages: u64,
+    throttle: u8,
+) -> Decision {
     let Some(last) = rounds.last() else {
         return Decision::Continue;
     };
-    let bytes_per_page = if last.pages > 0 { last.bytes as f64 / last.pages as f64 } else { 4096.0 };
+    let bytes_per_page = if last.pages > 0 {
+        last.bytes as f64 / last.pages as f64
+    } else {
+        4096.0
+    };
     // Bandwidth: best of the recent rounds (a short round under-measures).
-    let bw = rounds.iter().rev().take(3).map(RoundStats::bandwidth).fold(0.0, f64::max);
+    let bw = rounds
+        .iter()
+        .rev()
+        .take(3)
+        .map(RoundStats::bandwidth)
+        .fold(0.0, f64::max);
     if predicted_downtime(remaining_pages, bytes_per_page, bw) <= cfg.downtime_target {
         return Decision::SwitchOver;
     }
@@ -88,7 +104,13 @@ mod tests {
     use super::*;
 
     fn round(pages: u64, dirtied: u64) -> RoundStats {
-        RoundStats { round: 0, pages, bytes: pages * 4096, seconds: pages as f64 * 4096.0 / 1e9, dirtied }
+        RoundStats {
+            round: 0,
+            pages,
+            bytes: pages * 4096,
+            seconds: pages as f64 * 4096.0 / 1e9,
+            dirtied,
+        }
     }
 
     fn cfg() -> ConvergenceConfig {
@@ -110,18 +132,31 @@ mod tests {
 
     #[test]
     fn non_converging_guest_falls_back() {
-        let r = [round(262_144, 131_072), round(131_072, 131_072), round(131_072, 131_072)];
+        let r = [
+            round(262_144, 131_072),
+            round(131_072, 131_072),
+            round(131_072, 131_072),
+        ];
         assert_eq!(decide(&cfg(), &r, 131_072, 0), Decision::Continue);
-        let pc = ConvergenceConfig { postcopy_fallback: true, ..cfg() };
+        let pc = ConvergenceConfig {
+            postcopy_fallback: true,
+            ..cfg()
+        };
         assert_eq!(decide(&pc, &r, 131_072, 0), Decision::Postcopy);
-        let ac = ConvergenceConfig { auto_converge: true, ..cfg() };
+        let ac = ConvergenceConfig {
+            auto_converge: true,
+            ..cfg()
+        };
         assert_eq!(decide(&ac, &r, 131_072, 0), Decision::Throttle(20));
         assert_eq!(decide(&ac, &r, 131_072, 20), Decision::Throttle(30));
     }
 
     #[test]
     fn round_limit_forces_switch_over() {
-        let c = ConvergenceConfig { max_rounds: 2, ..cfg() };
+        let c = ConvergenceConfig {
+            max_rounds: 2,
+            ..cfg()
+        };
         let r = [round(1000, 900), round(900, 500)];
         assert_eq!(decide(&c, &r, 100_000, 0), Decision::SwitchOver);
     }

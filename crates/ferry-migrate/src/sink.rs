@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ferry_wire::codec::BatchDecoder;
-use ferry_wire::message::{self, channel_key, features, Hello, HelloAck, RoundSummary, VmConfig, PROTOCOL_VERSION};
+use ferry_wire::message::{
+    self, channel_key, features, Hello, HelloAck, RoundSummary, VmConfig, PROTOCOL_VERSION,
+};
 use ferry_wire::{FrameType, WireError};
 
 use crate::channel::{split, FrameReader, FrameWriter, Stream};
@@ -26,7 +28,9 @@ pub struct ReceiveOptions {
 
 impl Default for ReceiveOptions {
     fn default() -> Self {
-        Self { timeout: Duration::from_secs(30) }
+        Self {
+            timeout: Duration::from_secs(30),
+        }
     }
 }
 
@@ -75,10 +79,17 @@ impl DoneReport {
             return Err(WireError::Malformed("Done payload must be 9 bytes"));
         }
         let f = b[0];
-        let gap_ns = u64::from_le_bytes(b[1..9].try_into().map_err(|_| WireError::Malformed("Done"))?);
+        let gap_ns = u64::from_le_bytes(
+            b[1..9]
+                .try_into()
+                .map_err(|_| WireError::Malformed("Done"))?,
+        );
         Ok(Self {
             digest_match: (f & 1 != 0).then_some(f & 2 != 0),
-            guest_observed: (f & 4 != 0).then_some(GuestObserved { gap_ns, sequence_continues: f & 8 != 0 }),
+            guest_observed: (f & 4 != 0).then_some(GuestObserved {
+                gap_ns,
+                sequence_continues: f & 8 != 0,
+            }),
         })
     }
 }
@@ -109,7 +120,10 @@ pub fn receive<F: SinkFactory>(
     let (cfg_hdr, cfg) = {
         let (h, p) = r0.recv("configuration")?;
         if h.kind != FrameType::VmConfig {
-            return Err(MigrateError::Unexpected { got: h.kind, during: "configuration" });
+            return Err(MigrateError::Unexpected {
+                got: h.kind,
+                during: "configuration",
+            });
         }
         (h, VmConfig::decode(p)?)
     };
@@ -134,13 +148,25 @@ pub fn receive<F: SinkFactory>(
         }));
     }
     drop(tx);
-    let outcome = switch_over(&mut sink, &mut w0, &rx, channels, &hashes, &running, opts, t0);
+    let outcome = switch_over(
+        &mut sink, &mut w0, &rx, channels, &hashes, &running, opts, t0,
+    );
     match outcome {
         Ok((digest_match, total_ms)) => {
             // The source closes its end after Done; collect what the pumps counted.
-            let bytes = bytes_handles.into_iter().filter_map(|h| h.join().ok()).sum::<u64>() + w0.bytes;
+            let bytes = bytes_handles
+                .into_iter()
+                .filter_map(|h| h.join().ok())
+                .sum::<u64>()
+                + w0.bytes;
             let guest_observed = sink.guest_observed();
-            Ok(Incoming { sink, digest_match, guest_observed, bytes, total_ms })
+            Ok(Incoming {
+                sink,
+                digest_match,
+                guest_observed,
+                bytes,
+                total_ms,
+            })
         }
         Err(e) => {
             let _ = w0.send(FrameType::Abort, 0, &message::encode_reason(&e.to_string()));
@@ -156,10 +182,17 @@ fn accept_channel(
     expect: Option<(&[u8; 16], u16)>,
 ) -> Result<(FrameReader, FrameWriter, Hello), MigrateError> {
     let stream = accept().map_err(MigrateError::io("accepting a migration connection"))?;
-    stream.set_read_timeout(Some(opts.timeout)).map_err(MigrateError::io("socket option"))?;
-    stream.set_write_timeout(Some(opts.timeout)).map_err(MigrateError::io("socket option"))?;
+    stream
+        .set_read_timeout(Some(opts.timeout))
+        .map_err(MigrateError::io("socket option"))?;
+    stream
+        .set_write_timeout(Some(opts.timeout))
+        .map_err(MigrateError::io("socket option"))?;
     let (mut r, mut w) = split(stream, 0)?;
-    let hello = match r.expect(FrameType::Hello, "handshake").and_then(|p| Ok(Hello::decode(p)?)) {
+    let hello = match r
+        .expect(FrameType::Hello, "handshake")
+        .and_then(|p| Ok(Hello::decode(p)?))
+    {
         Ok(h) => h,
         Err(e) => {
             refuse(&mut w, &e.to_string());
@@ -178,7 +211,11 @@ fn accept_channel(
         refuse(&mut w, &why);
         return Err(MigrateError::Refused(why));
     }
-    let ack = HelloAck { version: PROTOCOL_VERSION, features: hello.features & features::ALL, refusal: None };
+    let ack = HelloAck {
+        version: PROTOCOL_VERSION,
+        features: hello.features & features::ALL,
+        refusal: None,
+    };
     w.send(FrameType::HelloAck, 0, &ack.encode())?;
     let key = channel_key(&hello.migration_id, hello.channel);
     r.set_key(key);
@@ -187,7 +224,11 @@ fn accept_channel(
 }
 
 fn refuse(w: &mut FrameWriter, why: &str) {
-    let ack = HelloAck { version: PROTOCOL_VERSION, features: 0, refusal: Some(why.to_string()) };
+    let ack = HelloAck {
+        version: PROTOCOL_VERSION,
+        features: 0,
+        refusal: Some(why.to_string()),
+    };
     let _ = w.send(FrameType::HelloAck, 0, &ack.encode());
 }
 
@@ -213,7 +254,10 @@ fn pump(
         match h.kind {
             FrameType::Pages => {
                 if running.load(Ordering::SeqCst) {
-                    return Err(MigrateError::Unexpected { got: h.kind, during: "post-switch-over (the VM runs)" });
+                    return Err(MigrateError::Unexpected {
+                        got: h.kind,
+                        during: "post-switch-over (the VM runs)",
+                    });
                 }
                 decoder.decode(p, store)?;
                 store.record_hashes(Some(hashes));
@@ -234,7 +278,12 @@ fn pump(
             FrameType::Complete if ch == 0 => {
                 let _ = tx.send(Msg::Complete(RoundSummary::decode(p)?, h.flags & 1 != 0));
             }
-            other => return Err(MigrateError::Unexpected { got: other, during: "page transfer" }),
+            other => {
+                return Err(MigrateError::Unexpected {
+                    got: other,
+                    during: "page transfer",
+                })
+            }
         }
     }
 }
@@ -255,7 +304,9 @@ fn switch_over<K: MigrationSink>(
     let mut loaded = false;
     let mut total_ms = 0.0;
     loop {
-        let msg = rx.recv_timeout(opts.timeout + Duration::from_secs(1)).map_err(|_| MigrateError::PeerClosed("transfer"))?;
+        let msg = rx
+            .recv_timeout(opts.timeout + Duration::from_secs(1))
+            .map_err(|_| MigrateError::PeerClosed("transfer"))?;
         match msg {
             Msg::RoundEnd(ch, r) => last_round[ch] = Some(r),
             Msg::DeviceState(r, s) => pending = Some((r, s)),
@@ -265,10 +316,18 @@ fn switch_over<K: MigrationSink>(
                 total_ms = t0.elapsed().as_secs_f64() * 1e3;
                 w0.send(FrameType::Running, 0, &[]).ok();
             }
-            Msg::Go => return Err(MigrateError::Unexpected { got: FrameType::Go, during: "switch-over (state not loaded)" }),
+            Msg::Go => {
+                return Err(MigrateError::Unexpected {
+                    got: FrameType::Go,
+                    during: "switch-over (state not loaded)",
+                })
+            }
             Msg::Complete(summary, verify) => {
                 if !running.load(Ordering::SeqCst) {
-                    return Err(MigrateError::Unexpected { got: FrameType::Complete, during: "switch-over" });
+                    return Err(MigrateError::Unexpected {
+                        got: FrameType::Complete,
+                        during: "switch-over",
+                    });
                 }
                 let digest_match = verify.then(|| hashes.digest() == summary.digest);
                 // Give the guest a moment to show its first heartbeat here.
@@ -276,7 +335,10 @@ fn switch_over<K: MigrationSink>(
                 while sink.guest_observed().is_none() && Instant::now() < deadline {
                     std::thread::sleep(Duration::from_millis(2));
                 }
-                let done = DoneReport { digest_match, guest_observed: sink.guest_observed() };
+                let done = DoneReport {
+                    digest_match,
+                    guest_observed: sink.guest_observed(),
+                };
                 let _ = w0.send(FrameType::Done, 0, &done.encode());
                 return Ok((digest_match, total_ms));
             }
@@ -309,10 +371,16 @@ mod tests {
     fn done_report_round_trips() {
         for d in [
             DoneReport::default(),
-            DoneReport { digest_match: Some(true), guest_observed: None },
+            DoneReport {
+                digest_match: Some(true),
+                guest_observed: None,
+            },
             DoneReport {
                 digest_match: Some(false),
-                guest_observed: Some(GuestObserved { gap_ns: 1234, sequence_continues: true }),
+                guest_observed: Some(GuestObserved {
+                    gap_ns: 1234,
+                    sequence_continues: true,
+                }),
             },
         ] {
             assert_eq!(DoneReport::decode(&d.encode()).unwrap(), d);

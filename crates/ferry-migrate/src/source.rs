@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use ferry_vmm::dirty::DirtyBitmap;
 use ferry_vmm::PAGE_SIZE;
 use ferry_wire::codec::{BatchEncoder, EncoderConfig, PageRef};
-use ferry_wire::message::{self, features, channel_key, Hello, HelloAck, RoundSummary, VmConfig};
+use ferry_wire::message::{self, channel_key, features, Hello, HelloAck, RoundSummary, VmConfig};
 use ferry_wire::FrameType;
 
 use crate::channel::{split, FrameReader, FrameWriter, Stream};
@@ -91,16 +91,27 @@ pub fn migrate_out<S: MigrationSource>(
     events: &mut dyn FnMut(Event),
 ) -> Result<Report, MigrateError> {
     if opts.channels == 0 || opts.channels > 64 {
-        return Err(MigrateError::Config("channels must be between 1 and 64".into()));
+        return Err(MigrateError::Config(
+            "channels must be between 1 and 64".into(),
+        ));
     }
     if matches!(opts.strategy, Strategy::Postcopy | Strategy::Hybrid) {
-        return Err(MigrateError::Config(format!("strategy {} is not available in this build yet", opts.strategy)));
+        return Err(MigrateError::Config(format!(
+            "strategy {} is not available in this build yet",
+            opts.strategy
+        )));
     }
     let t0 = Instant::now();
-    events(Event::Phase { phase: Phase::Handshake });
+    events(Event::Phase {
+        phase: Phase::Handshake,
+    });
     let mem = src.memory();
     let mut link = handshake(connect, opts)?;
-    let cfg = VmConfig { memory: mem.pages() * PAGE_SIZE as u64, vcpus: src.vcpus(), strategy: opts.strategy.code() };
+    let cfg = VmConfig {
+        memory: mem.pages() * PAGE_SIZE as u64,
+        vcpus: src.vcpus(),
+        strategy: opts.strategy.code(),
+    };
     link.writers[0].send(FrameType::VmConfig, 0, &cfg.encode())?;
 
     let mut report = Report {
@@ -127,14 +138,21 @@ pub fn migrate_out<S: MigrationSource>(
     Ok(report)
 }
 
-fn handshake(connect: &dyn Fn() -> std::io::Result<Stream>, opts: &SourceOptions) -> Result<Link, MigrateError> {
+fn handshake(
+    connect: &dyn Fn() -> std::io::Result<Stream>,
+    opts: &SourceOptions,
+) -> Result<Link, MigrateError> {
     let mut id = [0u8; 16];
     rand::Rng::fill(&mut rand::thread_rng(), &mut id);
     let (mut control, mut writers) = (None, Vec::new());
     for ch in 0..opts.channels {
         let stream = connect().map_err(MigrateError::io("cannot connect to the destination"))?;
-        stream.set_read_timeout(Some(opts.timeout)).map_err(MigrateError::io("socket option"))?;
-        stream.set_write_timeout(Some(opts.timeout)).map_err(MigrateError::io("socket option"))?;
+        stream
+            .set_read_timeout(Some(opts.timeout))
+            .map_err(MigrateError::io("socket option"))?;
+        stream
+            .set_write_timeout(Some(opts.timeout))
+            .map_err(MigrateError::io("socket option"))?;
         let (mut r, mut w) = split(stream, 0)?;
         let hello = Hello {
             min_version: message::MIN_PROTOCOL_VERSION,
@@ -158,8 +176,14 @@ fn handshake(connect: &dyn Fn() -> std::io::Result<Stream>, opts: &SourceOptions
         }
     }
     let control = control.ok_or_else(|| MigrateError::Config("no channel".into()))?;
-    let encoders = (0..opts.channels).map(|_| BatchEncoder::new(opts.encoder)).collect();
-    Ok(Link { control, writers, encoders })
+    let encoders = (0..opts.channels)
+        .map(|_| BatchEncoder::new(opts.encoder))
+        .collect();
+    Ok(Link {
+        control,
+        writers,
+        encoders,
+    })
 }
 
 /// Runs the live rounds and the final copy. Returns when the VM is paused and every page and the
@@ -184,7 +208,9 @@ fn copy_phases<S: MigrationSource>(
             postcopy_fallback: false,
         };
         src.start_dirty_log()?;
-        events(Event::Phase { phase: Phase::LiveCopy });
+        events(Event::Phase {
+            phase: Phase::LiveCopy,
+        });
         let mut throttle = 0u8;
         loop {
             if opts.cancel.load(Ordering::SeqCst) {
@@ -203,13 +229,17 @@ fn copy_phases<S: MigrationSource>(
                     throttle = p;
                     report.max_throttle = report.max_throttle.max(p);
                     src.set_throttle(p)?;
-                    events(Event::Adapt { what: format!("throttling the guest to {p}%") });
+                    events(Event::Adapt {
+                        what: format!("throttling the guest to {p}%"),
+                    });
                 }
                 Decision::SwitchOver | Decision::Postcopy => break,
             }
         }
     }
-    events(Event::Phase { phase: Phase::SwitchOver });
+    events(Event::Phase {
+        phase: Phase::SwitchOver,
+    });
     let t_pause = Instant::now();
     src.pause()?;
     *paused = true;
@@ -224,7 +254,10 @@ fn copy_phases<S: MigrationSource>(
     let mut payload = round.to_le_bytes().to_vec();
     payload.extend_from_slice(&state);
     link.writers[0].send(FrameType::DeviceState, 0, &payload)?;
-    link.control.expect(FrameType::Ready, "switch-over (waiting for the destination to load state)")?;
+    link.control.expect(
+        FrameType::Ready,
+        "switch-over (waiting for the destination to load state)",
+    )?;
     if opts.cancel.load(Ordering::SeqCst) {
         return Err(MigrateError::Cancelled);
     }
@@ -250,30 +283,61 @@ fn send_round(
     let total = dirty.count();
     let n = link.writers.len() as u64;
     let done = AtomicU64::new(0);
+    // The bulk round skips pages the memory knows to be zero (never touched) without reading them.
+    let data = if round == 0 { mem.data_pages() } else { None };
+    let data = data.as_ref();
     let results: Vec<Result<(), MigrateError>> = std::thread::scope(|s| {
+        let (finished_tx, finished) = std::sync::mpsc::channel::<()>();
         let handles: Vec<_> = link
             .writers
             .iter_mut()
             .zip(link.encoders.iter_mut())
             .enumerate()
             .map(|(ch, (w, enc))| {
-                let (mem, done) = (mem.clone(), &done);
-                s.spawn(move || send_shard(&*mem, w, enc, round, dirty, ch as u64, n, done))
+                let (mem, done, finished_tx) = (mem.clone(), &done, finished_tx.clone());
+                s.spawn(move || {
+                    let r = send_shard(&*mem, w, enc, round, dirty, data, ch as u64, n, done);
+                    let _ = finished_tx.send(());
+                    r
+                })
             })
             .collect();
-        while !handles.iter().all(|h| h.is_finished()) {
-            std::thread::sleep(Duration::from_millis(50));
-            let bytes = report.bytes_sent + before;
-            events(Event::Progress { round, done: done.load(Ordering::Relaxed), total, bytes });
+        // Wake on each sender's completion (no polling delay at switch-over), report progress meanwhile.
+        let mut remaining = handles.len();
+        while remaining > 0 {
+            match finished.recv_timeout(Duration::from_millis(100)) {
+                Ok(()) => remaining -= 1,
+                Err(_) => {
+                    let bytes = report.bytes_sent + before;
+                    events(Event::Progress {
+                        round,
+                        done: done.load(Ordering::Relaxed),
+                        total,
+                        bytes,
+                    });
+                }
+            }
         }
-        handles.into_iter().map(|h| h.join().unwrap_or(Err(MigrateError::Config("sender thread panicked".into())))).collect()
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or(Err(MigrateError::Config("sender thread panicked".into())))
+            })
+            .collect()
     });
     for r in results {
         r?;
     }
     let bytes = link.bytes() - before;
     report.pages_sent += total;
-    Ok(RoundStats { round, pages: total, bytes, seconds: t.elapsed().as_secs_f64(), dirtied: 0 })
+    Ok(RoundStats {
+        round,
+        pages: total,
+        bytes,
+        seconds: t.elapsed().as_secs_f64(),
+        dirtied: 0,
+    })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -283,6 +347,7 @@ fn send_shard(
     enc: &mut BatchEncoder,
     round: u32,
     dirty: &DirtyBitmap,
+    data: Option<&DirtyBitmap>,
     ch: u64,
     channels: u64,
     done: &AtomicU64,
@@ -290,29 +355,45 @@ fn send_shard(
     let mut buf = vec![0u8; BATCH_PAGES * PAGE_SIZE];
     let mut gfns = Vec::with_capacity(BATCH_PAGES);
     let mut out = Vec::with_capacity(BATCH_PAGES * PAGE_SIZE + 4096);
-    let mut flush = |gfns: &mut Vec<u64>, buf: &[u8], out: &mut Vec<u8>| -> Result<(), MigrateError> {
-        if gfns.is_empty() {
-            return Ok(());
-        }
-        let refs: Vec<PageRef<'_>> =
-            gfns.iter().enumerate().map(|(i, &gfn)| PageRef { gfn, data: &buf[i * PAGE_SIZE..(i + 1) * PAGE_SIZE] }).collect();
-        out.clear();
-        enc.encode(&refs, out);
-        w.send(FrameType::Pages, 0, out)?;
-        done.fetch_add(gfns.len() as u64, Ordering::Relaxed);
-        gfns.clear();
-        Ok(())
-    };
+    let mut flush =
+        |gfns: &mut Vec<u64>, buf: &[u8], out: &mut Vec<u8>| -> Result<(), MigrateError> {
+            if gfns.is_empty() {
+                return Ok(());
+            }
+            let refs: Vec<PageRef<'_>> = gfns
+                .iter()
+                .enumerate()
+                .map(|(i, &gfn)| PageRef {
+                    gfn,
+                    data: &buf[i * PAGE_SIZE..(i + 1) * PAGE_SIZE],
+                })
+                .collect();
+            out.clear();
+            enc.encode(&refs, out);
+            w.send(FrameType::Pages, 0, out)?;
+            done.fetch_add(gfns.len() as u64, Ordering::Relaxed);
+            gfns.clear();
+            Ok(())
+        };
     for p in dirty.iter().filter(|p| (p / SHARD_PAGES) % channels == ch) {
         let i = gfns.len();
-        mem.read_page(p, &mut buf[i * PAGE_SIZE..(i + 1) * PAGE_SIZE]);
+        let slot = &mut buf[i * PAGE_SIZE..(i + 1) * PAGE_SIZE];
+        if data.is_some_and(|d| !d.get(p)) {
+            slot.fill(0);
+        } else {
+            mem.read_page(p, slot);
+        }
         gfns.push(p);
         if gfns.len() == BATCH_PAGES {
             flush(&mut gfns, &buf, &mut out)?;
         }
     }
     flush(&mut gfns, &buf, &mut out)?;
-    let end = RoundSummary { round, pages: 0, digest: [0; 16] };
+    let end = RoundSummary {
+        round,
+        pages: 0,
+        digest: [0; 16],
+    };
     w.send(FrameType::RoundEnd, 0, &end.encode())
 }
 
@@ -329,22 +410,54 @@ fn commit<S: MigrationSource>(
     events: &mut dyn FnMut(Event),
 ) -> Result<(), MigrateError> {
     let unknown = |e: MigrateError| MigrateError::OutcomeUnknown(e.to_string());
-    link.writers[0].send(FrameType::Go, 0, &[]).map_err(unknown)?;
-    link.control.expect(FrameType::Running, "commit (waiting for the destination to run)").map_err(unknown)?;
+    link.writers[0]
+        .send(FrameType::Go, 0, &[])
+        .map_err(unknown)?;
+    link.control
+        .expect(
+            FrameType::Running,
+            "commit (waiting for the destination to run)",
+        )
+        .map_err(unknown)?;
     report.downtime_ms = t_pause.elapsed().as_secs_f64() * 1e3;
     report.total_ms = t0.elapsed().as_secs_f64() * 1e3;
     let copy_secs: f64 = report.rounds.iter().map(|r| r.seconds).sum();
     let copy_bytes: u64 = report.rounds.iter().map(|r| r.bytes).sum();
-    report.throughput_mbps = if copy_secs > 0.0 { copy_bytes as f64 / copy_secs / 1e6 } else { 0.0 };
+    report.throughput_mbps = if copy_secs > 0.0 {
+        copy_bytes as f64 / copy_secs / 1e6
+    } else {
+        0.0
+    };
     // From here the VM runs on the destination; what follows only checks the result.
-    events(Event::Phase { phase: Phase::Verify });
-    let digest = if opts.verify { digest_memory(&**mem) } else { [0; 16] };
-    report.source_digest = if opts.verify { hex(&digest) } else { String::new() };
-    let summary = RoundSummary { round: report.rounds.len() as u32, pages: report.pages_sent, digest };
-    let done = link
-        .writers[0]
-        .send(FrameType::Complete, u8::from(opts.verify), &summary.encode())
-        .and_then(|_| link.control.expect(FrameType::Done, "verification").map(DoneReport::decode))
+    events(Event::Phase {
+        phase: Phase::Verify,
+    });
+    let digest = if opts.verify {
+        digest_memory(&**mem)
+    } else {
+        [0; 16]
+    };
+    report.source_digest = if opts.verify {
+        hex(&digest)
+    } else {
+        String::new()
+    };
+    let summary = RoundSummary {
+        round: report.rounds.len() as u32,
+        pages: report.pages_sent,
+        digest,
+    };
+    let done = link.writers[0]
+        .send(
+            FrameType::Complete,
+            u8::from(opts.verify),
+            &summary.encode(),
+        )
+        .and_then(|_| {
+            link.control
+                .expect(FrameType::Done, "verification")
+                .map(DoneReport::decode)
+        })
         .and_then(|d| d.map_err(MigrateError::from));
     match done {
         Ok(d) => {

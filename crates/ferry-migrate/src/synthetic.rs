@@ -31,14 +31,23 @@ impl SyntheticMemory {
     /// Zeroed memory of `pages` pages.
     pub fn new(pages: u64) -> Self {
         let mut buf = vec![0u64; pages as usize * PAGE_SIZE / 8].into_boxed_slice();
-        Self { ptr: buf.as_mut_ptr().cast(), pages, _buf: buf }
+        Self {
+            ptr: buf.as_mut_ptr().cast(),
+            pages,
+            _buf: buf,
+        }
     }
 
     fn write_word(&self, page: u64, value: u64) {
         assert!(page < self.pages);
         // SAFETY: in bounds (checked); u64-aligned since the buffer is a u64 slice and pages are
         // 4096-aligned within it.
-        unsafe { self.ptr.add(page as usize * PAGE_SIZE).cast::<u64>().write_volatile(value) };
+        unsafe {
+            self.ptr
+                .add(page as usize * PAGE_SIZE)
+                .cast::<u64>()
+                .write_volatile(value)
+        };
     }
 }
 
@@ -49,12 +58,23 @@ impl GuestMemory for SyntheticMemory {
     fn read_page(&self, index: u64, buf: &mut [u8]) {
         assert!(index < self.pages && buf.len() == PAGE_SIZE);
         // SAFETY: in bounds (checked), and `buf` is a distinct allocation.
-        unsafe { std::ptr::copy_nonoverlapping(self.ptr.add(index as usize * PAGE_SIZE), buf.as_mut_ptr(), PAGE_SIZE) };
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                self.ptr.add(index as usize * PAGE_SIZE),
+                buf.as_mut_ptr(),
+                PAGE_SIZE,
+            )
+        };
     }
     unsafe fn page_mut(&self, index: u64) -> &mut [u8] {
         assert!(index < self.pages);
         // SAFETY: in bounds (checked); exclusivity is the caller's contract.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(index as usize * PAGE_SIZE), PAGE_SIZE) }
+        unsafe {
+            std::slice::from_raw_parts_mut(self.ptr.add(index as usize * PAGE_SIZE), PAGE_SIZE)
+        }
+    }
+    fn data_pages(&self) -> Option<DirtyBitmap> {
+        None
     }
 }
 
@@ -100,13 +120,19 @@ impl SyntheticVm {
             let shared = shared.clone();
             std::thread::spawn(move || guest_loop(&shared, script))
         };
-        Self { shared, script, worker: Some(worker) }
+        Self {
+            shared,
+            script,
+            worker: Some(worker),
+        }
     }
 
     /// Fills every page with distinct content (so zero-page elision cannot hide bugs).
     pub fn fill(&self) {
         for p in 0..self.shared.mem.pages {
-            self.shared.mem.write_word(p, p.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+            self.shared
+                .mem
+                .write_word(p, p.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
         }
     }
 
@@ -183,19 +209,33 @@ impl MigrationSource for SyntheticVm {
         1
     }
     fn start_dirty_log(&mut self) -> Result<(), MigrateError> {
-        *self.shared.dirty.lock().map_err(|_| MigrateError::Config("poisoned".into()))? =
+        *self
+            .shared
+            .dirty
+            .lock()
+            .map_err(|_| MigrateError::Config("poisoned".into()))? =
             Some(DirtyBitmap::new(self.shared.mem.pages));
         Ok(())
     }
     fn collect_dirty(&mut self, into: &mut DirtyBitmap) -> Result<(), MigrateError> {
-        let mut d = self.shared.dirty.lock().map_err(|_| MigrateError::Config("poisoned".into()))?;
-        let d = d.as_mut().ok_or_else(|| MigrateError::Config("dirty logging is off".into()))?;
+        let mut d = self
+            .shared
+            .dirty
+            .lock()
+            .map_err(|_| MigrateError::Config("poisoned".into()))?;
+        let d = d
+            .as_mut()
+            .ok_or_else(|| MigrateError::Config("dirty logging is off".into()))?;
         into.or(d);
         d.clear();
         Ok(())
     }
     fn stop_dirty_log(&mut self) -> Result<(), MigrateError> {
-        *self.shared.dirty.lock().map_err(|_| MigrateError::Config("poisoned".into()))? = None;
+        *self
+            .shared
+            .dirty
+            .lock()
+            .map_err(|_| MigrateError::Config("poisoned".into()))? = None;
         Ok(())
     }
     fn pause(&mut self) -> Result<(), MigrateError> {
@@ -208,11 +248,18 @@ impl MigrationSource for SyntheticVm {
         Ok(())
     }
     fn set_throttle(&mut self, percent: u8) -> Result<(), MigrateError> {
-        self.shared.throttle.store(percent.min(99), Ordering::Relaxed);
+        self.shared
+            .throttle
+            .store(percent.min(99), Ordering::Relaxed);
         Ok(())
     }
     fn save_state(&mut self) -> Result<Vec<u8>, MigrateError> {
-        Ok(self.shared.iteration.load(Ordering::SeqCst).to_le_bytes().to_vec())
+        Ok(self
+            .shared
+            .iteration
+            .load(Ordering::SeqCst)
+            .to_le_bytes()
+            .to_vec())
     }
 }
 
@@ -221,8 +268,12 @@ impl MigrationSink for SyntheticVm {
         self.shared.mem.clone()
     }
     fn restore_state(&mut self, state: &[u8]) -> Result<(), MigrateError> {
-        let it: [u8; 8] = state.try_into().map_err(|_| MigrateError::State("synthetic state is 8 bytes".into()))?;
-        self.shared.iteration.store(u64::from_le_bytes(it), Ordering::SeqCst);
+        let it: [u8; 8] = state
+            .try_into()
+            .map_err(|_| MigrateError::State("synthetic state is 8 bytes".into()))?;
+        self.shared
+            .iteration
+            .store(u64::from_le_bytes(it), Ordering::SeqCst);
         Ok(())
     }
     fn resume(&mut self) -> Result<(), MigrateError> {
@@ -244,7 +295,10 @@ impl SinkFactory for SyntheticFactory {
     type Sink = SyntheticVm;
     fn create(&mut self, cfg: &VmConfig) -> Result<SyntheticVm, MigrateError> {
         if cfg.memory % PAGE_SIZE as u64 != 0 || cfg.memory > (64 << 30) {
-            return Err(MigrateError::Config(format!("cannot build a VM of {} bytes", cfg.memory)));
+            return Err(MigrateError::Config(format!(
+                "cannot build a VM of {} bytes",
+                cfg.memory
+            )));
         }
         Ok(SyntheticVm::new(cfg.memory / PAGE_SIZE as u64, self.script))
     }

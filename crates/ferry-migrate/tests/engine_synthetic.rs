@@ -8,12 +8,19 @@ use std::time::Duration;
 
 use ferry_migrate::channel::Stream;
 use ferry_migrate::synthetic::{DirtyScript, SyntheticFactory, SyntheticVm};
-use ferry_migrate::{migrate_out, receive, GuestMemory, MigrateError, MigrationSource, ReceiveOptions, SourceOptions, Strategy};
+use ferry_migrate::{
+    migrate_out, receive, GuestMemory, MigrateError, MigrationSource, ReceiveOptions,
+    SourceOptions, Strategy,
+};
 
 const PAGES: u64 = 4096; // 16 MiB
 
 fn script(rate: u64, ws: u64) -> DirtyScript {
-    DirtyScript { pages_per_sec: rate, working_set: ws, random: true }
+    DirtyScript {
+        pages_per_sec: rate,
+        working_set: ws,
+        random: true,
+    }
 }
 
 fn listener() -> (TcpListener, std::net::SocketAddr) {
@@ -22,15 +29,29 @@ fn listener() -> (TcpListener, std::net::SocketAddr) {
     (l, a)
 }
 
-fn spawn_receiver(l: TcpListener, s: DirtyScript) -> thread::JoinHandle<Result<ferry_migrate::Incoming<SyntheticVm>, MigrateError>> {
+fn spawn_receiver(
+    l: TcpListener,
+    s: DirtyScript,
+) -> thread::JoinHandle<Result<ferry_migrate::Incoming<SyntheticVm>, MigrateError>> {
     thread::spawn(move || {
         let mut accept = || l.accept().map(|(s, _)| Stream::Tcp(s));
-        receive(&mut accept, &mut SyntheticFactory { script: s }, &ReceiveOptions { timeout: Duration::from_secs(5) })
+        receive(
+            &mut accept,
+            &mut SyntheticFactory { script: s },
+            &ReceiveOptions {
+                timeout: Duration::from_secs(5),
+            },
+        )
     })
 }
 
 fn opts(strategy: Strategy, channels: u16) -> SourceOptions {
-    SourceOptions { strategy, channels, timeout: Duration::from_secs(5), ..SourceOptions::default() }
+    SourceOptions {
+        strategy,
+        channels,
+        timeout: Duration::from_secs(5),
+        ..SourceOptions::default()
+    }
 }
 
 fn same_memory(a: &dyn GuestMemory, b: &dyn GuestMemory) -> bool {
@@ -52,9 +73,16 @@ fn run(strategy: Strategy, channels: u16, s: DirtyScript) {
     let connect = || TcpStream::connect(addr).map(Stream::Tcp);
     let report = migrate_out(&mut src, &connect, &opts(strategy, channels), &mut |_| {}).unwrap();
     let incoming = rx.join().unwrap().unwrap();
-    assert!(!src.is_running(), "the source must stay paused after a successful migration");
+    assert!(
+        !src.is_running(),
+        "the source must stay paused after a successful migration"
+    );
     assert!(incoming.sink.is_running(), "the destination runs the VM");
-    assert_eq!(report.digest_match, Some(true), "{strategy}: digests differ");
+    assert_eq!(
+        report.digest_match,
+        Some(true),
+        "{strategy}: digests differ"
+    );
     assert!(report.pages_sent >= PAGES);
     // The source is frozen at switch-over; the destination's RAM at switch-over equalled it. The
     // destination has run on since, so compare against a paused copy.
@@ -63,7 +91,10 @@ fn run(strategy: Strategy, channels: u16, s: DirtyScript) {
     if s.pages_per_sec == 0 {
         assert!(same_memory(&*src.memory(), &*MigrationSource::memory(&dst)));
     }
-    assert!(dst.iterations() >= src.iterations(), "the guest continues from where it stopped");
+    assert!(
+        dst.iterations() >= src.iterations(),
+        "the guest continues from where it stopped"
+    );
 }
 
 #[test]
@@ -93,7 +124,8 @@ fn destination_not_listening_keeps_the_source_running() {
     let mut src = SyntheticVm::new(PAGES, script(1000, 100));
     src.resume().unwrap();
     let connect = || TcpStream::connect(addr).map(Stream::Tcp);
-    let err = migrate_out(&mut src, &connect, &opts(Strategy::Precopy, 1), &mut |_| {}).unwrap_err();
+    let err =
+        migrate_out(&mut src, &connect, &opts(Strategy::Precopy, 1), &mut |_| {}).unwrap_err();
     assert!(matches!(err, MigrateError::Io { .. }), "{err}");
     assert!(src.is_running());
 }
@@ -107,7 +139,12 @@ fn peer_vanishing_mid_stream_resumes_the_source() {
         let mut b = vec![0u8; 1 << 20];
         let _ = s.read(&mut b);
         // Pretend to be a destination: answer the hello properly, take some pages, then vanish.
-        let ack = ferry_wire::message::HelloAck { version: 1, features: 0, refusal: None }.encode();
+        let ack = ferry_wire::message::HelloAck {
+            version: 1,
+            features: 0,
+            refusal: None,
+        }
+        .encode();
         let h = ferry_wire::encode_header(ferry_wire::FrameType::HelloAck, 0, 0, &ack, 0).unwrap();
         s.write_all(&h).unwrap();
         s.write_all(&ack).unwrap();
@@ -117,10 +154,22 @@ fn peer_vanishing_mid_stream_resumes_the_source() {
     src.fill();
     src.resume().unwrap();
     let connect = || TcpStream::connect(addr).map(Stream::Tcp);
-    let err = migrate_out(&mut src, &connect, &opts(Strategy::StopAndCopy, 1), &mut |_| {}).unwrap_err();
+    let err = migrate_out(
+        &mut src,
+        &connect,
+        &opts(Strategy::StopAndCopy, 1),
+        &mut |_| {},
+    )
+    .unwrap_err();
     t.join().unwrap();
-    assert!(matches!(err, MigrateError::PeerClosed(_) | MigrateError::Io { .. }), "{err}");
-    assert!(src.is_running(), "stop-and-copy paused the VM; the failure must resume it");
+    assert!(
+        matches!(err, MigrateError::PeerClosed(_) | MigrateError::Io { .. }),
+        "{err}"
+    );
+    assert!(
+        src.is_running(),
+        "stop-and-copy paused the VM; the failure must resume it"
+    );
 }
 
 /// A man in the middle flips one byte of the stream: the destination refuses, the source resumes.
@@ -157,9 +206,22 @@ fn corrupt_frame_is_refused_and_the_source_resumes() {
     src.fill();
     src.resume().unwrap();
     let connect = || TcpStream::connect(proxy_addr).map(Stream::Tcp);
-    let err = migrate_out(&mut src, &connect, &opts(Strategy::StopAndCopy, 1), &mut |_| {}).unwrap_err();
-    let dst_err = rx.join().unwrap().err().expect("destination must refuse a corrupt stream");
-    assert!(dst_err.to_string().contains("protocol") || matches!(dst_err, MigrateError::Wire(_)), "{dst_err}");
+    let err = migrate_out(
+        &mut src,
+        &connect,
+        &opts(Strategy::StopAndCopy, 1),
+        &mut |_| {},
+    )
+    .unwrap_err();
+    let dst_err = rx
+        .join()
+        .unwrap()
+        .err()
+        .expect("destination must refuse a corrupt stream");
+    assert!(
+        dst_err.to_string().contains("protocol") || matches!(dst_err, MigrateError::Wire(_)),
+        "{dst_err}"
+    );
     assert!(src.is_running(), "source resumes after {err}");
     let _ = proxy.join();
 }
@@ -178,7 +240,8 @@ fn version_mismatch_is_refused_with_a_clear_error() {
         channels: 1,
     }
     .encode();
-    s.write_all(&ferry_wire::encode_header(ferry_wire::FrameType::Hello, 0, 0, &hello, 0).unwrap()).unwrap();
+    s.write_all(&ferry_wire::encode_header(ferry_wire::FrameType::Hello, 0, 0, &hello, 0).unwrap())
+        .unwrap();
     s.write_all(&hello).unwrap();
     let mut h = [0u8; 16];
     s.read_exact(&mut h).unwrap();

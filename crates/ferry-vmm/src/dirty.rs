@@ -20,7 +20,10 @@ pub struct DirtyBitmap {
 impl DirtyBitmap {
     /// An all-clear bitmap for `pages` pages.
     pub fn new(pages: u64) -> Self {
-        Self { words: vec![0; pages.div_ceil(64) as usize], pages }
+        Self {
+            words: vec![0; pages.div_ceil(64) as usize],
+            pages,
+        }
     }
 
     /// An all-set bitmap (the first round of a migration sends everything).
@@ -104,12 +107,19 @@ impl DirtyBitmap {
 }
 
 /// Reads one slot's KVM dirty log into `buf` (resized once, then reused). Reading clears the log.
-pub fn get_dirty_log(vm: &kvm_ioctls::VmFd, slot: u32, pages: u64, buf: &mut Vec<u64>) -> std::io::Result<()> {
+pub fn get_dirty_log(
+    vm: &kvm_ioctls::VmFd,
+    slot: u32,
+    pages: u64,
+    buf: &mut Vec<u64>,
+) -> std::io::Result<()> {
     buf.resize(pages.div_ceil(64) as usize, 0);
     let log = kvm_dirty_log {
         slot,
         padding1: 0,
-        __bindgen_anon_1: kvm_bindings::kvm_dirty_log__bindgen_ty_1 { dirty_bitmap: buf.as_mut_ptr().cast() },
+        __bindgen_anon_1: kvm_bindings::kvm_dirty_log__bindgen_ty_1 {
+            dirty_bitmap: buf.as_mut_ptr().cast(),
+        },
     };
     // SAFETY: `log` points at a buffer of ceil(pages/64) u64s, exactly the bitmap size KVM writes for a
     // slot of `pages` pages; the VM fd is valid for the call's duration.

@@ -58,14 +58,18 @@ impl GuestRam {
         }
         // SAFETY: `fd` was just returned by memfd_create and is owned by nobody else.
         let file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
-        file.set_len(size).map_err(|source| VmmError::Memory { size, source })?;
+        file.set_len(size)
+            .map_err(|source| VmmError::Memory { size, source })?;
         Self::map(file, size)
     }
 
     /// Maps RAM from an existing memfd handed over by a peer on this host (no copy).
     pub fn from_file(file: File, size: u64) -> Result<Self, VmmError> {
         check_size(size)?;
-        let len = file.metadata().map_err(|source| VmmError::Memory { size, source })?.len();
+        let len = file
+            .metadata()
+            .map_err(|source| VmmError::Memory { size, source })?
+            .len();
         if len != size {
             return Err(VmmError::BadState(format!(
                 "memory file holds {len} bytes, the VM needs {size}"
@@ -91,11 +95,26 @@ impl GuestRam {
             return Err(mem_err(size));
         }
         let low = size.min(LOW_RAM_MAX);
-        let mut slots = vec![Slot { id: 0, gpa: 0, offset: 0, len: low }];
+        let mut slots = vec![Slot {
+            id: 0,
+            gpa: 0,
+            offset: 0,
+            len: low,
+        }];
         if size > low {
-            slots.push(Slot { id: 1, gpa: HIGH_RAM_START, offset: low, len: size - low });
+            slots.push(Slot {
+                id: 1,
+                gpa: HIGH_RAM_START,
+                offset: low,
+                len: size - low,
+            });
         }
-        Ok(Self { file, base: base.cast(), size, slots })
+        Ok(Self {
+            file,
+            base: base.cast(),
+            size,
+            slots,
+        })
     }
 
     /// Total bytes of RAM.
@@ -181,24 +200,62 @@ impl GuestRam {
 
     /// Copies `buf.len()` bytes starting at memfd offset `off`.
     pub fn read_at(&self, off: u64, buf: &mut [u8]) {
-        assert!(off.checked_add(buf.len() as u64).is_some_and(|e| e <= self.size));
+        assert!(off
+            .checked_add(buf.len() as u64)
+            .is_some_and(|e| e <= self.size));
         // SAFETY: the range was just checked to lie inside the live mapping; `buf` is a distinct
         // Rust allocation, so the regions cannot overlap.
-        unsafe { std::ptr::copy_nonoverlapping(self.base.add(off as usize), buf.as_mut_ptr(), buf.len()) };
+        unsafe {
+            std::ptr::copy_nonoverlapping(self.base.add(off as usize), buf.as_mut_ptr(), buf.len())
+        };
     }
 
     /// Copies `data` to memfd offset `off`.
     pub fn write_at(&self, off: u64, data: &[u8]) {
-        assert!(off.checked_add(data.len() as u64).is_some_and(|e| e <= self.size));
+        assert!(off
+            .checked_add(data.len() as u64)
+            .is_some_and(|e| e <= self.size));
         // SAFETY: the range was just checked to lie inside the live, writable mapping; `data` is a
         // distinct Rust allocation.
-        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.base.add(off as usize), data.len()) };
+        unsafe {
+            std::ptr::copy_nonoverlapping(data.as_ptr(), self.base.add(off as usize), data.len())
+        };
+    }
+
+    /// Pages that may hold data: everything except holes of the memfd, which read as zero and
+    /// which reading would needlessly allocate (shmem allocates on a read fault).
+    pub fn data_pages(&self) -> crate::dirty::DirtyBitmap {
+        let mut map = crate::dirty::DirtyBitmap::new(self.pages());
+        let fd = self.file.as_raw_fd();
+        let mut off: i64 = 0;
+        let size = self.size as i64;
+        while off < size {
+            // SAFETY: lseek on our own valid fd has no memory-safety preconditions.
+            let data = unsafe { libc::lseek(fd, off, libc::SEEK_DATA) };
+            if data < 0 {
+                break; // ENXIO: no data after `off`
+            }
+            // SAFETY: as above.
+            let hole = unsafe { libc::lseek(fd, data, libc::SEEK_HOLE) };
+            let end = if hole < 0 { size } else { hole };
+            for p in (data as u64 / PAGE_SIZE as u64)..(end as u64).div_ceil(PAGE_SIZE as u64) {
+                map.set(p);
+            }
+            off = end;
+        }
+        map
     }
 
     /// Faults every page in ahead of use, so first-touch page faults stay off the critical path.
     pub fn populate(&self) -> Result<(), VmmError> {
         // SAFETY: the range is exactly our own live mapping; MADV_POPULATE_WRITE only faults pages in.
-        let r = unsafe { libc::madvise(self.base.cast(), self.size as usize, libc::MADV_POPULATE_WRITE) };
+        let r = unsafe {
+            libc::madvise(
+                self.base.cast(),
+                self.size as usize,
+                libc::MADV_POPULATE_WRITE,
+            )
+        };
         if r != 0 {
             return Err(mem_err(self.size));
         }
@@ -232,7 +289,10 @@ fn check_size(size: u64) -> Result<(), VmmError> {
 }
 
 fn mem_err(size: u64) -> VmmError {
-    VmmError::Memory { size, source: std::io::Error::last_os_error() }
+    VmmError::Memory {
+        size,
+        source: std::io::Error::last_os_error(),
+    }
 }
 
 #[cfg(test)]
@@ -261,8 +321,24 @@ mod tests {
 
     #[test]
     fn bad_sizes_are_refused() {
-        assert!(matches!(GuestRam::new(3 << 20), Err(VmmError::BadMemorySize(_))));
-        assert!(matches!(GuestRam::new((8 << 20) + 4096), Err(VmmError::BadMemorySize(_))));
+        assert!(matches!(
+            GuestRam::new(3 << 20),
+            Err(VmmError::BadMemorySize(_))
+        ));
+        assert!(matches!(
+            GuestRam::new((8 << 20) + 4096),
+            Err(VmmError::BadMemorySize(_))
+        ));
+    }
+
+    #[test]
+    fn data_pages_skips_holes() {
+        let ram = GuestRam::new(8 << 20).unwrap();
+        assert_eq!(ram.data_pages().count(), 0);
+        ram.write_u64(5 * PAGE_SIZE as u64 + 8, 1).unwrap();
+        let d = ram.data_pages();
+        assert!(d.get(5));
+        assert!(!d.get(1000));
     }
 
     #[test]

@@ -53,7 +53,10 @@ impl RunControl {
 
     pub(crate) fn wait_exit(&self, timeout: Duration) -> Option<ExitReason> {
         let guard = self.exit.lock().ok()?;
-        let (guard, _) = self.exit_cv.wait_timeout_while(guard, timeout, |e| e.is_none()).ok()?;
+        let (guard, _) = self
+            .exit_cv
+            .wait_timeout_while(guard, timeout, |e| e.is_none())
+            .ok()?;
         guard.clone()
     }
 }
@@ -81,7 +84,9 @@ fn install_kick_handler() -> Result<(), VmmError> {
     let mut result = Ok(());
     ONCE.call_once(|| {
         result = vmm_sys_util::signal::register_signal_handler(kick_signal(), kick_handler)
-            .map_err(|e| VmmError::Thread(format!("cannot install the vCPU kick signal handler: {e}")));
+            .map_err(|e| {
+                VmmError::Thread(format!("cannot install the vCPU kick signal handler: {e}"))
+            });
     });
     result
 }
@@ -96,7 +101,12 @@ pub(crate) struct VcpuHandle {
 }
 
 impl VcpuHandle {
-    pub(crate) fn spawn(fd: VcpuFd, id: u64, bus: Arc<PortBus>, ctl: Arc<RunControl>) -> Result<Self, VmmError> {
+    pub(crate) fn spawn(
+        fd: VcpuFd,
+        id: u64,
+        bus: Arc<PortBus>,
+        ctl: Arc<RunControl>,
+    ) -> Result<Self, VmmError> {
         install_kick_handler()?;
         let (to_thread, rx) = channel::<VcpuFd>();
         let (tx, from_thread) = channel::<VcpuFd>();
@@ -111,7 +121,12 @@ impl VcpuHandle {
                 }
             })
             .map_err(|e| VmmError::Thread(e.to_string()))?;
-        Ok(Self { fd: Some(fd), to_thread: Some(to_thread), from_thread, thread: Some(thread) })
+        Ok(Self {
+            fd: Some(fd),
+            to_thread: Some(to_thread),
+            from_thread,
+            thread: Some(thread),
+        })
     }
 
     /// Hands the fd to the thread, which runs the vCPU until paused.
@@ -119,7 +134,8 @@ impl VcpuHandle {
         let (Some(fd), Some(tx)) = (self.fd.take(), self.to_thread.as_ref()) else {
             return Ok(());
         };
-        tx.send(fd).map_err(|_| VmmError::Thread("vCPU thread is gone".into()))
+        tx.send(fd)
+            .map_err(|_| VmmError::Thread("vCPU thread is gone".into()))
     }
 
     /// Kicks the thread out of KVM_RUN (the caller has set the pause flag) and takes the fd back.
@@ -139,7 +155,9 @@ impl VcpuHandle {
                     return Ok(());
                 }
                 Err(RecvTimeoutError::Timeout) => continue,
-                Err(RecvTimeoutError::Disconnected) => return Err(VmmError::Thread("vCPU thread died".into())),
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err(VmmError::Thread("vCPU thread died".into()))
+                }
             }
         }
         Err(VmmError::Thread("vCPU did not stop within 10 s".into()))

@@ -4,9 +4,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kvm_bindings::{
-    kvm_irqchip, kvm_msr_entry, kvm_pit_config, kvm_userspace_memory_region, Msrs, KVM_IRQCHIP_IOAPIC,
-    KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_MAX_CPUID_ENTRIES, KVM_MEM_LOG_DIRTY_PAGES,
-    KVM_PIT_SPEAKER_DUMMY,
+    kvm_irqchip, kvm_msr_entry, kvm_pit_config, kvm_userspace_memory_region, Msrs,
+    KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_MAX_CPUID_ENTRIES,
+    KVM_MEM_LOG_DIRTY_PAGES, KVM_PIT_SPEAKER_DUMMY,
 };
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 
@@ -59,12 +59,23 @@ impl Vm {
         let ram = Arc::new(ram);
         // Memory first: SET_USER_MEMORY_REGION is ~100x slower once the irqchip exists.
         set_slots(&fd, &ram, false)?;
-        fd.set_tss_address(0xfffb_d000).map_err(VmmError::kvm("SET_TSS_ADDR"))?;
-        fd.create_irq_chip().map_err(VmmError::kvm("CREATE_IRQCHIP"))?;
-        let pit = kvm_pit_config { flags: KVM_PIT_SPEAKER_DUMMY, ..Default::default() };
+        fd.set_tss_address(0xfffb_d000)
+            .map_err(VmmError::kvm("SET_TSS_ADDR"))?;
+        fd.create_irq_chip()
+            .map_err(VmmError::kvm("CREATE_IRQCHIP"))?;
+        let pit = kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
         fd.create_pit2(pit).map_err(VmmError::kvm("CREATE_PIT2"))?;
-        let cpuid = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(VmmError::kvm("GET_SUPPORTED_CPUID"))?;
-        let msr_index = kvm.get_msr_index_list().map_err(VmmError::kvm("GET_MSR_INDEX_LIST"))?.as_slice().to_vec();
+        let cpuid = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(VmmError::kvm("GET_SUPPORTED_CPUID"))?;
+        let msr_index = kvm
+            .get_msr_index_list()
+            .map_err(VmmError::kvm("GET_MSR_INDEX_LIST"))?
+            .as_slice()
+            .to_vec();
         let bus = Arc::new(PortBus::new(console));
         let ctl = Arc::new(RunControl::default());
         let mut handles = Vec::with_capacity(vcpus as usize);
@@ -79,7 +90,8 @@ impl Vm {
                     e.edx = id as u32;
                 }
             }
-            vcpu.set_cpuid2(&cpuid).map_err(VmmError::kvm("SET_CPUID2"))?;
+            vcpu.set_cpuid2(&cpuid)
+                .map_err(VmmError::kvm("SET_CPUID2"))?;
             handles.push(VcpuHandle::spawn(vcpu, id, bus.clone(), ctl.clone())?);
         }
         ctl.set_paused(true);
@@ -116,7 +128,11 @@ impl Vm {
             unusable: 0,
             padding: 0,
         };
-        let data = kvm_bindings::kvm_segment { selector: 0x18, type_: 0x3, ..code };
+        let data = kvm_bindings::kvm_segment {
+            selector: 0x18,
+            type_: 0x3,
+            ..code
+        };
         sregs.cs = code;
         (sregs.ds, sregs.es, sregs.fs, sregs.gs, sregs.ss) = (data, data, data, data, data);
         sregs.cr0 = 0x11; // PE | ET: protected mode, paging off
@@ -138,7 +154,9 @@ impl Vm {
         self.vcpus
             .get(i)
             .and_then(|v| v.fd.as_ref())
-            .ok_or_else(|| VmmError::BadState("vCPU state can only be touched while the VM is paused".into()))
+            .ok_or_else(|| {
+                VmmError::BadState("vCPU state can only be touched while the VM is paused".into())
+            })
     }
 
     /// Guest RAM.
@@ -148,7 +166,11 @@ impl Vm {
 
     /// The guest's heartbeat log.
     pub fn heartbeats(&self) -> Arc<std::sync::Mutex<HeartbeatLog>> {
-        self.bus.serial.lock().map(|s| s.console().heartbeats.clone()).unwrap_or_default()
+        self.bus
+            .serial
+            .lock()
+            .map(|s| s.console().heartbeats.clone())
+            .unwrap_or_default()
     }
 
     /// Console text written by the guest so far (heartbeats removed).
@@ -157,7 +179,13 @@ impl Vm {
             .serial
             .lock()
             .ok()
-            .and_then(|s| s.console().text.lock().ok().map(|t| String::from_utf8_lossy(&t).into_owned()))
+            .and_then(|s| {
+                s.console()
+                    .text
+                    .lock()
+                    .ok()
+                    .map(|t| String::from_utf8_lossy(&t).into_owned())
+            })
             .unwrap_or_default()
     }
 
@@ -168,7 +196,9 @@ impl Vm {
 
     /// Makes the vCPUs sit out `percent` of their time (auto-converge); 0 turns it off.
     pub fn set_throttle_percent(&self, percent: u8) {
-        self.ctl.throttle.store(percent.min(99), std::sync::atomic::Ordering::Relaxed);
+        self.ctl
+            .throttle
+            .store(percent.min(99), std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Whether the vCPUs are running.
@@ -179,7 +209,9 @@ impl Vm {
     /// Starts or continues all vCPUs.
     pub fn resume(&mut self) -> Result<(), VmmError> {
         if self.ctl.exit_reason().is_some() {
-            return Err(VmmError::BadState("the guest has stopped; it cannot be resumed".into()));
+            return Err(VmmError::BadState(
+                "the guest has stopped; it cannot be resumed".into(),
+            ));
         }
         self.ctl.set_paused(false);
         for v in &mut self.vcpus {
@@ -216,12 +248,25 @@ impl Vm {
             vcpus.push(self.save_vcpu(self.paused_vcpu(i)?)?);
         }
         let mut irqchips = Vec::with_capacity(3);
-        for chip_id in [KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_IRQCHIP_IOAPIC] {
-            let mut chip = kvm_irqchip { chip_id, ..Default::default() };
-            self.fd.get_irqchip(&mut chip).map_err(VmmError::kvm("GET_IRQCHIP"))?;
+        for chip_id in [
+            KVM_IRQCHIP_PIC_MASTER,
+            KVM_IRQCHIP_PIC_SLAVE,
+            KVM_IRQCHIP_IOAPIC,
+        ] {
+            let mut chip = kvm_irqchip {
+                chip_id,
+                ..Default::default()
+            };
+            self.fd
+                .get_irqchip(&mut chip)
+                .map_err(VmmError::kvm("GET_IRQCHIP"))?;
             irqchips.push(chip);
         }
-        let serial = self.bus.serial.lock().map_err(|_| VmmError::BadState("serial lock poisoned".into()))?;
+        let serial = self
+            .bus
+            .serial
+            .lock()
+            .map_err(|_| VmmError::BadState("serial lock poisoned".into()))?;
         Ok(VmState {
             memory: self.ram.size(),
             vcpus,
@@ -229,16 +274,28 @@ impl Vm {
             pit: self.fd.get_pit2().map_err(VmmError::kvm("GET_PIT2"))?,
             clock: self.fd.get_clock().map_err(VmmError::kvm("GET_CLOCK"))?,
             serial: serial.snapshot(),
-            heartbeat: serial.console().heartbeats.lock().map(|h| h.snapshot()).unwrap_or_default(),
+            heartbeat: serial
+                .console()
+                .heartbeats
+                .lock()
+                .map(|h| h.snapshot())
+                .unwrap_or_default(),
         })
     }
 
     fn save_vcpu(&self, v: &VcpuFd) -> Result<VcpuState, VmmError> {
         // MP_STATE first: KVM may move pending events into the state as it reads it.
         let mp_state = v.get_mp_state().map_err(VmmError::kvm("GET_MP_STATE"))?;
-        let entries: Vec<kvm_msr_entry> =
-            self.msr_index.iter().map(|&index| kvm_msr_entry { index, ..Default::default() }).collect();
-        let mut msrs = Msrs::from_entries(&entries).map_err(|e| VmmError::BadState(format!("MSR list: {e:?}")))?;
+        let entries: Vec<kvm_msr_entry> = self
+            .msr_index
+            .iter()
+            .map(|&index| kvm_msr_entry {
+                index,
+                ..Default::default()
+            })
+            .collect();
+        let mut msrs = Msrs::from_entries(&entries)
+            .map_err(|e| VmmError::BadState(format!("MSR list: {e:?}")))?;
         let n = v.get_msrs(&mut msrs).map_err(VmmError::kvm("GET_MSRS"))?;
         Ok(VcpuState {
             regs: v.get_regs().map_err(VmmError::kvm("GET_REGS"))?,
@@ -247,7 +304,9 @@ impl Vm {
             xcrs: v.get_xcrs().map_err(VmmError::kvm("GET_XCRS"))?,
             msrs: msrs.as_slice()[..n].to_vec(),
             lapic: v.get_lapic().map_err(VmmError::kvm("GET_LAPIC"))?,
-            events: v.get_vcpu_events().map_err(VmmError::kvm("GET_VCPU_EVENTS"))?,
+            events: v
+                .get_vcpu_events()
+                .map_err(VmmError::kvm("GET_VCPU_EVENTS"))?,
             mp_state,
             debugregs: v.get_debug_regs().map_err(VmmError::kvm("GET_DEBUGREGS"))?,
             tsc_khz: v.get_tsc_khz().map_err(VmmError::kvm("GET_TSC_KHZ"))?,
@@ -283,25 +342,39 @@ impl Vm {
             if s.tsc_khz != 0 {
                 let _ = v.set_tsc_khz(s.tsc_khz); // unsupported scaling is not fatal: same host kind
             }
-            let msrs = Msrs::from_entries(&s.msrs).map_err(|e| VmmError::BadState(format!("MSRs: {e:?}")))?;
+            let msrs = Msrs::from_entries(&s.msrs)
+                .map_err(|e| VmmError::BadState(format!("MSRs: {e:?}")))?;
             let n = v.set_msrs(&msrs).map_err(VmmError::kvm("SET_MSRS"))?;
             if n != s.msrs.len() {
                 let bad = s.msrs.get(n).map(|m| m.index).unwrap_or(0);
                 return Err(VmmError::BadState(format!("KVM refused MSR {bad:#x}")));
             }
             v.set_lapic(&s.lapic).map_err(VmmError::kvm("SET_LAPIC"))?;
-            v.set_debug_regs(&s.debugregs).map_err(VmmError::kvm("SET_DEBUGREGS"))?;
-            v.set_vcpu_events(&s.events).map_err(VmmError::kvm("SET_VCPU_EVENTS"))?;
-            v.set_mp_state(s.mp_state).map_err(VmmError::kvm("SET_MP_STATE"))?;
+            v.set_debug_regs(&s.debugregs)
+                .map_err(VmmError::kvm("SET_DEBUGREGS"))?;
+            v.set_vcpu_events(&s.events)
+                .map_err(VmmError::kvm("SET_VCPU_EVENTS"))?;
+            v.set_mp_state(s.mp_state)
+                .map_err(VmmError::kvm("SET_MP_STATE"))?;
         }
         for chip in &state.irqchips {
-            self.fd.set_irqchip(chip).map_err(VmmError::kvm("SET_IRQCHIP"))?;
+            self.fd
+                .set_irqchip(chip)
+                .map_err(VmmError::kvm("SET_IRQCHIP"))?;
         }
-        self.fd.set_pit2(&state.pit).map_err(VmmError::kvm("SET_PIT2"))?;
+        self.fd
+            .set_pit2(&state.pit)
+            .map_err(VmmError::kvm("SET_PIT2"))?;
         let mut clock = state.clock;
         clock.flags = 0; // the absolute clock value is what we carry; let KVM pick its own flags
-        self.fd.set_clock(&clock).map_err(VmmError::kvm("SET_CLOCK"))?;
-        let mut serial = self.bus.serial.lock().map_err(|_| VmmError::BadState("serial lock poisoned".into()))?;
+        self.fd
+            .set_clock(&clock)
+            .map_err(VmmError::kvm("SET_CLOCK"))?;
+        let mut serial = self
+            .bus
+            .serial
+            .lock()
+            .map_err(|_| VmmError::BadState("serial lock poisoned".into()))?;
         serial.restore(&state.serial).map_err(VmmError::BadState)?;
         Ok(())
     }
@@ -347,14 +420,19 @@ fn set_slots(fd: &VmFd, ram: &GuestRam, log_dirty: bool) -> Result<(), VmmError>
     for s in ram.slots() {
         let region = kvm_userspace_memory_region {
             slot: s.id,
-            flags: if log_dirty { KVM_MEM_LOG_DIRTY_PAGES } else { 0 },
+            flags: if log_dirty {
+                KVM_MEM_LOG_DIRTY_PAGES
+            } else {
+                0
+            },
             guest_phys_addr: s.gpa,
             memory_size: s.len,
             userspace_addr: ram.host_base() as u64 + s.offset,
         };
         // SAFETY: the host range [base+offset, +len) lies inside `ram`'s live mapping, which the Vm
         // keeps alive (Arc) for as long as the VM fd, and so as long as KVM may touch it.
-        unsafe { fd.set_user_memory_region(region) }.map_err(VmmError::kvm("SET_USER_MEMORY_REGION"))?;
+        unsafe { fd.set_user_memory_region(region) }
+            .map_err(VmmError::kvm("SET_USER_MEMORY_REGION"))?;
     }
     Ok(())
 }

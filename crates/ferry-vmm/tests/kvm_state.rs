@@ -43,7 +43,14 @@ fn quiet() -> Console {
 }
 
 fn booted(image: &[u8]) -> Vm {
-    let mut vm = Vm::new(VmConfig { memory: 16 << 20, vcpus: 1 }, quiet()).unwrap();
+    let mut vm = Vm::new(
+        VmConfig {
+            memory: 16 << 20,
+            vcpus: 1,
+        },
+        quiet(),
+    )
+    .unwrap();
     vm.boot_multiboot(image).unwrap();
     vm
 }
@@ -59,7 +66,10 @@ fn guest_runs_pauses_and_exits() {
     }
     let mut vm = booted(&tiny_image(true));
     vm.resume().unwrap();
-    assert_eq!(vm.wait_exit(Duration::from_secs(10)), Some(ExitReason::Guest(7)));
+    assert_eq!(
+        vm.wait_exit(Duration::from_secs(10)),
+        Some(ExitReason::Guest(7))
+    );
     assert!(vm.resume().is_err(), "a stopped guest must not resume");
 }
 
@@ -92,7 +102,14 @@ fn full_state_round_trips_into_a_new_vm() {
     edited.vcpus[0].lapic.regs[0x80] = 0x20; // TPR
     edited.vcpus[0].regs.rdx = 0xdead_beef;
 
-    let mut b = Vm::new(VmConfig { memory: 16 << 20, vcpus: 1 }, quiet()).unwrap();
+    let mut b = Vm::new(
+        VmConfig {
+            memory: 16 << 20,
+            vcpus: 1,
+        },
+        quiet(),
+    )
+    .unwrap();
     // RAM travels separately (the migration stream); copy it here.
     let mut page = vec![0u8; ferry_vmm::PAGE_SIZE];
     for p in 0..a.ram().pages() {
@@ -108,7 +125,10 @@ fn full_state_round_trips_into_a_new_vm() {
     assert_eq!(r.sregs.cs.selector, e.sregs.cs.selector);
     assert_eq!(r.sregs.cr0, e.sregs.cr0);
     assert_eq!(r.sregs.efer, e.sregs.efer);
-    assert_eq!(&r.xsave.region[xmm0..xmm0 + 4], &e.xsave.region[xmm0..xmm0 + 4]);
+    assert_eq!(
+        &r.xsave.region[xmm0..xmm0 + 4],
+        &e.xsave.region[xmm0..xmm0 + 4]
+    );
     assert_eq!(r.xcrs.xcrs[0].value, e.xcrs.xcrs[0].value);
     assert_eq!(msr(&back, MSR_KERNEL_GS_BASE), Some(0x1234_5678_9abc));
     assert_eq!(msr(&back, MSR_SYSENTER_EIP), Some(0xfeed_f00d));
@@ -134,7 +154,11 @@ fn tsc_restore_is_detected_honestly() {
     let mut s = a.save_state().unwrap();
     let before = msr(&s, MSR_IA32_TSC).expect("the TSC MSR is saved");
     let target = before / 2;
-    for m in s.vcpus[0].msrs.iter_mut().filter(|m| m.index == MSR_IA32_TSC) {
+    for m in s.vcpus[0]
+        .msrs
+        .iter_mut()
+        .filter(|m| m.index == MSR_IA32_TSC)
+    {
         m.data = target;
     }
     let mut b = booted(&tiny_image(false));
@@ -143,7 +167,10 @@ fn tsc_restore_is_detected_honestly() {
     // Either the host honours the write (the TSC is near the target) or it ignores it (the TSC keeps
     // counting from the host's value). Say which, rather than pretend.
     if after < before {
-        assert!(after >= target && after - target < before / 4, "TSC restored near the saved value");
+        assert!(
+            after >= target && after - target < before / 4,
+            "TSC restored near the saved value"
+        );
         eprintln!("TSC restore: honoured (wrote {target}, read {after})");
     } else {
         eprintln!("NOTE: this host ignores writes to IA32_TSC (wrote {target}, read {after}); the guest sees host TSC");
@@ -157,8 +184,21 @@ fn bad_state_is_refused() {
     }
     let mut a = booted(&tiny_image(false));
     let s = a.save_state().unwrap();
-    let mut big = Vm::new(VmConfig { memory: 32 << 20, vcpus: 1 }, quiet()).unwrap();
-    assert!(big.restore_state(&s).is_err(), "RAM size mismatch must be refused");
+    let mut big = Vm::new(
+        VmConfig {
+            memory: 32 << 20,
+            vcpus: 1,
+        },
+        quiet(),
+    )
+    .unwrap();
+    assert!(
+        big.restore_state(&s).is_err(),
+        "RAM size mismatch must be refused"
+    );
     a.resume().unwrap();
-    assert!(a.save_state().is_err(), "saving a running VM must be refused");
+    assert!(
+        a.save_state().is_err(),
+        "saving a running VM must be refused"
+    );
 }

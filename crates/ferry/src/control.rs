@@ -57,7 +57,8 @@ pub fn call(
     let reader = BufReader::new(s);
     for l in reader.lines() {
         let l = l.context("reading from the control socket")?;
-        let v: serde_json::Value = serde_json::from_str(&l).context("bad reply on the control socket")?;
+        let v: serde_json::Value =
+            serde_json::from_str(&l).context("bad reply on the control socket")?;
         if let Some(e) = v.get("event") {
             on_event(e);
             continue;
@@ -65,8 +66,13 @@ pub fn call(
         if v.get("ok").and_then(|o| o.as_bool()) == Some(true) {
             return Ok(v);
         }
-        let msg = v.get("error").and_then(|e| e.as_str()).unwrap_or("unknown error");
+        let msg = v
+            .get("error")
+            .and_then(|e| e.as_str())
+            .unwrap_or("unknown error");
         return Err(anyhow!("{msg}"));
     }
-    Err(anyhow!("the VM host closed the control socket without an answer"))
+    Err(anyhow!(
+        "the VM host closed the control socket without an answer"
+    ))
 }

@@ -57,15 +57,22 @@ pub struct Verification {
 pub fn verify(ram: &GuestRam, timeout: Duration) -> Result<Verification, String> {
     let before = mailbox(ram).ok_or("no ferry guest mailbox in this VM")?;
     let request = before.verify_request.wrapping_add(1).max(1);
-    ram.write_u64(MAILBOX_ADDR + OFF_VERIFY_REQUEST, request).map_err(|e| e.to_string())?;
+    ram.write_u64(MAILBOX_ADDR + OFF_VERIFY_REQUEST, request)
+        .map_err(|e| e.to_string())?;
     let deadline = Instant::now() + timeout;
     loop {
         let m = mailbox(ram).ok_or("guest mailbox vanished")?;
         if m.verify_done == request {
-            return Ok(Verification { pages: m.verify_pages, errors: m.verify_errors, loop_errors: m.errors });
+            return Ok(Verification {
+                pages: m.verify_pages,
+                errors: m.verify_errors,
+                loop_errors: m.errors,
+            });
         }
         if Instant::now() > deadline {
-            return Err("the guest did not finish its verification sweep in time (is it running?)".into());
+            return Err(
+                "the guest did not finish its verification sweep in time (is it running?)".into(),
+            );
         }
         std::thread::sleep(Duration::from_millis(5));
     }

@@ -38,7 +38,10 @@ pub struct HeartbeatLog {
 impl HeartbeatLog {
     /// A log that continues from a migration source's last heartbeat.
     pub fn continuing(from: HeartbeatSnapshot) -> Self {
-        Self { last: from, ..Self::default() }
+        Self {
+            last: from,
+            ..Self::default()
+        }
     }
 
     /// Records one heartbeat byte seen at `now_ns`.
@@ -54,7 +57,11 @@ impl HeartbeatLog {
                 self.arrival_seq_ok = Some(in_order);
             }
         }
-        self.last = HeartbeatSnapshot { count: self.last.count + 1, last_seq: seq, last_ns: now_ns };
+        self.last = HeartbeatSnapshot {
+            count: self.last.count + 1,
+            last_seq: seq,
+            last_ns: now_ns,
+        };
         if self.times.len() == KEEP {
             self.times.pop_front();
         }
@@ -71,12 +78,21 @@ impl HeartbeatLog {
     pub fn max_gap_since(&self, since_ns: u64) -> Option<u64> {
         let start = self.times.partition_point(|&t| t < since_ns);
         let from = start.saturating_sub(1);
-        self.times.range(from..).zip(self.times.range(from + 1..)).map(|(a, b)| b - a).max()
+        self.times
+            .range(from..)
+            .zip(self.times.range(from + 1..))
+            .map(|(a, b)| b - a)
+            .max()
     }
 
     /// Median gap over the log (the guest's actual heartbeat period).
     pub fn median_gap(&self) -> Option<u64> {
-        let mut gaps: Vec<u64> = self.times.iter().zip(self.times.iter().skip(1)).map(|(a, b)| b - a).collect();
+        let mut gaps: Vec<u64> = self
+            .times
+            .iter()
+            .zip(self.times.iter().skip(1))
+            .map(|(a, b)| b - a)
+            .collect();
         if gaps.is_empty() {
             return None;
         }
@@ -106,7 +122,11 @@ mod tests {
 
     #[test]
     fn continuing_log_times_the_arrival_gap() {
-        let src = HeartbeatSnapshot { count: 5, last_seq: 127, last_ns: 10_000 };
+        let src = HeartbeatSnapshot {
+            count: 5,
+            last_seq: 127,
+            last_ns: 10_000,
+        };
         let mut log = HeartbeatLog::continuing(src);
         log.record(0x80, 13_500);
         assert_eq!(log.arrival_gap_ns, Some(3_500));

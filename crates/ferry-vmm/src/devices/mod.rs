@@ -36,12 +36,16 @@ pub struct PortBus {
 impl PortBus {
     /// A bus whose COM1 writes to `console`.
     pub fn new(console: Console) -> Self {
-        Self { serial: Mutex::new(SerialDevice::new(console)) }
+        Self {
+            serial: Mutex::new(SerialDevice::new(console)),
+        }
     }
 
     /// Handles an `out` from the guest.
     pub fn write(&self, port: u16, data: &[u8]) -> PortAction {
-        let Some(&value) = data.first() else { return PortAction::None };
+        let Some(&value) = data.first() else {
+            return PortAction::None;
+        };
         match port {
             COM1..=0x3ff => {
                 if let Ok(mut s) = self.serial.lock() {
@@ -58,7 +62,11 @@ impl PortBus {
     /// Handles an `in` from the guest; unknown ports read as all ones, like an empty ISA bus.
     pub fn read(&self, port: u16, data: &mut [u8]) {
         let value = match port {
-            COM1..=0x3ff => self.serial.lock().map(|mut s| s.read((port - COM1) as u8)).unwrap_or(0xff),
+            COM1..=0x3ff => self
+                .serial
+                .lock()
+                .map(|mut s| s.read((port - COM1) as u8))
+                .unwrap_or(0xff),
             I8042_CMD => 0, // status: output buffer empty, input buffer empty
             _ => 0xff,
         };

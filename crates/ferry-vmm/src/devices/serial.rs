@@ -32,13 +32,19 @@ pub struct Console {
 
 impl std::fmt::Debug for Console {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Console").field("passthrough", &self.out.is_some()).finish()
+        f.debug_struct("Console")
+            .field("passthrough", &self.out.is_some())
+            .finish()
     }
 }
 
 impl Console {
     /// A console that copies every byte (heartbeats too, if `pass_heartbeats`) to `out`, unbuffered.
-    pub fn new(out: Option<Box<dyn Write + Send>>, pass_heartbeats: bool, heartbeats: HeartbeatLog) -> Self {
+    pub fn new(
+        out: Option<Box<dyn Write + Send>>,
+        pass_heartbeats: bool,
+        heartbeats: HeartbeatLog,
+    ) -> Self {
         Self {
             out,
             pass_heartbeats,
@@ -95,7 +101,9 @@ pub struct SerialDevice {
 impl SerialDevice {
     /// A fresh 16550 writing to `console`.
     pub fn new(console: Console) -> Self {
-        Self { inner: Serial::new(NoIrq, console) }
+        Self {
+            inner: Serial::new(NoIrq, console),
+        }
     }
 
     /// Register write at `offset` (0..8) from the guest.
@@ -147,8 +155,12 @@ impl SerialDevice {
             scratch: r[8],
             in_buffer: snap.in_buffer.clone(),
         };
-        let console = std::mem::replace(self.inner.writer_mut(), Console::new(None, false, HeartbeatLog::default()));
-        self.inner = Serial::from_state(&state, NoIrq, NoEvents, console).map_err(|e| format!("{e:?}"))?;
+        let console = std::mem::replace(
+            self.inner.writer_mut(),
+            Console::new(None, false, HeartbeatLog::default()),
+        );
+        self.inner =
+            Serial::from_state(&state, NoIrq, NoEvents, console).map_err(|e| format!("{e:?}"))?;
         Ok(())
     }
 }

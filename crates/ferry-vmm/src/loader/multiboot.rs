@@ -33,19 +33,24 @@ fn bad(msg: impl Into<String>) -> VmmError {
 }
 
 fn u32_at(b: &[u8], off: usize) -> Option<u32> {
-    b.get(off..off + 4).map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
+    b.get(off..off + 4)
+        .map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
 }
 
 /// Finds the multiboot header: 4-byte aligned, within the first 8 KiB, checksum valid.
 fn find_header(image: &[u8]) -> Option<usize> {
-    (0..8192.min(image.len().saturating_sub(11))).step_by(4).find(|&off| {
-        let (Some(magic), Some(flags), Some(sum)) =
-            (u32_at(image, off), u32_at(image, off + 4), u32_at(image, off + 8))
-        else {
-            return false;
-        };
-        magic == HEADER_MAGIC && magic.wrapping_add(flags).wrapping_add(sum) == 0
-    })
+    (0..8192.min(image.len().saturating_sub(11)))
+        .step_by(4)
+        .find(|&off| {
+            let (Some(magic), Some(flags), Some(sum)) = (
+                u32_at(image, off),
+                u32_at(image, off + 4),
+                u32_at(image, off + 8),
+            ) else {
+                return false;
+            };
+            magic == HEADER_MAGIC && magic.wrapping_add(flags).wrapping_add(sum) == 0
+        })
 }
 
 /// Loads a multiboot v1 image into guest RAM and writes the multiboot information structure.
@@ -54,7 +59,9 @@ pub fn load_multiboot(ram: &GuestRam, image: &[u8]) -> Result<BootInfo, VmmError
     let flags = u32_at(image, hdr + 4).unwrap_or(0);
     let required = flags & 0xffff;
     if required & !SUPPORTED_REQUIRED != 0 {
-        return Err(bad(format!("multiboot header requires unsupported features {required:#x}")));
+        return Err(bad(format!(
+            "multiboot header requires unsupported features {required:#x}"
+        )));
     }
     let (entry, image_end) = if flags & FLAG_AOUT_KLUDGE != 0 {
         load_aout(ram, image, hdr)?
@@ -62,11 +69,17 @@ pub fn load_multiboot(ram: &GuestRam, image: &[u8]) -> Result<BootInfo, VmmError
         load_elf32(ram, image)?
     };
     write_info(ram)?;
-    Ok(BootInfo { entry, info_addr: INFO_ADDR as u32, image_end })
+    Ok(BootInfo {
+        entry,
+        info_addr: INFO_ADDR as u32,
+        image_end,
+    })
 }
 
 fn load_aout(ram: &GuestRam, image: &[u8], hdr: usize) -> Result<(u32, u64), VmmError> {
-    let field = |i: usize| u32_at(image, hdr + 12 + 4 * i).ok_or_else(|| bad("truncated a.out kludge fields"));
+    let field = |i: usize| {
+        u32_at(image, hdr + 12 + 4 * i).ok_or_else(|| bad("truncated a.out kludge fields"))
+    };
     let (header_addr, load_addr, load_end, bss_end, entry) =
         (field(0)?, field(1)?, field(2)?, field(3)?, field(4)?);
     if load_addr > header_addr {
@@ -74,15 +87,24 @@ fn load_aout(ram: &GuestRam, image: &[u8], hdr: usize) -> Result<(u32, u64), Vmm
     }
     let file_start = (hdr as u64)
         .checked_sub(u64::from(header_addr - load_addr))
-        .ok_or_else(|| bad("header_addr - load_addr exceeds the header's file offset"))? as usize;
+        .ok_or_else(|| bad("header_addr - load_addr exceeds the header's file offset"))?
+        as usize;
     let load_len = if load_end == 0 {
         image.len() - file_start
     } else {
-        load_end.checked_sub(load_addr).ok_or_else(|| bad("load_end_addr below load_addr"))? as usize
+        load_end
+            .checked_sub(load_addr)
+            .ok_or_else(|| bad("load_end_addr below load_addr"))? as usize
     };
     let data = image
         .get(file_start..file_start + load_len)
-        .ok_or_else(|| bad(format!("image is {} bytes, header says {}", image.len(), file_start + load_len)))?;
+        .ok_or_else(|| {
+            bad(format!(
+                "image is {} bytes, header says {}",
+                image.len(),
+                file_start + load_len
+            ))
+        })?;
     ram.write(u64::from(load_addr), data)?;
     let mut end = u64::from(load_addr) + load_len as u64;
     if bss_end != 0 {
@@ -101,12 +123,20 @@ fn load_aout(ram: &GuestRam, image: &[u8], hdr: usize) -> Result<(u32, u64), Vmm
 
 fn load_elf32(ram: &GuestRam, image: &[u8]) -> Result<(u32, u64), VmmError> {
     if image.get(0..4) != Some(b"\x7fELF") {
-        return Err(bad("multiboot header without the a.out kludge, and not an ELF file"));
+        return Err(bad(
+            "multiboot header without the a.out kludge, and not an ELF file",
+        ));
     }
     if image.get(4) != Some(&1) {
-        return Err(bad("64-bit ELF multiboot images need the a.out kludge header (as with QEMU)"));
+        return Err(bad(
+            "64-bit ELF multiboot images need the a.out kludge header (as with QEMU)",
+        ));
     }
-    let u16_at = |off: usize| image.get(off..off + 2).map(|s| u16::from_le_bytes([s[0], s[1]]));
+    let u16_at = |off: usize| {
+        image
+            .get(off..off + 2)
+            .map(|s| u16::from_le_bytes([s[0], s[1]]))
+    };
     let entry = u32_at(image, 24).ok_or_else(|| bad("truncated ELF header"))?;
     let phoff = u32_at(image, 28).ok_or_else(|| bad("truncated ELF header"))? as usize;
     let phentsize = u16_at(42).ok_or_else(|| bad("truncated ELF header"))? as usize;
@@ -117,17 +147,26 @@ fn load_elf32(ram: &GuestRam, image: &[u8]) -> Result<(u32, u64), VmmError> {
     let mut end = 0u64;
     for i in 0..phnum {
         let ph = phoff + i * phentsize;
-        let f = |k: usize| u32_at(image, ph + 4 * k).ok_or_else(|| bad("truncated ELF program header"));
+        let f =
+            |k: usize| u32_at(image, ph + 4 * k).ok_or_else(|| bad("truncated ELF program header"));
         if f(0)? != 1 {
             continue; // not PT_LOAD
         }
-        let (offset, paddr, filesz, memsz) = (f(1)? as usize, u64::from(f(3)?), f(4)? as usize, u64::from(f(5)?));
+        let (offset, paddr, filesz, memsz) = (
+            f(1)? as usize,
+            u64::from(f(3)?),
+            f(4)? as usize,
+            u64::from(f(5)?),
+        );
         let data = image
             .get(offset..offset + filesz)
             .ok_or_else(|| bad("ELF segment extends past the end of the file"))?;
         ram.write(paddr, data)?;
         if memsz > filesz as u64 {
-            ram.write(paddr + filesz as u64, &vec![0u8; (memsz - filesz as u64) as usize])?;
+            ram.write(
+                paddr + filesz as u64,
+                &vec![0u8; (memsz - filesz as u64) as usize],
+            )?;
         }
         end = end.max(paddr + memsz);
     }
@@ -204,7 +243,10 @@ mod tests {
     #[test]
     fn rejects_garbage_and_hostile_headers() {
         let ram = GuestRam::new(8 << 20).unwrap();
-        assert!(matches!(load_multiboot(&ram, b"hello"), Err(VmmError::BadImage(_))));
+        assert!(matches!(
+            load_multiboot(&ram, b"hello"),
+            Err(VmmError::BadImage(_))
+        ));
         assert!(load_multiboot(&ram, &vec![0u8; 10000]).is_err());
         // Entry outside the image.
         assert!(load_multiboot(&ram, &aout_image(0x5000, 0)).is_err());

@@ -62,7 +62,13 @@ impl Host {
     }
 
     fn log_tail(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default().lines().rev().take(5).collect::<Vec<_>>().join("\n")
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .rev()
+            .take(5)
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     fn wait(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
@@ -131,22 +137,46 @@ fn demo(a: &DemoArgs, dir: &Path) -> anyhow::Result<ExitCode> {
     let mut dst = Host::spawn(
         "destination",
         dir,
-        &["vm", "receive", "--listen", "127.0.0.1:0", "--once", "--control", &dst_sock.to_string_lossy()],
+        &[
+            "vm",
+            "receive",
+            "--listen",
+            "127.0.0.1:0",
+            "--once",
+            "--control",
+            &dst_sock.to_string_lossy(),
+        ],
         Stdio::piped(),
     )?;
     let mut first = String::new();
     let out = dst.child.stdout.take().context("destination stdout")?;
     BufReader::new(out).read_line(&mut first)?;
-    let Some(addr) = first.trim().strip_prefix("listening on ").map(str::to_string) else {
+    let Some(addr) = first
+        .trim()
+        .strip_prefix("listening on ")
+        .map(str::to_string)
+    else {
         bail!("destination did not start: {}", dst.log_tail());
     };
-    say(format!("destination host: process {} listening on {addr}", dst.child.id()));
+    say(format!(
+        "destination host: process {} listening on {addr}",
+        dst.child.id()
+    ));
 
     let mem = format!("{}", a.memory);
     let mut src = Host::spawn(
         "source",
         dir,
-        &["vm", "run", "--kernel", &image.to_string_lossy(), "--memory", &mem, "--control", &src_sock.to_string_lossy()],
+        &[
+            "vm",
+            "run",
+            "--kernel",
+            &image.to_string_lossy(),
+            "--memory",
+            &mem,
+            "--control",
+            &src_sock.to_string_lossy(),
+        ],
         Stdio::null(),
     )?;
     let t = Instant::now();
@@ -185,7 +215,10 @@ fn demo(a: &DemoArgs, dir: &Path) -> anyhow::Result<ExitCode> {
     let report = request_migration(&src_sock, req, !a.json)?;
     match src.wait(Duration::from_secs(10)) {
         Some(s) if s.success() => {}
-        other => bail!("source did not exit cleanly after the migration ({other:?}): {}", src.log_tail()),
+        other => bail!(
+            "source did not exit cleanly after the migration ({other:?}): {}",
+            src.log_tail()
+        ),
     }
     // The guest goes on at the destination: its counters grow past where the source stopped.
     std::thread::sleep(Duration::from_millis(300));
@@ -197,7 +230,11 @@ fn demo(a: &DemoArgs, dir: &Path) -> anyhow::Result<ExitCode> {
 
     let continues = after.iterations > before.iterations && after.heartbeats > before.heartbeats;
     let seq_ok = report.guest_observed.is_some_and(|g| g.sequence_continues);
-    let ok = report.digest_match == Some(true) && verify.errors == 0 && verify.loop_errors == 0 && continues && seq_ok;
+    let ok = report.digest_match == Some(true)
+        && verify.errors == 0
+        && verify.loop_errors == 0
+        && continues
+        && seq_ok;
     if a.json {
         let out = serde_json::json!({
             "report": report, "guest_before": before, "guest_after": after, "verify": verify, "integrity_ok": ok,
@@ -216,5 +253,9 @@ fn demo(a: &DemoArgs, dir: &Path) -> anyhow::Result<ExitCode> {
         );
         println!("integrity           {}", if ok { "OK" } else { "FAILED" });
     }
-    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(3) })
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(3)
+    })
 }

@@ -73,8 +73,10 @@ impl BuildArgs {
 pub fn run(cmd: GuestCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         GuestCommand::Build(a) => {
-            let image = ferry_guest::build_image(&a.config()).context("cannot build the guest image")?;
-            std::fs::write(&a.output, &image).with_context(|| format!("cannot write {}", a.output.display()))?;
+            let image =
+                ferry_guest::build_image(&a.config()).context("cannot build the guest image")?;
+            std::fs::write(&a.output, &image)
+                .with_context(|| format!("cannot write {}", a.output.display()))?;
             println!(
                 "wrote {} ({} bytes): memory {}, working set {}, {} {} writes, rate {}",
                 a.output.display(),

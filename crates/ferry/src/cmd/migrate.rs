@@ -60,8 +60,16 @@ impl MigrateArgs {
 }
 
 /// Sends a migration request to `socket` with a progress bar; returns the report.
-pub fn request_migration(socket: &std::path::Path, req: MigrateRequest, show: bool) -> anyhow::Result<Report> {
-    let bar = if show { ProgressBar::new(0) } else { ProgressBar::hidden() };
+pub fn request_migration(
+    socket: &std::path::Path,
+    req: MigrateRequest,
+    show: bool,
+) -> anyhow::Result<Report> {
+    let bar = if show {
+        ProgressBar::new(0)
+    } else {
+        ProgressBar::hidden()
+    };
     bar.set_style(
         ProgressStyle::with_template("{spinner} {msg:<28} [{bar:30}] {pos}/{len} pages  {elapsed}")
             .unwrap_or_else(|_| ProgressStyle::default_bar())
@@ -70,11 +78,17 @@ pub fn request_migration(socket: &std::path::Path, req: MigrateRequest, show: bo
     bar.enable_steady_tick(Duration::from_millis(100));
     let reply = call(socket, &Request::Migrate(req), |e| {
         match e.get("event").and_then(|k| k.as_str()) {
-            Some("phase") => bar.set_message(format!("phase: {}", e["phase"].as_str().unwrap_or("?"))),
+            Some("phase") => {
+                bar.set_message(format!("phase: {}", e["phase"].as_str().unwrap_or("?")))
+            }
             Some("progress") => {
                 bar.set_length(e["total"].as_u64().unwrap_or(0));
                 bar.set_position(e["done"].as_u64().unwrap_or(0));
-                bar.set_message(format!("round {} ({})", e["round"], human(e["bytes"].as_u64().unwrap_or(0))));
+                bar.set_message(format!(
+                    "round {} ({})",
+                    e["round"],
+                    human(e["bytes"].as_u64().unwrap_or(0))
+                ));
             }
             Some("adapt") => bar.println(format!("  adapt: {}", e["what"].as_str().unwrap_or(""))),
             Some("round") => bar.println(format!(
@@ -98,10 +112,17 @@ pub fn print_report(r: &Report) {
         format!(
             "{:.2} ms (heartbeat sequence {})",
             g.gap_ns as f64 / 1e6,
-            if g.sequence_continues { "continues" } else { "BROKEN" }
+            if g.sequence_continues {
+                "continues"
+            } else {
+                "BROKEN"
+            }
         )
     });
-    println!("strategy            {} (used: {})", r.strategy, r.strategy_used);
+    println!(
+        "strategy            {} (used: {})",
+        r.strategy, r.strategy_used
+    );
     println!("guest RAM           {}", human(r.ram_bytes));
     println!("total time          {:.1} ms", r.total_ms);
     println!("downtime (engine)   {:.2} ms", r.downtime_ms);
@@ -111,7 +132,11 @@ pub fn print_report(r: &Report) {
     }
     println!("rounds              {}", r.rounds.len());
     println!("pages sent          {}", r.pages_sent);
-    println!("bytes on the wire   {} ({:.2} x RAM)", human(r.bytes_sent), r.bytes_sent as f64 / r.ram_bytes.max(1) as f64);
+    println!(
+        "bytes on the wire   {} ({:.2} x RAM)",
+        human(r.bytes_sent),
+        r.bytes_sent as f64 / r.ram_bytes.max(1) as f64
+    );
     println!("throughput          {:.0} MB/s", r.throughput_mbps);
     if r.max_throttle > 0 {
         println!("max throttle        {}%", r.max_throttle);
@@ -134,5 +159,9 @@ pub fn run(a: MigrateArgs) -> anyhow::Result<ExitCode> {
     } else {
         print_report(&report);
     }
-    Ok(if report.digest_match == Some(false) { ExitCode::from(3) } else { ExitCode::SUCCESS })
+    Ok(if report.digest_match == Some(false) {
+        ExitCode::from(3)
+    } else {
+        ExitCode::SUCCESS
+    })
 }

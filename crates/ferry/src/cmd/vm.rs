@@ -10,7 +10,9 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use ferry_migrate::channel::Stream;
-use ferry_migrate::{migrate_out, receive, KvmSinkFactory, MigrateError, ReceiveOptions, SourceOptions, Strategy};
+use ferry_migrate::{
+    migrate_out, receive, KvmSinkFactory, MigrateError, ReceiveOptions, SourceOptions, Strategy,
+};
 use ferry_vmm::clock::monotonic_ns;
 use ferry_vmm::devices::{Console, HeartbeatLog};
 use ferry_vmm::{ExitReason, Vm, VmConfig};
@@ -66,9 +68,10 @@ pub struct ReceiveArgs {
     /// Seconds the source may stay silent before the incoming migration is dropped.
     #[arg(long, default_value_t = 30)]
     pub timeout: u64,
-    /// Do not fault guest RAM in ahead of the incoming pages.
+    /// Fault all guest RAM in ahead of the incoming pages (helps bulk copies of large, full guests;
+    /// hurts when it is still running at switch-over, so it is off by default).
     #[arg(long)]
-    pub no_prefault: bool,
+    pub prefault: bool,
     /// Exit after one failed incoming migration instead of waiting for another.
     #[arg(long)]
     pub once: bool,
@@ -87,9 +90,13 @@ pub fn run(cmd: VmCommand) -> anyhow::Result<ExitCode> {
 fn console(serial: &Option<String>) -> anyhow::Result<Console> {
     let (out, pass): (Option<Box<dyn Write + Send>>, bool) = match serial.as_deref() {
         None => (None, false),
-        Some("-") => (Some(Box::new(std::io::stdout())), !std::io::stdout().is_terminal()),
+        Some("-") => (
+            Some(Box::new(std::io::stdout())),
+            !std::io::stdout().is_terminal(),
+        ),
         Some(path) => {
-            let f = std::fs::File::create(path).with_context(|| format!("cannot open serial output {path}"))?;
+            let f = std::fs::File::create(path)
+                .with_context(|| format!("cannot open serial output {path}"))?;
             (Some(Box::new(f)), true)
         }
     };
@@ -103,27 +110,44 @@ fn control_path(host: &HostArgs) -> PathBuf {
 }
 
 fn run_vm(a: RunArgs) -> anyhow::Result<ExitCode> {
-    let image = std::fs::read(&a.kernel).with_context(|| format!("cannot read kernel image {}", a.kernel.display()))?;
+    let image = std::fs::read(&a.kernel)
+        .with_context(|| format!("cannot read kernel image {}", a.kernel.display()))?;
     let control = bind_control(&control_path(&a.host))?;
-    let mut vm = Vm::new(VmConfig { memory: a.memory, vcpus: a.vcpus }, console(&a.host.serial)?)
-        .context("cannot create the VM")?;
-    vm.boot_multiboot(&image).with_context(|| format!("cannot load {}", a.kernel.display()))?;
+    let mut vm = Vm::new(
+        VmConfig {
+            memory: a.memory,
+            vcpus: a.vcpus,
+        },
+        console(&a.host.serial)?,
+    )
+    .context("cannot create the VM")?;
+    vm.boot_multiboot(&image)
+        .with_context(|| format!("cannot load {}", a.kernel.display()))?;
     vm.resume()?;
-    eprintln!("ferry: VM running ({} MiB); control socket {}", a.memory >> 20, control.1.display());
+    eprintln!(
+        "ferry: VM running ({} MiB); control socket {}",
+        a.memory >> 20,
+        control.1.display()
+    );
     serve(vm, control)
 }
 
 fn receive_vm(a: ReceiveArgs) -> anyhow::Result<ExitCode> {
-    let listener = TcpListener::bind(&a.listen).with_context(|| format!("cannot listen on {}", a.listen))?;
+    let listener =
+        TcpListener::bind(&a.listen).with_context(|| format!("cannot listen on {}", a.listen))?;
     let control = bind_control(&control_path(&a.host))?;
     println!("listening on {}", listener.local_addr()?);
     std::io::stdout().flush()?;
     let serial = a.host.serial.clone();
     let mut factory = KvmSinkFactory {
-        console: Box::new(move || console(&serial).unwrap_or_else(|_| Console::new(None, false, HeartbeatLog::default()))),
-        prefault: !a.no_prefault,
+        console: Box::new(move || {
+            console(&serial).unwrap_or_else(|_| Console::new(None, false, HeartbeatLog::default()))
+        }),
+        prefault: a.prefault,
     };
-    let opts = ReceiveOptions { timeout: Duration::from_secs(a.timeout) };
+    let opts = ReceiveOptions {
+        timeout: Duration::from_secs(a.timeout),
+    };
     loop {
         let mut accept = || listener.accept().map(|(s, _)| Stream::Tcp(s));
         match receive(&mut accept, &mut factory, &opts) {
@@ -173,11 +197,16 @@ impl Drop for ControlSocket {
 fn bind_control(path: &Path) -> anyhow::Result<ControlSocket> {
     if path.exists() {
         if UnixStream::connect(path).is_ok() {
-            bail!("control socket {} is in use by another ferry process", path.display());
+            bail!(
+                "control socket {} is in use by another ferry process",
+                path.display()
+            );
         }
-        std::fs::remove_file(path).with_context(|| format!("cannot remove stale socket {}", path.display()))?;
+        std::fs::remove_file(path)
+            .with_context(|| format!("cannot remove stale socket {}", path.display()))?;
     }
-    let l = UnixListener::bind(path).with_context(|| format!("cannot create control socket {}", path.display()))?;
+    let l = UnixListener::bind(path)
+        .with_context(|| format!("cannot create control socket {}", path.display()))?;
     l.set_nonblocking(true)?;
     Ok(ControlSocket(l, path.to_path_buf()))
 }
@@ -238,7 +267,10 @@ fn serve(mut vm: Vm, control: ControlSocket) -> anyhow::Result<ExitCode> {
 
 fn status(vm: &Vm, paused_unknown: bool) -> serde_json::Value {
     let hb = vm.heartbeats();
-    let (count, median) = hb.lock().map(|l| (l.snapshot().count, l.median_gap())).unwrap_or_default();
+    let (count, median) = hb
+        .lock()
+        .map(|l| (l.snapshot().count, l.median_gap()))
+        .unwrap_or_default();
     json!({
         "ok": true,
         "vm": {
@@ -254,9 +286,16 @@ fn status(vm: &Vm, paused_unknown: bool) -> serde_json::Value {
     })
 }
 
-fn migrate(vm: &mut Vm, req: &MigrateRequest, out: &mut UnixStream) -> Result<ferry_migrate::Report, MigrateError> {
+fn migrate(
+    vm: &mut Vm,
+    req: &MigrateRequest,
+    out: &mut UnixStream,
+) -> Result<ferry_migrate::Report, MigrateError> {
     let strategy: Strategy = req.strategy.parse().map_err(MigrateError::Config)?;
-    let compression = req.compression.parse().map_err(|e| MigrateError::Config(format!("{e}")))?;
+    let compression = req
+        .compression
+        .parse()
+        .map_err(|e| MigrateError::Config(format!("{e}")))?;
     let addr = req
         .to
         .to_socket_addrs()
@@ -268,7 +307,10 @@ fn migrate(vm: &mut Vm, req: &MigrateRequest, out: &mut UnixStream) -> Result<fe
         downtime_target: Duration::from_millis(req.downtime_ms),
         max_rounds: req.max_rounds,
         channels: req.channels,
-        encoder: ferry_wire::codec::EncoderConfig { compression, ..Default::default() },
+        encoder: ferry_wire::codec::EncoderConfig {
+            compression,
+            ..Default::default()
+        },
         verify: req.verify,
         ..SourceOptions::default()
     };
@@ -280,8 +322,11 @@ fn migrate(vm: &mut Vm, req: &MigrateRequest, out: &mut UnixStream) -> Result<fe
     let result = migrate_out(vm, &connect, &opts, &mut events);
     let hb = vm.heartbeats();
     result.map(|mut r| {
-        r.source_max_gap_ms = hb.lock().ok().and_then(|l| l.max_gap_since(start_ns)).map(|g| g as f64 / 1e6);
+        r.source_max_gap_ms = hb
+            .lock()
+            .ok()
+            .and_then(|l| l.max_gap_since(start_ns))
+            .map(|g| g as f64 / 1e6);
         r
     })
 }
-
