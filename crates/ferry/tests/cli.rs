@@ -1,0 +1,223 @@
+//! The `ferry` binary as a user meets it: the demo, and clear errors for bad input.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use ferry_vmm::testing::require_kvm;
+
+fn ferry() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_ferry"))
+}
+
+fn run(args: &[&str]) -> Output {
+    ferry().args(args).output().unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("ferry-cli-test-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d.join(name)
+}
+
+struct Killed(Child);
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn status(sock: &Path) -> Option<serde_json::Value> {
+    use std::io::{BufRead, BufReader, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(sock).ok()?;
+    s.write_all(b"{\"op\":\"status\"}\n").ok()?;
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line).ok()?;
+    serde_json::from_str(&line).ok()
+}
+
+fn iterations(sock: &Path) -> u64 {
+    status(sock)
+        .and_then(|v| v["guest"]["iterations"].as_u64())
+        .unwrap_or(0)
+}
+
+#[test]
+fn demo_migrates_and_reports_integrity_ok() {
+    if !require_kvm() {
+        return;
+    }
+    let o = run(&["demo", "--memory", "256M", "--ws", "64M", "--warmup", "0.3"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "demo failed:\n{out}\n{}", stderr(&o));
+    for field in [
+        "downtime (engine)",
+        "downtime (guest)",
+        "bytes on the wire",
+        "total time",
+        "RAM digest",
+    ] {
+        assert!(out.contains(field), "report lacks '{field}':\n{out}");
+    }
+    assert!(out.contains("integrity           OK"), "{out}");
+    assert!(out.contains("heartbeat sequence continues"), "{out}");
+}
+
+#[test]
+fn missing_image_is_one_clear_error() {
+    let o = run(&[
+        "vm",
+        "run",
+        "--kernel",
+        "/nonexistent/img.bin",
+        "--control",
+        &tmp("a.sock").to_string_lossy(),
+    ]);
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(
+        e.contains("cannot read kernel image /nonexistent/img.bin"),
+        "{e}"
+    );
+    assert_eq!(e.lines().count(), 1, "one line: {e}");
+}
+
+#[test]
+fn garbage_image_is_refused() {
+    if !require_kvm() {
+        return;
+    }
+    let img = tmp("garbage.img");
+    std::fs::write(&img, vec![0x5a; 20000]).unwrap();
+    let o = run(&[
+        "vm",
+        "run",
+        "--kernel",
+        &img.to_string_lossy(),
+        "--memory",
+        "64M",
+        "--control",
+        &tmp("b.sock").to_string_lossy(),
+    ]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("no multiboot v1 header"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn port_in_use_is_reported() {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    let o = run(&[
+        "vm",
+        "receive",
+        "--listen",
+        &addr,
+        "--control",
+        &tmp("c.sock").to_string_lossy(),
+    ]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains(&format!("cannot listen on {addr}")),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn bad_flags_are_explained() {
+    let o = run(&[
+        "migrate",
+        "--vm",
+        "x.sock",
+        "--to",
+        "h:1",
+        "--strategy",
+        "teleport",
+    ]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("unknown strategy 'teleport'"),
+        "{}",
+        stderr(&o)
+    );
+    let o = run(&["guest", "build", "--memory", "lots", "-o", "/dev/null"]);
+    assert!(stderr(&o).contains("is not a size"), "{}", stderr(&o));
+}
+
+#[test]
+fn migrating_to_a_dead_destination_keeps_the_vm_running() {
+    if !require_kvm() {
+        return;
+    }
+    let img = tmp("small.img");
+    let b = run(&[
+        "guest",
+        "build",
+        "--memory",
+        "64M",
+        "--ws",
+        "8M",
+        "-o",
+        &img.to_string_lossy(),
+    ]);
+    assert!(b.status.success(), "{}", stderr(&b));
+    let sock = tmp("src.sock");
+    let _src = Killed(
+        ferry()
+            .args([
+                "vm",
+                "run",
+                "--kernel",
+                &img.to_string_lossy(),
+                "--memory",
+                "64M",
+                "--control",
+                &sock.to_string_lossy(),
+            ])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let t = Instant::now();
+    while iterations(&sock) == 0 {
+        assert!(t.elapsed() < Duration::from_secs(30), "guest did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string(); // bound, then dropped
+    let o = run(&[
+        "migrate",
+        "--vm",
+        &sock.to_string_lossy(),
+        "--to",
+        &closed,
+        "--strategy",
+        "precopy",
+    ]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("cannot connect to the destination"),
+        "{}",
+        stderr(&o)
+    );
+    let before = iterations(&sock);
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        iterations(&sock) > before,
+        "the VM must keep running on the source"
+    );
+    assert_eq!(status(&sock).unwrap()["vm"]["running"], true);
+}
