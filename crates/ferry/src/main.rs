@@ -29,6 +29,9 @@ enum Command {
     Vm(cmd::vm::VmCommand),
     /// Migrate a running VM (started with `ferry vm run`) to a host waiting in `ferry vm receive`.
     Migrate(cmd::migrate::MigrateArgs),
+    /// Benchmarks that print ratios measured side by side in one run.
+    #[command(subcommand)]
+    Bench(cmd::bench::BenchCommand),
     /// Build workload guest images.
     #[command(subcommand)]
     Guest(cmd::guest::GuestCommand),
@@ -41,6 +44,7 @@ fn main() -> ExitCode {
         Command::Vm(c) => cmd::vm::run(c),
         Command::Migrate(a) => cmd::migrate::run(a),
         Command::Guest(c) => cmd::guest::run(c),
+        Command::Bench(c) => cmd::bench::run(c),
     };
     match result {
         Ok(code) => code,

@@ -42,14 +42,14 @@ pub struct DemoArgs {
     pub keep: bool,
 }
 
-/// Child processes are killed if the demo fails half way.
-struct Host {
-    child: Child,
+/// A host process of the demo or a benchmark; killed if we fail half way.
+pub(crate) struct Host {
+    pub(crate) child: Child,
     log: PathBuf,
 }
 
 impl Host {
-    fn spawn(name: &'static str, dir: &Path, args: &[&str], stdout: Stdio) -> anyhow::Result<Host> {
+    pub(crate) fn spawn(name: &'static str, dir: &Path, args: &[&str], stdout: Stdio) -> anyhow::Result<Host> {
         let log = dir.join(format!("{name}.log"));
         let err = std::fs::File::create(&log)?;
         let child = Command::new(std::env::current_exe()?)
@@ -61,7 +61,7 @@ impl Host {
         Ok(Host { child, log })
     }
 
-    fn log_tail(&self) -> String {
+    pub(crate) fn log_tail(&self) -> String {
         std::fs::read_to_string(&self.log)
             .unwrap_or_default()
             .lines()
@@ -71,7 +71,7 @@ impl Host {
             .join("\n")
     }
 
-    fn wait(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+    pub(crate) fn wait(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
         let end = Instant::now() + timeout;
         while Instant::now() < end {
             if let Ok(Some(s)) = self.child.try_wait() {
@@ -92,7 +92,7 @@ impl Drop for Host {
     }
 }
 
-fn guest_status(sock: &Path) -> anyhow::Result<GuestStatus> {
+pub(crate) fn guest_status(sock: &Path) -> anyhow::Result<GuestStatus> {
     let v = call(sock, &Request::Status, |_| {})?;
     Ok(serde_json::from_value(v["guest"].clone())?)
 }
