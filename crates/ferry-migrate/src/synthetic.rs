@@ -294,7 +294,7 @@ pub struct SyntheticFactory {
 impl SinkFactory for SyntheticFactory {
     type Sink = SyntheticVm;
     fn create(&mut self, cfg: &VmConfig) -> Result<SyntheticVm, MigrateError> {
-        if cfg.memory % PAGE_SIZE as u64 != 0 || cfg.memory > (64 << 30) {
+        if !cfg.memory.is_multiple_of(PAGE_SIZE as u64) || cfg.memory > (64 << 30) {
             return Err(MigrateError::Config(format!(
                 "cannot build a VM of {} bytes",
                 cfg.memory

@@ -72,7 +72,7 @@ impl DirtyBitmap {
 
     /// ORs `words` (a KVM slot log) in, starting at page `first_page` (a multiple of 64).
     pub fn or_words_at(&mut self, first_page: u64, words: &[u64]) {
-        debug_assert!(first_page % 64 == 0);
+        debug_assert!(first_page.is_multiple_of(64));
         let start = (first_page / 64) as usize;
         for (dst, src) in self.words[start..].iter_mut().zip(words) {
             *dst |= *src;

@@ -282,7 +282,7 @@ impl Drop for GuestRam {
 }
 
 fn check_size(size: u64) -> Result<(), VmmError> {
-    if size < (4 << 20) || size > (64 << 30) || size % (2 << 20) != 0 {
+    if !((4 << 20)..=(64 << 30)).contains(&size) || !size.is_multiple_of(2 << 20) {
         return Err(VmmError::BadMemorySize(size));
     }
     Ok(())

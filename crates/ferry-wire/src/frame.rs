@@ -99,7 +99,10 @@ impl FrameHeader {
         }
         let len = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
         if len > MAX_PAYLOAD {
-            return Err(WireError::TooLarge { len, max: MAX_PAYLOAD });
+            return Err(WireError::TooLarge {
+                len,
+                max: MAX_PAYLOAD,
+            });
         }
         Ok(Self {
             kind,
@@ -111,27 +114,50 @@ impl FrameHeader {
     }
 
     /// Checks the payload against the header's CRC and the expected sequence number.
-    pub fn verify(&self, raw_header: &[u8; HEADER_LEN], payload: &[u8], key: u32, expect_seq: u32) -> Result<(), WireError> {
+    pub fn verify(
+        &self,
+        raw_header: &[u8; HEADER_LEN],
+        payload: &[u8],
+        key: u32,
+        expect_seq: u32,
+    ) -> Result<(), WireError> {
         if payload.len() != self.len as usize {
-            return Err(WireError::Malformed("payload length differs from the header"));
+            return Err(WireError::Malformed(
+                "payload length differs from the header",
+            ));
         }
         let crc = crc32c::crc32c_append(crc32c::crc32c_append(key, &raw_header[..12]), payload);
         if crc != self.crc {
-            return Err(WireError::BadCrc { kind: self.kind, seq: self.seq });
+            return Err(WireError::BadCrc {
+                kind: self.kind,
+                seq: self.seq,
+            });
         }
         if self.seq != expect_seq {
-            return Err(WireError::BadSequence { got: self.seq, want: expect_seq });
+            return Err(WireError::BadSequence {
+                got: self.seq,
+                want: expect_seq,
+            });
         }
         Ok(())
     }
 }
 
 /// Writes a header for `payload` into `out[..16]`.
-pub fn encode_header(kind: FrameType, flags: u8, seq: u32, payload: &[u8], key: u32) -> Result<[u8; HEADER_LEN], WireError> {
-    let len = u32::try_from(payload.len()).ok().filter(|&l| l <= MAX_PAYLOAD).ok_or(WireError::TooLarge {
-        len: payload.len().min(u32::MAX as usize) as u32,
-        max: MAX_PAYLOAD,
-    })?;
+pub fn encode_header(
+    kind: FrameType,
+    flags: u8,
+    seq: u32,
+    payload: &[u8],
+    key: u32,
+) -> Result<[u8; HEADER_LEN], WireError> {
+    let len = u32::try_from(payload.len())
+        .ok()
+        .filter(|&l| l <= MAX_PAYLOAD)
+        .ok_or(WireError::TooLarge {
+            len: payload.len().min(u32::MAX as usize) as u32,
+            max: MAX_PAYLOAD,
+        })?;
     let mut h = [0u8; HEADER_LEN];
     h[0] = kind as u8;
     h[1] = flags;
@@ -151,19 +177,40 @@ mod tests {
         let payload = b"hello pages";
         let h = encode_header(FrameType::Pages, 3, 7, payload, 0xabc).unwrap();
         let p = FrameHeader::parse(&h).unwrap();
-        assert_eq!((p.kind, p.flags, p.len, p.seq), (FrameType::Pages, 3, payload.len() as u32, 7));
+        assert_eq!(
+            (p.kind, p.flags, p.len, p.seq),
+            (FrameType::Pages, 3, payload.len() as u32, 7)
+        );
         p.verify(&h, payload, 0xabc, 7).unwrap();
-        assert!(matches!(p.verify(&h, b"hello pageZ", 0xabc, 7), Err(WireError::BadCrc { .. })));
-        assert!(matches!(p.verify(&h, payload, 0xabd, 7), Err(WireError::BadCrc { .. })), "other channel key");
-        assert!(matches!(p.verify(&h, payload, 0xabc, 8), Err(WireError::BadSequence { .. })));
+        assert!(matches!(
+            p.verify(&h, b"hello pageZ", 0xabc, 7),
+            Err(WireError::BadCrc { .. })
+        ));
+        assert!(
+            matches!(
+                p.verify(&h, payload, 0xabd, 7),
+                Err(WireError::BadCrc { .. })
+            ),
+            "other channel key"
+        );
+        assert!(matches!(
+            p.verify(&h, payload, 0xabc, 8),
+            Err(WireError::BadSequence { .. })
+        ));
     }
 
     #[test]
     fn hostile_headers_are_refused_before_allocation() {
         let mut h = encode_header(FrameType::Pages, 0, 0, b"", 0).unwrap();
         h[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert!(matches!(FrameHeader::parse(&h), Err(WireError::TooLarge { .. })));
+        assert!(matches!(
+            FrameHeader::parse(&h),
+            Err(WireError::TooLarge { .. })
+        ));
         h[0] = 200;
-        assert!(matches!(FrameHeader::parse(&h), Err(WireError::UnknownFrameType(200))));
+        assert!(matches!(
+            FrameHeader::parse(&h),
+            Err(WireError::UnknownFrameType(200))
+        ));
     }
 }

@@ -25,7 +25,9 @@ pub enum WireError {
         max: u32,
     },
     /// The CRC32C does not match (corruption, or a frame from another migration or channel).
-    #[error("CRC mismatch in {kind:?} frame #{seq} (corrupt stream, or a frame from another migration)")]
+    #[error(
+        "CRC mismatch in {kind:?} frame #{seq} (corrupt stream, or a frame from another migration)"
+    )]
     BadCrc {
         /// Frame type.
         kind: FrameType,

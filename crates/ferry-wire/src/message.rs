@@ -49,16 +49,30 @@ impl<'a> Reader<'a> {
         Ok(self.take(1)?[0])
     }
     fn u16(&mut self) -> Result<u16, WireError> {
-        Ok(u16::from_le_bytes(self.take(2)?.try_into().map_err(|_| WireError::Malformed("u16"))?))
+        Ok(u16::from_le_bytes(
+            self.take(2)?
+                .try_into()
+                .map_err(|_| WireError::Malformed("u16"))?,
+        ))
     }
     fn u32(&mut self) -> Result<u32, WireError> {
-        Ok(u32::from_le_bytes(self.take(4)?.try_into().map_err(|_| WireError::Malformed("u32"))?))
+        Ok(u32::from_le_bytes(
+            self.take(4)?
+                .try_into()
+                .map_err(|_| WireError::Malformed("u32"))?,
+        ))
     }
     fn u64(&mut self) -> Result<u64, WireError> {
-        Ok(u64::from_le_bytes(self.take(8)?.try_into().map_err(|_| WireError::Malformed("u64"))?))
+        Ok(u64::from_le_bytes(
+            self.take(8)?
+                .try_into()
+                .map_err(|_| WireError::Malformed("u64"))?,
+        ))
     }
     fn arr<const N: usize>(&mut self) -> Result<[u8; N], WireError> {
-        self.take(N)?.try_into().map_err(|_| WireError::Malformed("array"))
+        self.take(N)?
+            .try_into()
+            .map_err(|_| WireError::Malformed("array"))
     }
     fn string(&mut self) -> Result<String, WireError> {
         let n = self.u16()? as usize;
@@ -68,7 +82,9 @@ impl<'a> Reader<'a> {
         if self.b.is_empty() {
             Ok(())
         } else {
-            Err(WireError::Malformed("trailing bytes after the payload's fields"))
+            Err(WireError::Malformed(
+                "trailing bytes after the payload's fields",
+            ))
         }
     }
 }
@@ -174,7 +190,11 @@ impl HelloAck {
         let refused = r.u8()? != 0;
         let reason = r.string()?;
         r.end()?;
-        Ok(Self { version, features, refusal: refused.then_some(reason) })
+        Ok(Self {
+            version,
+            features,
+            refusal: refused.then_some(reason),
+        })
     }
 }
 
@@ -201,7 +221,11 @@ impl VmConfig {
     /// Decodes the payload.
     pub fn decode(b: &[u8]) -> Result<Self, WireError> {
         let mut r = Reader { b };
-        let c = Self { memory: r.u64()?, vcpus: r.u8()?, strategy: r.u8()? };
+        let c = Self {
+            memory: r.u64()?,
+            vcpus: r.u8()?,
+            strategy: r.u8()?,
+        };
         r.end()?;
         Ok(c)
     }
@@ -230,7 +254,11 @@ impl RoundSummary {
     /// Decodes the payload.
     pub fn decode(b: &[u8]) -> Result<Self, WireError> {
         let mut r = Reader { b };
-        let s = Self { round: r.u32()?, pages: r.u64()?, digest: r.arr()? };
+        let s = Self {
+            round: r.u32()?,
+            pages: r.u64()?,
+            digest: r.arr()?,
+        };
         r.end()?;
         Ok(s)
     }
@@ -283,20 +311,45 @@ mod tests {
     use super::*;
 
     fn hello() -> Hello {
-        Hello { min_version: 1, max_version: 1, features: features::ALL, migration_id: [7; 16], channel: 0, channels: 2 }
+        Hello {
+            min_version: 1,
+            max_version: 1,
+            features: features::ALL,
+            migration_id: [7; 16],
+            channel: 0,
+            channels: 2,
+        }
     }
 
     #[test]
     fn messages_round_trip() {
         assert_eq!(Hello::decode(&hello().encode()).unwrap(), hello());
-        let ack = HelloAck { version: 1, features: 3, refusal: Some("no".into()) };
+        let ack = HelloAck {
+            version: 1,
+            features: 3,
+            refusal: Some("no".into()),
+        };
         assert_eq!(HelloAck::decode(&ack.encode()).unwrap(), ack);
-        let c = VmConfig { memory: 1 << 30, vcpus: 2, strategy: 1 };
+        let c = VmConfig {
+            memory: 1 << 30,
+            vcpus: 2,
+            strategy: 1,
+        };
         assert_eq!(VmConfig::decode(&c.encode()).unwrap(), c);
-        let s = RoundSummary { round: 3, pages: 99, digest: [1; 16] };
+        let s = RoundSummary {
+            round: 3,
+            pages: 99,
+            digest: [1; 16],
+        };
         assert_eq!(RoundSummary::decode(&s.encode()).unwrap(), s);
-        assert_eq!(decode_page_request(&encode_page_request(&[1, 2, 3])).unwrap(), vec![1, 2, 3]);
-        assert_eq!(decode_reason(&encode_reason("disk full")).unwrap(), "disk full");
+        assert_eq!(
+            decode_page_request(&encode_page_request(&[1, 2, 3])).unwrap(),
+            vec![1, 2, 3]
+        );
+        assert_eq!(
+            decode_reason(&encode_reason("disk full")).unwrap(),
+            "disk full"
+        );
         assert_ne!(channel_key(&[7; 16], 0), channel_key(&[7; 16], 1));
     }
 
@@ -310,7 +363,14 @@ mod tests {
         extra.push(0);
         assert!(Hello::decode(&extra).is_err());
         assert!(decode_page_request(&[0xff, 0xff]).is_err());
-        let future = Hello { min_version: 2, max_version: 5, ..hello() };
-        assert!(matches!(future.negotiate_version(), Err(WireError::VersionMismatch { .. })));
+        let future = Hello {
+            min_version: 2,
+            max_version: 5,
+            ..hello()
+        };
+        assert!(matches!(
+            future.negotiate_version(),
+            Err(WireError::VersionMismatch { .. })
+        ));
     }
 }

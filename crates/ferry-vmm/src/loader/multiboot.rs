@@ -236,7 +236,7 @@ mod tests {
         ram.read(0x10_0800, &mut b).unwrap();
         assert_eq!(b[0], 0xf4);
         assert_eq!(ram.read_u64(INFO_ADDR).unwrap() as u32, 1 | 1 << 6);
-        let mem_upper = (ram.read_u64(INFO_ADDR + 8).unwrap() & 0xffff_ffff) as u64;
+        let mem_upper = ram.read_u64(INFO_ADDR + 8).unwrap() & 0xffff_ffff;
         assert_eq!(mem_upper, (64 << 20) / 1024 - 1024);
     }
 

@@ -66,14 +66,19 @@ pub fn loopback_limit(bytes: u64) -> anyhow::Result<f64> {
         sent += buf.len() as u64;
     }
     drop(s);
-    let got = reader.join().map_err(|_| anyhow::anyhow!("reader panicked"))??;
+    let got = reader
+        .join()
+        .map_err(|_| anyhow::anyhow!("reader panicked"))??;
     Ok(got as f64 / t.elapsed().as_secs_f64())
 }
 
 fn stop_and_copy(a: &StopAndCopyArgs) -> anyhow::Result<ExitCode> {
     let dir = std::env::temp_dir().join(format!("ferry-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let ws = a.memory.checked_sub(16 << 20).context("memory must be more than 16 MiB")?;
+    let ws = a
+        .memory
+        .checked_sub(16 << 20)
+        .context("memory must be more than 16 MiB")?;
     let cfg = GuestConfig {
         memory: a.memory,
         working_set: ws,
@@ -96,12 +101,25 @@ fn stop_and_copy(a: &StopAndCopyArgs) -> anyhow::Result<ExitCode> {
     let mut dst = Host::spawn("destination", &dir, &recv_args, Stdio::piped())?;
     let mut first = String::new();
     BufReader::new(dst.child.stdout.take().context("stdout")?).read_line(&mut first)?;
-    let addr = first.trim().strip_prefix("listening on ").context("destination did not start")?.to_string();
+    let addr = first
+        .trim()
+        .strip_prefix("listening on ")
+        .context("destination did not start")?
+        .to_string();
     let mem = a.memory.to_string();
     let mut src = Host::spawn(
         "source",
         &dir,
-        &["vm", "run", "--kernel", &image.to_string_lossy(), "--memory", &mem, "--control", &src_sock.to_string_lossy()],
+        &[
+            "vm",
+            "run",
+            "--kernel",
+            &image.to_string_lossy(),
+            "--memory",
+            &mem,
+            "--control",
+            &src_sock.to_string_lossy(),
+        ],
         Stdio::null(),
     )?;
     let t = Instant::now();
@@ -117,7 +135,10 @@ fn stop_and_copy(a: &StopAndCopyArgs) -> anyhow::Result<ExitCode> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    println!("filled in {:.1} s; measuring loopback TCP (one stream) ...", t.elapsed().as_secs_f64());
+    println!(
+        "filled in {:.1} s; measuring loopback TCP (one stream) ...",
+        t.elapsed().as_secs_f64()
+    );
     let limit = loopback_limit(4 << 30)?;
     let req = MigrateRequest {
         to: addr,
@@ -135,11 +156,29 @@ fn stop_and_copy(a: &StopAndCopyArgs) -> anyhow::Result<ExitCode> {
     let _ = std::fs::remove_dir_all(&dir);
     let tput = r.ram_bytes as f64 / (r.downtime_ms / 1e3);
     println!("guest RAM             {}", human(r.ram_bytes));
-    println!("stop-and-copy         {:.1} ms paused, {} on the wire", r.downtime_ms, human(r.bytes_sent));
+    println!(
+        "stop-and-copy         {:.1} ms paused, {} on the wire",
+        r.downtime_ms,
+        human(r.bytes_sent)
+    );
     println!("ferry throughput      {:.2} GB/s (RAM / pause)", tput / 1e9);
-    println!("loopback TCP limit    {:.2} GB/s (one stream, same run)", limit / 1e9);
+    println!(
+        "loopback TCP limit    {:.2} GB/s (one stream, same run)",
+        limit / 1e9
+    );
     println!("ratio                 {:.2}", tput / limit);
-    println!("RAM digest            {}", if r.digest_match == Some(true) { "equal" } else { "NOT EQUAL" });
+    println!(
+        "RAM digest            {}",
+        if r.digest_match == Some(true) {
+            "equal"
+        } else {
+            "NOT EQUAL"
+        }
+    );
     let _ = std::io::stdout().flush();
-    Ok(if r.digest_match == Some(true) { ExitCode::SUCCESS } else { ExitCode::from(3) })
+    Ok(if r.digest_match == Some(true) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(3)
+    })
 }

@@ -49,7 +49,12 @@ pub(crate) struct Host {
 }
 
 impl Host {
-    pub(crate) fn spawn(name: &'static str, dir: &Path, args: &[&str], stdout: Stdio) -> anyhow::Result<Host> {
+    pub(crate) fn spawn(
+        name: &'static str,
+        dir: &Path,
+        args: &[&str],
+        stdout: Stdio,
+    ) -> anyhow::Result<Host> {
         let log = dir.join(format!("{name}.log"));
         let err = std::fs::File::create(&log)?;
         let child = Command::new(std::env::current_exe()?)
