@@ -32,6 +32,8 @@ enum Command {
     /// Benchmarks that print ratios measured side by side in one run.
     #[command(subcommand)]
     Bench(cmd::bench::BenchCommand),
+    /// Simulate a data centre over workload traces and compare planner policies.
+    Sim(ferry_sim::cli::SimArgs),
     /// Build workload guest images.
     #[command(subcommand)]
     Guest(cmd::guest::GuestCommand),
@@ -45,6 +47,7 @@ fn main() -> ExitCode {
         Command::Migrate(a) => cmd::migrate::run(a),
         Command::Guest(c) => cmd::guest::run(c),
         Command::Bench(c) => cmd::bench::run(c),
+        Command::Sim(a) => ferry_sim::cli::run(&a).map(|()| ExitCode::SUCCESS).map_err(Into::into),
     };
     match result {
         Ok(code) => code,
