@@ -12,10 +12,16 @@ pub fn plan(c: &mut Cluster, max_moves: usize, min_gain: f64) -> Vec<Migration> 
     let mut out = Vec::new();
     let mut moved = vec![false; c.vms.len()];
     while out.len() < max_moves {
-        let active: Vec<HostId> = (0..c.hosts.len()).filter(|&h| !c.hosts[h].vms.is_empty() && !c.hosts[h].closed).collect();
+        let active: Vec<HostId> = (0..c.hosts.len())
+            .filter(|&h| !c.hosts[h].vms.is_empty() && !c.hosts[h].closed)
+            .collect();
         let util = |h: HostId| c.demand_util(h, None);
-        let Some(&hi) = active.iter().max_by(|&&a, &&b| util(a).total_cmp(&util(b))) else { break };
-        let Some(&lo) = active.iter().min_by(|&&a, &&b| util(a).total_cmp(&util(b))) else { break };
+        let Some(&hi) = active.iter().max_by(|&&a, &&b| util(a).total_cmp(&util(b))) else {
+            break;
+        };
+        let Some(&lo) = active.iter().min_by(|&&a, &&b| util(a).total_cmp(&util(b))) else {
+            break;
+        };
         if hi == lo {
             break;
         }
@@ -37,7 +43,11 @@ pub fn plan(c: &mut Cluster, max_moves: usize, min_gain: f64) -> Vec<Migration> 
                 c.vm_create(lo, v);
                 moved[v] = true;
                 if let Some(from) = origin[v] {
-                    out.push(Migration { vm: v, from, to: lo });
+                    out.push(Migration {
+                        vm: v,
+                        from,
+                        to: lo,
+                    });
                 }
             }
             _ => break,
@@ -49,7 +59,10 @@ pub fn plan(c: &mut Cluster, max_moves: usize, min_gain: f64) -> Vec<Migration> 
 
 /// Spread of demanded utilisation over hosts with VMs: (max - min, standard deviation).
 pub fn spread(c: &Cluster) -> (f64, f64) {
-    let u: Vec<f64> = (0..c.hosts.len()).filter(|&h| !c.hosts[h].vms.is_empty()).map(|h| c.demand_util(h, None)).collect();
+    let u: Vec<f64> = (0..c.hosts.len())
+        .filter(|&h| !c.hosts[h].vms.is_empty())
+        .map(|h| c.demand_util(h, None))
+        .collect();
     if u.is_empty() {
         return (0.0, 0.0);
     }

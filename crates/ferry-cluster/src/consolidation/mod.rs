@@ -30,12 +30,23 @@ pub struct RoundOptions {
 impl RoundOptions {
     /// CloudSim 3.0.3's behaviour, quirks included.
     pub fn cloudsim() -> Self {
-        Self { consolidate: true, underload_below: 1.0, exclude_new_targets: false, max_migrations: usize::MAX }
+        Self {
+            consolidate: true,
+            underload_below: 1.0,
+            exclude_new_targets: false,
+            max_migrations: usize::MAX,
+        }
     }
 }
 
 /// Plans one round; the allocation in `c` is unchanged on return.
-pub fn optimize(c: &mut Cluster, det: &Detector, sel: Selector, opts: &RoundOptions, rng: &mut impl Rng) -> Vec<Migration> {
+pub fn optimize(
+    c: &mut Cluster,
+    det: &Detector,
+    sel: Selector,
+    opts: &RoundOptions,
+    rng: &mut impl Rng,
+) -> Vec<Migration> {
     let n = c.hosts.len();
     let overloaded: Vec<HostId> = (0..n).filter(|&h| det.is_overloaded(c, h, None)).collect();
     let idx = PlacementIndex::new(c);
@@ -77,7 +88,14 @@ pub fn optimize(c: &mut Cluster, det: &Detector, sel: Selector, opts: &RoundOpti
         .collect()
 }
 
-fn consolidate(c: &mut Cluster, idx: &PlacementIndex, det: &Detector, opts: &RoundOptions, overloaded: &[HostId], plan: &mut Vec<(VmId, HostId)>) {
+fn consolidate(
+    c: &mut Cluster,
+    idx: &PlacementIndex,
+    det: &Detector,
+    opts: &RoundOptions,
+    overloaded: &[HostId],
+    plan: &mut Vec<(VmId, HostId)>,
+) {
     let n = c.hosts.len();
     let mut skip_under = vec![false; n];
     let mut skip_place = vec![false; n];
@@ -99,7 +117,11 @@ fn consolidate(c: &mut Cluster, idx: &PlacementIndex, det: &Detector, opts: &Rou
     // Candidates in increasing measured utilisation (ties by index): the exclusion set only
     // grows, so walking this order equals CloudSim's repeated minimum search.
     let mut order: Vec<HostId> = (0..n).filter(|&h| !skip_under[h]).collect();
-    order.sort_by(|&a, &b| c.measured_util(a).total_cmp(&c.measured_util(b)).then(a.cmp(&b)));
+    order.sort_by(|&a, &b| {
+        c.measured_util(a)
+            .total_cmp(&c.measured_util(b))
+            .then(a.cmp(&b))
+    });
     for h in order {
         if plan.len() >= opts.max_migrations {
             break;
@@ -114,7 +136,11 @@ fn consolidate(c: &mut Cluster, idx: &PlacementIndex, det: &Detector, opts: &Rou
         }
         skip_under[h] = true;
         skip_place[h] = true;
-        let mut vms: Vec<VmId> = vms.iter().copied().filter(|&v| !c.vms[v].in_migration).collect();
+        let mut vms: Vec<VmId> = vms
+            .iter()
+            .copied()
+            .filter(|&v| !c.vms[v].in_migration)
+            .collect();
         sort_by_demand_desc(c, &mut vms);
         let mut placed: Vec<(VmId, HostId)> = Vec::new();
         let mut ok = true;

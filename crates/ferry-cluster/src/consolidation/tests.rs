@@ -6,7 +6,17 @@ use rand::SeedableRng;
 
 fn build(hosts: usize, demands: &[(f64, usize)]) -> Cluster {
     let mut c = Cluster {
-        hosts: (0..hosts).map(|i| HostView::new(if i % 2 == 0 { 3720.0 } else { 5320.0 }, if i % 2 == 0 { 1860.0 } else { 2660.0 }, 4096.0, 1000.0, i % 2)).collect(),
+        hosts: (0..hosts)
+            .map(|i| {
+                HostView::new(
+                    if i % 2 == 0 { 3720.0 } else { 5320.0 },
+                    if i % 2 == 0 { 1860.0 } else { 2660.0 },
+                    4096.0,
+                    1000.0,
+                    i % 2,
+                )
+            })
+            .collect(),
         vms: Vec::new(),
         power_models: vec![PowerModel::ml110_g4(), PowerModel::ml110_g5()],
         interval_s: 300.0,
@@ -20,7 +30,12 @@ fn build(hosts: usize, demands: &[(f64, usize)]) -> Cluster {
     }
     for h in 0..hosts {
         c.recompute_avail(h);
-        c.hosts[h].measured_mips = c.hosts[h].vms.iter().map(|&v| c.capped_demand(h, v)).sum::<f64>().min(c.hosts[h].total_mips);
+        c.hosts[h].measured_mips = c.hosts[h]
+            .vms
+            .iter()
+            .map(|&v| c.capped_demand(h, v))
+            .sum::<f64>()
+            .min(c.hosts[h].total_mips);
     }
     c
 }
@@ -35,11 +50,20 @@ fn apply(c: &mut Cluster, plan: &[Migration]) {
 
 #[test]
 fn overloaded_host_is_relieved() {
-    let mut c = build(4, &[(900.0, 0), (900.0, 0), (900.0, 0), (100.0, 1)]);
+    let mut c = build(
+        4,
+        &[(900.0, 0), (900.0, 0), (900.0, 0), (900.0, 0), (100.0, 1)],
+    );
     let det = Detector::Thr(0.8);
     assert!(det.is_overloaded(&c, 0, None));
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-    let plan = optimize(&mut c, &det, Selector::Mmt, &RoundOptions::cloudsim(), &mut rng);
+    let plan = optimize(
+        &mut c,
+        &det,
+        Selector::Mmt,
+        &RoundOptions::cloudsim(),
+        &mut rng,
+    );
     apply(&mut c, &plan);
     assert!(!det.is_overloaded(&c, 0, None));
 }

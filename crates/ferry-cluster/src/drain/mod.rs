@@ -66,21 +66,36 @@ pub fn plan(
     let idx = PlacementIndex::new(c);
     let mut excluded = vec![false; c.hosts.len()];
     excluded[host] = true;
-    let mut vms: Vec<VmId> = c.hosts[host].vms.iter().copied().filter(|&v| !c.vms[v].in_migration).collect();
+    let mut vms: Vec<VmId> = c.hosts[host]
+        .vms
+        .iter()
+        .copied()
+        .filter(|&v| !c.vms[v].in_migration)
+        .collect();
     crate::placement::sort_by_demand_desc(c, &mut vms);
     let mut migrations = Vec::new();
     let mut t = now;
     let mut result = Ok(());
     for v in vms {
-        let target = find_host(c, &idx, det, v, &excluded).or_else(|| find_host(c, &idx, &Detector::Thr(1.0), v, &excluded));
+        let target = find_host(c, &idx, det, v, &excluded)
+            .or_else(|| find_host(c, &idx, &Detector::Thr(1.0), v, &excluded));
         match target {
             Some(to) => {
                 c.vm_create(to, v);
-                migrations.push(Migration { vm: v, from: host, to });
+                migrations.push(Migration {
+                    vm: v,
+                    from: host,
+                    to,
+                });
                 t += migration_time(v);
             }
             None => {
-                result = Err(DrainError::NoCapacity { host, vm: v, demand_mips: c.vms[v].demand_mips, ram_mb: c.vms[v].ram_mb });
+                result = Err(DrainError::NoCapacity {
+                    host,
+                    vm: v,
+                    demand_mips: c.vms[v].demand_mips,
+                    ram_mb: c.vms[v].ram_mb,
+                });
                 break;
             }
         }
@@ -88,7 +103,14 @@ pub fn plan(
     c.restore(cp);
     result?;
     if t > deadline {
-        return Err(DrainError::TooSlow { host, needed_s: t - now, left_s: deadline - now });
+        return Err(DrainError::TooSlow {
+            host,
+            needed_s: t - now,
+            left_s: deadline - now,
+        });
     }
-    Ok(DrainPlan { migrations, done_at: t })
+    Ok(DrainPlan {
+        migrations,
+        done_at: t,
+    })
 }

@@ -19,7 +19,13 @@ pub struct EvacuationPlan {
 /// Smallest-RAM VMs go first (the most VMs saved per second of link time). Targets are
 /// chosen with PABFD under `det`; when that finds nothing, plain capacity is enough (an
 /// overloaded host beats a dead one). The host is marked closed in `c`.
-pub fn plan(c: &mut Cluster, det: &Detector, host: HostId, time_left: f64, migration_time: impl Fn(VmId) -> f64) -> EvacuationPlan {
+pub fn plan(
+    c: &mut Cluster,
+    det: &Detector,
+    host: HostId,
+    time_left: f64,
+    migration_time: impl Fn(VmId) -> f64,
+) -> EvacuationPlan {
     let mut out = EvacuationPlan::default();
     if host >= c.hosts.len() {
         return out;
@@ -29,16 +35,26 @@ pub fn plan(c: &mut Cluster, det: &Detector, host: HostId, time_left: f64, migra
     let idx = PlacementIndex::new(c);
     let mut excluded = vec![false; c.hosts.len()];
     excluded[host] = true;
-    let mut vms: Vec<VmId> = c.hosts[host].vms.iter().copied().filter(|&v| !c.vms[v].in_migration).collect();
+    let mut vms: Vec<VmId> = c.hosts[host]
+        .vms
+        .iter()
+        .copied()
+        .filter(|&v| !c.vms[v].in_migration)
+        .collect();
     vms.sort_by(|&a, &b| c.vms[a].ram_mb.total_cmp(&c.vms[b].ram_mb));
     let mut t = 0.0;
     for v in vms {
         let dt = migration_time(v);
-        let target = find_host(c, &idx, det, v, &excluded).or_else(|| find_host(c, &idx, &Detector::Thr(1.0), v, &excluded));
+        let target = find_host(c, &idx, det, v, &excluded)
+            .or_else(|| find_host(c, &idx, &Detector::Thr(1.0), v, &excluded));
         match target {
             Some(to) if t + dt <= time_left => {
                 c.vm_create(to, v);
-                out.migrations.push(Migration { vm: v, from: host, to });
+                out.migrations.push(Migration {
+                    vm: v,
+                    from: host,
+                    to,
+                });
                 t += dt;
             }
             _ => out.stranded.push(v),

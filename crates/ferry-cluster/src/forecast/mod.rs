@@ -22,18 +22,32 @@ pub struct ForecastParams {
     pub k_sigma: f64,
     /// Extra scheduling intervals to look ahead beyond the migration time.
     pub lookahead: f64,
+    /// Cap a placement target must stay under, upper forecast included (head-room that
+    /// keeps a VM from being placed where it would soon have to leave again).
+    pub place_cap: f64,
 }
 
 impl ForecastParams {
-    /// Default parameters with the given cap.
+    /// Default parameters with the given overload cap (placement keeps 0.2 below it).
     pub fn with_cap(cap: f64) -> Self {
-        Self { cap, samples: 12, k_sigma: 1.0, lookahead: 1.0 }
+        Self {
+            cap,
+            samples: 12,
+            k_sigma: 1.0,
+            lookahead: 1.0,
+            place_cap: cap - 0.2,
+        }
     }
 }
 
 /// Forecast of a host's utilisation: `(point, upper)` at the look-ahead horizon, or `None`
 /// with too little history.
-pub fn forecast(p: &ForecastParams, c: &Cluster, host: HostId, extra: Option<VmId>) -> Option<(f64, f64)> {
+pub fn forecast(
+    p: &ForecastParams,
+    c: &Cluster,
+    host: HostId,
+    extra: Option<VmId>,
+) -> Option<(f64, f64)> {
     let mut hist = [0.0; HISTORY_LEN];
     let n = c.host_history(host, extra, &mut hist).min(p.samples);
     if n < 4 {
@@ -51,7 +65,11 @@ pub fn forecast(p: &ForecastParams, c: &Cluster, host: HostId, extra: Option<VmI
         sxx += dx * dx;
     }
     let slope = if sxx > 0.0 { sxy / sxx } else { 0.0 };
-    let resid: f64 = ys.iter().enumerate().map(|(i, y)| (y - (my + slope * (i as f64 - mx))).powi(2)).sum();
+    let resid: f64 = ys
+        .iter()
+        .enumerate()
+        .map(|(i, y)| (y - (my + slope * (i as f64 - mx))).powi(2))
+        .sum();
     let sigma = (resid / (nf - 2.0).max(1.0)).sqrt();
     let mut mig = c.max_migration_time(host);
     if let Some(v) = extra {
@@ -63,13 +81,18 @@ pub fn forecast(p: &ForecastParams, c: &Cluster, host: HostId, extra: Option<VmI
 }
 
 /// Whether the host is (or is about to be) overloaded under `p`.
+///
+/// Without `extra` (overload detection) the host is flagged when its current demand or its
+/// point forecast exceeds `cap`; with `extra` (a placement test) the stricter `place_cap`
+/// must hold for the current demand and the upper forecast.
 pub fn is_overloaded(p: &ForecastParams, c: &Cluster, host: HostId, extra: Option<VmId>) -> bool {
     let now = c.demand_util(host, extra);
-    if now > p.cap {
+    let cap = if extra.is_some() { p.place_cap } else { p.cap };
+    if now > cap {
         return true;
     }
     match forecast(p, c, host, extra) {
-        Some((_, upper)) => upper > p.cap,
+        Some((point, upper)) => (if extra.is_some() { upper } else { point }) > cap,
         None => false,
     }
 }
@@ -97,8 +120,8 @@ mod tests {
         }
         c.vms[0].demand_mips = 740.0;
         c.vms[1].demand_mips = 740.0;
-        let p = ForecastParams::with_cap(0.85);
-        assert!(c.demand_util(0, None) < 0.85);
+        let p = ForecastParams::with_cap(0.8);
+        assert!(c.demand_util(0, None) < 0.8);
         assert!(is_overloaded(&p, &c, 0, None));
     }
 }

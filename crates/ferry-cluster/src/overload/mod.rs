@@ -89,11 +89,14 @@ mod tests {
     fn cluster(demands: &[f64]) -> Cluster {
         let mut c = Cluster {
             hosts: vec![HostView::new(2000.0, 1000.0, 4096.0, 1000.0, 0)],
-            vms: demands.iter().map(|&d| {
-                let mut v = VmView::new(1000.0, 512.0);
-                v.demand_mips = d;
-                v
-            }).collect(),
+            vms: demands
+                .iter()
+                .map(|&d| {
+                    let mut v = VmView::new(1000.0, 512.0);
+                    v.demand_mips = d;
+                    v
+                })
+                .collect(),
             power_models: vec![PowerModel::ml110_g4()],
             interval_s: 300.0,
             enforce_ram: true,

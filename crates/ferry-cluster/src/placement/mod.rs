@@ -15,6 +15,7 @@ use crate::{HostId, VmId};
 pub struct PlacementIndex {
     active: Vec<HostId>,
     idle_groups: Vec<Vec<HostId>>,
+    base_power: Vec<f64>,
 }
 
 impl PlacementIndex {
@@ -22,12 +23,19 @@ impl PlacementIndex {
     pub fn new(c: &Cluster) -> Self {
         let mut idx = PlacementIndex::default();
         let mut keys: Vec<(usize, u64, u64)> = Vec::new();
+        idx.base_power = (0..c.hosts.len())
+            .map(|h| c.power_at(h, c.measured_util(h)))
+            .collect();
         for (h, host) in c.hosts.iter().enumerate() {
             if host.measured_mips != 0.0 {
                 idx.active.push(h);
                 continue;
             }
-            let key = (host.power, host.total_mips.to_bits(), host.pe_mips.to_bits());
+            let key = (
+                host.power,
+                host.total_mips.to_bits(),
+                host.pe_mips.to_bits(),
+            );
             match keys.iter().position(|k| *k == key) {
                 Some(g) => idx.idle_groups[g].push(h),
                 None => {
@@ -42,7 +50,13 @@ impl PlacementIndex {
 
 /// PABFD host choice for `vm`: least power increase, ties to the lowest host index; hosts
 /// in `excluded` (indexed by host) are skipped. Returns `None` when nothing fits.
-pub fn find_host(c: &Cluster, idx: &PlacementIndex, det: &Detector, vm: VmId, excluded: &[bool]) -> Option<HostId> {
+pub fn find_host(
+    c: &Cluster,
+    idx: &PlacementIndex,
+    det: &Detector,
+    vm: VmId,
+    excluded: &[bool],
+) -> Option<HostId> {
     let demand = c.vms[vm].demand_mips;
     let mut best: Option<(f64, HostId)> = None;
     let better = |d: f64, h: HostId, best: &Option<(f64, HostId)>| match best {
@@ -53,20 +67,31 @@ pub fn find_host(c: &Cluster, idx: &PlacementIndex, det: &Detector, vm: VmId, ex
         if excluded[h] || !c.is_suitable(h, vm) {
             continue;
         }
-        let d = power_increase(c, h, demand);
+        let d = idx.increase(c, h, demand);
         if better(d, h, &best) && !det.is_overloaded(c, h, Some(vm)) {
             best = Some((d, h));
         }
     }
     for group in &idx.idle_groups {
-        if let Some(&h) = group.iter().find(|&&h| !excluded[h] && c.is_suitable(h, vm)) {
-            let d = power_increase(c, h, demand);
+        if let Some(&h) = group
+            .iter()
+            .find(|&&h| !excluded[h] && c.is_suitable(h, vm))
+        {
+            let d = idx.increase(c, h, demand);
             if better(d, h, &best) {
                 best = Some((d, h));
             }
         }
     }
     best.map(|(_, h)| h)
+}
+
+impl PlacementIndex {
+    fn increase(&self, c: &Cluster, host: HostId, demand: f64) -> f64 {
+        let h = &c.hosts[host];
+        let after = ((h.measured_mips + demand) / h.total_mips).min(1.0);
+        c.power_at(host, after) - self.base_power[host]
+    }
 }
 
 /// Watts added to `host` by `demand` MIPS, from its measured utilisation.
@@ -83,7 +108,12 @@ pub fn first_fit(c: &Cluster, vm: VmId, excluded: &[bool]) -> Option<HostId> {
 
 /// Places VMs in decreasing order of demand with PABFD, returning `(vm, host)` pairs for the
 /// VMs that found a host (the allocation in `c` is updated).
-pub fn place_all(c: &mut Cluster, det: &Detector, vms: &[VmId], excluded: &[bool]) -> Vec<(VmId, HostId)> {
+pub fn place_all(
+    c: &mut Cluster,
+    det: &Detector,
+    vms: &[VmId],
+    excluded: &[bool],
+) -> Vec<(VmId, HostId)> {
     let idx = PlacementIndex::new(c);
     let mut order = vms.to_vec();
     sort_by_demand_desc(c, &mut order);

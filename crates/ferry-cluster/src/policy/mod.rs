@@ -1,4 +1,4 @@
-//! Policy names (`npa`, `dvfs`, `lr-mmt-1.2`, `fc-mmt-0.9`, `balance`, ...) and their meaning.
+//! Policy names (`npa`, `dvfs`, `lr-mmt-1.2`, `fc-mmt-1.0`, `balance`, ...) and their meaning.
 
 use crate::consolidation::RoundOptions;
 use crate::forecast::ForecastParams;
@@ -49,11 +49,20 @@ pub enum PolicyError {
 }
 
 /// Human-readable list of policy forms.
-pub const KNOWN: &str = "npa, dvfs, <det>-<sel>[-<param>] with det in thr|iqr|mad|lr|lrr|fc and sel in mmt|mc|rs|mu (e.g. lr-mmt-1.2, thr-mmt-0.8, fc-mmt-0.9), balance[-<gain>]";
+pub const KNOWN: &str = "npa, dvfs, <det>-<sel>[-<param>] with det in thr|iqr|mad|lr|lrr|fc and sel in mmt|mc|rs|mu (e.g. lr-mmt-1.2, thr-mmt-0.8, fc-mmt-1.0), balance[-<gain>]";
 
 /// The standard grid of `ferry sim compare` (the published CloudSim set plus ferry's own).
 pub const STANDARD_GRID: &[&str] = &[
-    "npa", "dvfs", "thr-mmt-0.8", "iqr-mmt-1.5", "mad-mmt-2.5", "lr-mmt-1.2", "lrr-mmt-1.2", "lr-mc-1.2", "fc-mmt-0.9", "balance",
+    "npa",
+    "dvfs",
+    "thr-mmt-0.8",
+    "iqr-mmt-1.5",
+    "mad-mmt-2.5",
+    "lr-mmt-1.2",
+    "lrr-mmt-1.2",
+    "lr-mc-1.2",
+    "fc-mmt-1.0",
+    "balance",
 ];
 
 /// Parses a policy name (case-insensitive).
@@ -61,17 +70,26 @@ pub fn parse(name: &str) -> Result<PolicySpec, PolicyError> {
     let lower = name.trim().to_ascii_lowercase();
     let parts: Vec<&str> = lower.split('-').collect();
     let num = |p: &str, hint: &'static str| -> Result<f64, PolicyError> {
-        p.parse::<f64>().ok().filter(|x| x.is_finite() && *x >= 0.0).ok_or_else(|| PolicyError::BadParam {
-            name: name.to_string(),
-            param: p.to_string(),
-            hint,
-        })
+        p.parse::<f64>()
+            .ok()
+            .filter(|x| x.is_finite() && *x >= 0.0)
+            .ok_or_else(|| PolicyError::BadParam {
+                name: name.to_string(),
+                param: p.to_string(),
+                hint,
+            })
     };
     match parts.as_slice() {
         ["npa"] => Ok(PolicySpec::Npa),
         ["dvfs"] => Ok(PolicySpec::Dvfs),
-        ["balance"] => Ok(PolicySpec::Balance { max_moves: 50, min_gain: 0.05 }),
-        ["balance", g] => Ok(PolicySpec::Balance { max_moves: 50, min_gain: num(g, ", a utilisation gain such as 0.05")? }),
+        ["balance"] => Ok(PolicySpec::Balance {
+            max_moves: 50,
+            min_gain: 0.05,
+        }),
+        ["balance", g] => Ok(PolicySpec::Balance {
+            max_moves: 50,
+            min_gain: num(g, ", a utilisation gain such as 0.05")?,
+        }),
         [det, sel, rest @ ..] if rest.len() <= 1 => {
             let selector = match *sel {
                 "mmt" => Selector::Mmt,
@@ -91,12 +109,19 @@ pub fn parse(name: &str) -> Result<PolicySpec, PolicyError> {
                 "lrr" => Detector::Lrr(p(1.2, ", the safety parameter")?),
                 "fc" => {
                     options.exclude_new_targets = true;
-                    options.underload_below = 0.5;
-                    Detector::Forecast(ForecastParams::with_cap(p(0.9, " in (0, 1], the utilisation cap")?))
+                    options.underload_below = 0.3;
+                    Detector::Forecast(ForecastParams::with_cap(p(
+                        1.0,
+                        " in (0, 1], the utilisation cap",
+                    )?))
                 }
                 _ => return Err(PolicyError::Unknown(name.to_string())),
             };
-            Ok(PolicySpec::Dynamic { detector, selector, options })
+            Ok(PolicySpec::Dynamic {
+                detector,
+                selector,
+                options,
+            })
         }
         _ => Err(PolicyError::Unknown(name.to_string())),
     }
@@ -113,6 +138,9 @@ mod tests {
         }
         assert_eq!(parse("LR-MMT-1.2").ok(), parse("lr-mmt").ok());
         assert!(matches!(parse("foo"), Err(PolicyError::Unknown(_))));
-        assert!(matches!(parse("thr-mmt-x"), Err(PolicyError::BadParam { .. })));
+        assert!(matches!(
+            parse("thr-mmt-x"),
+            Err(PolicyError::BadParam { .. })
+        ));
     }
 }

@@ -21,7 +21,12 @@ pub enum Selector {
 impl Selector {
     /// Picks the next VM to migrate off `host`, or `None` if no VM can move.
     pub fn select(&self, c: &Cluster, host: HostId, rng: &mut impl Rng) -> Option<VmId> {
-        let migratable: Vec<VmId> = c.hosts[host].vms.iter().copied().filter(|&v| !c.vms[v].in_migration).collect();
+        let migratable: Vec<VmId> = c.hosts[host]
+            .vms
+            .iter()
+            .copied()
+            .filter(|&v| !c.vms[v].in_migration)
+            .collect();
         if migratable.is_empty() {
             return None;
         }
@@ -29,7 +34,8 @@ impl Selector {
             Selector::Mmt => min_by_metric(&migratable, |v| c.vms[v].ram_mb),
             Selector::Mu => min_by_metric(&migratable, |v| c.vms[v].demand_mips / c.vms[v].mips),
             Selector::Rs => Some(migratable[rng.gen_range(0..migratable.len())]),
-            Selector::Mc => max_correlation(c, &migratable).or_else(|| min_by_metric(&migratable, |v| c.vms[v].ram_mb)),
+            Selector::Mc => max_correlation(c, &migratable)
+                .or_else(|| min_by_metric(&migratable, |v| c.vms[v].ram_mb)),
         }
     }
 }
@@ -51,7 +57,11 @@ fn min_by_metric(vms: &[VmId], metric: impl Fn(VmId) -> f64) -> Option<VmId> {
 /// `None` when there are too few samples (the caller falls back to MMT).
 fn max_correlation(c: &Cluster, vms: &[VmId]) -> Option<VmId> {
     let n = vms.len();
-    let m = vms.iter().map(|&v| c.vms[v].history.len()).min().unwrap_or(0);
+    let m = vms
+        .iter()
+        .map(|&v| c.vms[v].history.len())
+        .min()
+        .unwrap_or(0);
     if n < 2 || m <= n {
         return None;
     }
@@ -80,7 +90,11 @@ mod tests {
     fn mmt_picks_smallest_ram_and_skips_migrating() {
         let mut c = Cluster {
             hosts: vec![HostView::new(4000.0, 2000.0, 8192.0, 1000.0, 0)],
-            vms: vec![VmView::new(500.0, 1740.0), VmView::new(500.0, 613.0), VmView::new(500.0, 870.0)],
+            vms: vec![
+                VmView::new(500.0, 1740.0),
+                VmView::new(500.0, 613.0),
+                VmView::new(500.0, 870.0),
+            ],
             power_models: vec![PowerModel::ml110_g5()],
             interval_s: 300.0,
             enforce_ram: true,

@@ -125,7 +125,11 @@ impl Cluster {
         let c = self.capped_demand(host, vm);
         let h = &mut self.hosts[host];
         h.vms.push(vm);
-        h.avail_mips = if h.avail_mips >= c { h.avail_mips - c } else { 0.0 };
+        h.avail_mips = if h.avail_mips >= c {
+            h.avail_mips - c
+        } else {
+            0.0
+        };
         h.ram_used += self.vms[vm].ram_mb;
         self.vms[vm].host = Some(host);
     }
@@ -177,7 +181,12 @@ impl Cluster {
 
     /// Host utilisation history (newest first, trailing zeros trimmed) built from its VMs'
     /// histories, optionally with one more VM; returns the length written into `out`.
-    pub fn host_history(&self, host: HostId, extra: Option<VmId>, out: &mut [f64; HISTORY_LEN]) -> usize {
+    pub fn host_history(
+        &self,
+        host: HostId,
+        extra: Option<VmId>,
+        out: &mut [f64; HISTORY_LEN],
+    ) -> usize {
         *out = [0.0; HISTORY_LEN];
         let h = &self.hosts[host];
         let add = |v: VmId, out: &mut [f64; HISTORY_LEN]| {
@@ -209,7 +218,11 @@ impl Cluster {
     /// Longest migration time off `host` at half its bandwidth (CloudSim's estimate), s.
     pub fn max_migration_time(&self, host: HostId) -> f64 {
         let h = &self.hosts[host];
-        let max_ram = h.vms.iter().map(|&v| self.vms[v].ram_mb).fold(f64::MIN, f64::max);
+        let max_ram = h
+            .vms
+            .iter()
+            .map(|&v| self.vms[v].ram_mb)
+            .fold(f64::MIN, f64::max);
         max_ram / (h.bw_mbps / 16.0)
     }
 
@@ -225,7 +238,11 @@ impl Cluster {
 
     /// Restores an allocation saved by [`Cluster::checkpoint`].
     pub fn restore(&mut self, cp: Checkpoint) {
-        for (h, ((vms, avail), ram)) in self.hosts.iter_mut().zip(cp.vms.into_iter().zip(cp.avail).zip(cp.ram)) {
+        for (h, ((vms, avail), ram)) in self
+            .hosts
+            .iter_mut()
+            .zip(cp.vms.into_iter().zip(cp.avail).zip(cp.ram))
+        {
             h.vms = vms;
             h.avail_mips = avail;
             h.ram_used = ram;

@@ -14,7 +14,7 @@ use std::path::PathBuf;
 ///   ferry sim --policy thr-mmt-0.8 --hosts 800 --trace 20110306 --out results --plot
 ///   ferry sim --synthetic --hosts 10000 --vms 50000 --days 7 --policy thr-mmt-0.8
 ///   ferry sim compare --trace 20110303
-///   ferry sim compare --all-days --policies lr-mmt-1.2,fc-mmt-0.9
+///   ferry sim compare --all-days --policies lr-mmt-1.2,fc-mmt-1.0
 #[derive(clap::Args, Debug, Clone)]
 #[command(verbatim_doc_comment)]
 pub struct SimArgs {
@@ -25,7 +25,7 @@ pub struct SimArgs {
     /// Planner policy. npa | dvfs | DET-SEL[-PARAM] with DET one of thr (static threshold),
     /// iqr, mad (robust thresholds), lr, lrr (local regression), fc (ferry's forecast) and
     /// SEL one of mmt (minimum migration time), mc (maximum correlation), rs (random), mu
-    /// (minimum utilisation); e.g. lr-mmt-1.2, thr-mmt-0.8, fc-mmt-0.9; or balance[-GAIN].
+    /// (minimum utilisation); e.g. lr-mmt-1.2, thr-mmt-0.8, fc-mmt-1.0; or balance[-GAIN].
     #[arg(long, default_value = "lr-mmt-1.2", global = true)]
     pub policy: String,
 
@@ -40,7 +40,12 @@ pub struct SimArgs {
 
     /// PlanetLab day (e.g. 20110303) or path to a trace file (NAME<TAB>v1 v2 ... per line,
     /// integer percent every 5 minutes).
-    #[arg(long, default_value = "20110303", global = true, value_name = "DAY-or-PATH")]
+    #[arg(
+        long,
+        default_value = "20110303",
+        global = true,
+        value_name = "DAY-or-PATH"
+    )]
     pub trace: String,
 
     /// Folder holding the PlanetLab day files. Default: ../shared/data/planetlab (from the
@@ -102,6 +107,21 @@ pub struct SimArgs {
     #[arg(long, default_value_t = 20.0, global = true, value_name = "MB_PER_S")]
     pub dirty_rate: f64,
 
+    /// Place VMs at start by their initial demand rather than their full size, so that more
+    /// VMs than the hosts' total MIPS can run (needed for e.g. 10,000 hosts / 50,000 VMs).
+    #[arg(long, global = true)]
+    pub overcommit: bool,
+
+    /// Split the data centre into this many independent pods (contiguous blocks of hosts
+    /// and VMs), each with its own planner, run on --jobs threads and summed. 1 = one planner
+    /// for everything (the literature's set-up).
+    #[arg(long, default_value_t = 1, global = true)]
+    pub pods: usize,
+
+    /// Worker threads for pods and for `compare`.
+    #[arg(long, default_value_t = 2, global = true)]
+    pub jobs: usize,
+
     /// Check host RAM when re-placing VMs (CloudSim only checks it at start).
     #[arg(long, global = true)]
     pub enforce_ram: bool,
@@ -136,10 +156,6 @@ pub struct CompareArgs {
     /// Run on every PlanetLab day found instead of --trace.
     #[arg(long)]
     pub all_days: bool,
-
-    /// Parallel runs.
-    #[arg(long, default_value_t = 2)]
-    pub jobs: usize,
 }
 
 /// Migration time model.

@@ -29,7 +29,11 @@ pub fn run(args: &SimArgs) -> Result<(), SimError> {
 }
 
 /// Runs one policy on one trace (a day, a file, or the synthetic generator).
-pub fn run_one(args: &SimArgs, policy: &str, trace_spec: &str) -> Result<(Report, Vec<IntervalStats>), SimError> {
+pub fn run_one(
+    args: &SimArgs,
+    policy: &str,
+    trace_spec: &str,
+) -> Result<(Report, Vec<IntervalStats>), SimError> {
     let spec = ferry_cluster::policy::parse(policy)?;
     let scn = scenario(args, trace_spec)?;
     let mut cfg = EngineConfig::new(policy, spec);
@@ -37,12 +41,30 @@ pub fn run_one(args: &SimArgs, policy: &str, trace_spec: &str) -> Result<(Report
     cfg.enforce_ram = args.enforce_ram;
     cfg.migration = match args.migration {
         MigrationArg::Cloudsim => MigrationModel::CloudSim,
-        MigrationArg::Precopy => MigrationModel::PreCopy(PreCopy { dirty_mb_s_at_full: args.dirty_rate, ..PreCopy::default() }),
+        MigrationArg::Precopy => MigrationModel::PreCopy(PreCopy {
+            dirty_mb_s_at_full: args.dirty_rate,
+            ..PreCopy::default()
+        }),
     };
     cfg.drains = args.drain.clone();
     cfg.failures = args.fail.clone();
     cfg.failure_warning_s = args.fail_warning;
-    let (mut r, s) = engine::run(&scn, &cfg)?;
+    let started = std::time::Instant::now();
+    let (mut r, s) = if args.pods > 1 {
+        if !cfg.drains.is_empty() || !cfg.failures.is_empty() {
+            return Err(SimError::Config("--drain and --fail need --pods 1".into()));
+        }
+        let pods = scn.split(args.pods);
+        let results = parallel(args.jobs, pods.len(), |i| {
+            engine::run(&pods[i], &cfg).map(|(r, _)| r)
+        });
+        let parts = results.into_iter().collect::<Result<Vec<_>, _>>()?;
+        let mut r = Report::merge(parts).ok_or_else(|| SimError::Config("no pods".into()))?;
+        r.wall_s = started.elapsed().as_secs_f64();
+        (r, Vec::new())
+    } else {
+        engine::run(&scn, &cfg)?
+    };
     r.policy = policy.to_string();
     Ok((r, s))
 }
@@ -64,13 +86,20 @@ pub fn scenario(args: &SimArgs, trace_spec: &str) -> Result<Scenario, SimError> 
     } else {
         let path = trace::resolve(trace_spec, args.trace_dir.as_deref())?;
         let mut t = trace::load_planetlab(&path)?;
-        if let Trace::Stored { days, interval_s, .. } = &mut t {
+        if let Trace::Stored {
+            days, interval_s, ..
+        } = &mut t
+        {
             *days = args.days.ceil().max(1.0) as usize;
             *interval_s = args.interval;
         }
         t
     };
-    Scenario::reference(trace, args.hosts, args.vms, args.days, args.interval)
+    let mut scn =
+        Scenario::reference_unchecked(trace, args.hosts, args.vms, args.days, args.interval)?;
+    scn.overcommit = args.overcommit;
+    scn.check_capacity()?;
+    Ok(scn)
 }
 
 fn compare(args: &SimArgs, c: &CompareArgs) -> Result<Vec<Report>, SimError> {
@@ -80,31 +109,24 @@ fn compare(args: &SimArgs, c: &CompareArgs) -> Result<Vec<Report>, SimError> {
     let traces: Vec<String> = if c.all_days {
         let days = trace::list_days(args.trace_dir.as_deref());
         if days.is_empty() {
-            return Err(SimError::TraceNotFound { name: "all days".into(), looked: format!("{:?}", trace::search_dirs(args.trace_dir.as_deref())) });
+            return Err(SimError::TraceNotFound {
+                name: "all days".into(),
+                looked: format!("{:?}", trace::search_dirs(args.trace_dir.as_deref())),
+            });
         }
         days
     } else {
         vec![args.trace.clone()]
     };
-    let jobs: Vec<(String, String)> = traces.iter().flat_map(|t| c.policies.iter().map(move |p| (t.clone(), p.clone()))).collect();
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let results: std::sync::Mutex<Vec<Option<Result<Report, SimError>>>> = std::sync::Mutex::new((0..jobs.len()).map(|_| None).collect());
-    let workers = c.jobs.max(1).min(jobs.len().max(1));
-    std::thread::scope(|s| {
-        for _ in 0..workers {
-            s.spawn(|| loop {
-                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let Some((t, p)) = jobs.get(i) else { break };
-                let r = run_one(args, p, t).map(|(r, _)| r);
-                if let Ok(mut g) = results.lock() {
-                    g[i] = Some(r);
-                }
-            });
-        }
+    let jobs: Vec<(String, String)> = traces
+        .iter()
+        .flat_map(|t| c.policies.iter().map(move |p| (t.clone(), p.clone())))
+        .collect();
+    let results = parallel(args.jobs, jobs.len(), |i| {
+        run_one(args, &jobs[i].1, &jobs[i].0).map(|(r, _)| r)
     });
-    let results = results.into_inner().unwrap_or_default();
     let mut out = Vec::new();
-    for r in results.into_iter().flatten() {
+    for r in results {
         let mut r = r?;
         if traces.len() > 1 {
             r.policy = format!("{} {}", r.trace, r.policy);
@@ -114,25 +136,73 @@ fn compare(args: &SimArgs, c: &CompareArgs) -> Result<Vec<Report>, SimError> {
     Ok(out)
 }
 
-fn write_outputs(args: &SimArgs, reports: &[Report], series: Option<&Vec<IntervalStats>>) -> Result<(), SimError> {
+/// Runs `f(0..n)` on `threads` worker threads, results in index order.
+fn parallel<T: Send>(
+    threads: usize,
+    n: usize,
+    f: impl Fn(usize) -> Result<T, SimError> + Sync,
+) -> Vec<Result<T, SimError>> {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let slots: Vec<std::sync::Mutex<Option<Result<T, SimError>>>> =
+        (0..n).map(|_| std::sync::Mutex::new(None)).collect();
+    std::thread::scope(|s| {
+        for _ in 0..threads.clamp(1, n.max(1)) {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= n {
+                    break;
+                }
+                let r = f(i);
+                if let Ok(mut g) = slots[i].lock() {
+                    *g = Some(r);
+                }
+            });
+        }
+    });
+    slots
+        .into_iter()
+        .map(|m| {
+            m.into_inner()
+                .ok()
+                .flatten()
+                .unwrap_or_else(|| Err(SimError::Config("a worker thread died".into())))
+        })
+        .collect()
+}
+
+fn write_outputs(
+    args: &SimArgs,
+    reports: &[Report],
+    series: Option<&Vec<IntervalStats>>,
+) -> Result<(), SimError> {
     let dir = match (&args.out, args.plot) {
         (Some(d), _) => d.clone(),
         (None, true) => PathBuf::from("ferry-sim-out"),
         (None, false) => return Ok(()),
     };
-    std::fs::create_dir_all(&dir).map_err(|source| SimError::Io { path: dir.clone(), source })?;
+    std::fs::create_dir_all(&dir).map_err(|source| SimError::Io {
+        path: dir.clone(),
+        source,
+    })?;
     let write = |name: &str, text: String| -> Result<PathBuf, SimError> {
         let p = dir.join(name);
-        std::fs::write(&p, text).map_err(|source| SimError::Io { path: p.clone(), source })?;
+        std::fs::write(&p, text).map_err(|source| SimError::Io {
+            path: p.clone(),
+            source,
+        })?;
         Ok(p)
     };
     write("metrics.csv", report::csv(reports))?;
-    let json = serde_json::to_string_pretty(reports).map_err(|e| SimError::Config(e.to_string()))?;
+    let json =
+        serde_json::to_string_pretty(reports).map_err(|e| SimError::Config(e.to_string()))?;
     write("metrics.json", json)?;
     if let Some(s) = series {
         let mut csv = String::from("t_s,active_hosts,mean_util,migrations\n");
         for x in s {
-            csv += &format!("{},{},{:.4},{}\n", x.t, x.active_hosts, x.mean_util, x.migrations);
+            csv += &format!(
+                "{},{},{:.4},{}\n",
+                x.t, x.active_hosts, x.mean_util, x.migrations
+            );
         }
         write("intervals.csv", csv)?;
     }
@@ -148,9 +218,17 @@ fn write_outputs(args: &SimArgs, reports: &[Report], series: Option<&Vec<Interva
 
 /// Parses `HOST@SECONDS` (used by `--drain` and `--fail`).
 pub fn parse_host_at(s: &str) -> Result<HostAt, String> {
-    let (h, t) = s.split_once('@').ok_or_else(|| format!("'{s}': expected HOST@SECONDS, e.g. 17@3600"))?;
-    let host = h.trim().parse().map_err(|_| format!("'{h}' is not a host index"))?;
-    let t: f64 = t.trim().parse().map_err(|_| format!("'{t}' is not a time in seconds"))?;
+    let (h, t) = s
+        .split_once('@')
+        .ok_or_else(|| format!("'{s}': expected HOST@SECONDS, e.g. 17@3600"))?;
+    let host = h
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{h}' is not a host index"))?;
+    let t: f64 = t
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{t}' is not a time in seconds"))?;
     if !(t >= 0.0 && t.is_finite()) {
         return Err(format!("'{t}' is not a time in seconds"));
     }

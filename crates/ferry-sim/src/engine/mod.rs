@@ -126,7 +126,11 @@ pub fn run(scn: &Scenario, cfg: &EngineConfig) -> Result<(Report, Vec<IntervalSt
     let mut sim = Sim::new(scn, cfg)?;
     for op in cfg.drains.iter().chain(&cfg.failures) {
         if op.host >= scn.hosts.len() {
-            return Err(SimError::Config(format!("host {} does not exist (there are {} hosts)", op.host, scn.hosts.len())));
+            return Err(SimError::Config(format!(
+                "host {} does not exist (there are {} hosts)",
+                op.host,
+                scn.hosts.len()
+            )));
         }
     }
     let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed);
@@ -142,7 +146,10 @@ pub fn run(scn: &Scenario, cfg: &EngineConfig) -> Result<(Report, Vec<IntervalSt
         let dt = next - t;
         t = next;
         if npa {
-            sim.energy_j += (0..sim.c.hosts.len()).map(|h| sim.scn.host_types[sim.scn.hosts[h]].power.max_power()).sum::<f64>() * dt;
+            sim.energy_j += (0..sim.c.hosts.len())
+                .map(|h| sim.scn.host_types[sim.scn.hosts[h]].power.max_power())
+                .sum::<f64>()
+                * dt;
         }
         sim.update_all(t, true);
         let before = sim.migrations;
@@ -162,10 +169,20 @@ impl<'a> Sim<'a> {
             .iter()
             .map(|&t| {
                 let ht = &scn.host_types[t];
-                HostView::new(ht.pe_mips * ht.pes as f64, ht.pe_mips, ht.ram_mb, ht.bw_mbps, t)
+                HostView::new(
+                    ht.pe_mips * ht.pes as f64,
+                    ht.pe_mips,
+                    ht.ram_mb,
+                    ht.bw_mbps,
+                    t,
+                )
             })
             .collect();
-        let vms: Vec<VmView> = scn.vms.iter().map(|&(t, _)| VmView::new(scn.vm_types[t].mips, scn.vm_types[t].ram_mb)).collect();
+        let vms: Vec<VmView> = scn
+            .vms
+            .iter()
+            .map(|&(t, _)| VmView::new(scn.vm_types[t].mips, scn.vm_types[t].ram_mb))
+            .collect();
         let n_h = hosts.len();
         let n_v = vms.len();
         let mut sim = Sim {
@@ -195,7 +212,10 @@ impl<'a> Sim<'a> {
             failed: vec![false; n_h],
             ops: Vec::new(),
         };
-        let pabfd = matches!(cfg.policy, PolicySpec::Dynamic { .. } | PolicySpec::Balance { .. });
+        let pabfd = matches!(
+            cfg.policy,
+            PolicySpec::Dynamic { .. } | PolicySpec::Balance { .. }
+        );
         ops::initial_placement(&mut sim.c, scn, pabfd)?;
         sim.c.enforce_ram = cfg.enforce_ram;
         Ok(sim)
@@ -229,7 +249,11 @@ impl<'a> Sim<'a> {
         let mut avail = total;
         for &v in &host.vms {
             let c = self.c.vms[v].demand_mips.min(pe);
-            let eff = if self.mig_in[h].contains(&v) { 0.1 * c } else { c };
+            let eff = if self.mig_in[h].contains(&v) {
+                0.1 * c
+            } else {
+                c
+            };
             sum_eff += eff;
             if avail >= eff {
                 avail -= eff;
@@ -273,14 +297,23 @@ impl<'a> Sim<'a> {
         let dt = t - self.last_t[h];
         if dt > 0.0 && !matches!(self.cfg.policy, PolicySpec::Npa) {
             let pm = &self.c.power_models[host.power];
-            self.energy_j += pm.energy_linear(clamp(self.prev_mips[h] / total), clamp(util_mips / total), dt);
+            self.energy_j += pm.energy_linear(
+                clamp(self.prev_mips[h] / total),
+                clamp(util_mips / total),
+                dt,
+            );
             if self.prev_mips[h] == 0.0 && util_mips > 0.0 {
                 self.energy_j += pm.wake_j;
             }
         }
         self.prev_mips[h] = util_mips;
         self.last_t[h] = t;
-        self.host_acc[h].push(HostEntry { t, alloc: util_mips, req: req_total, active: util_mips > 0.0 });
+        self.host_acc[h].push(HostEntry {
+            t,
+            alloc: util_mips,
+            req: req_total,
+            active: util_mips > 0.0,
+        });
     }
 
     /// Processes migration completions strictly before `until`.
@@ -353,12 +386,21 @@ impl<'a> Sim<'a> {
                 self.mig_in[m.to].push(v);
             }
             let vm = &self.c.vms[v];
-            let cost = self.cfg.migration.cost(vm.ram_mb, vm.demand_mips / vm.mips, self.c.hosts[m.to].bw_mbps);
+            let cost = self.cfg.migration.cost(
+                vm.ram_mb,
+                vm.demand_mips / vm.mips,
+                self.c.hosts[m.to].bw_mbps,
+            );
             self.moved_mb += cost.moved_mb;
             self.downtime_s += cost.downtime_s;
             self.migrations += 1;
             self.seq += 1;
-            self.events.push(Completion { t: t + cost.duration_s, seq: self.seq, vm: v, to: m.to });
+            self.events.push(Completion {
+                t: t + cost.duration_s,
+                seq: self.seq,
+                vm: v,
+                to: m.to,
+            });
             touched.push(m.to);
             if let Some(h) = self.c.vms[v].host {
                 touched.push(h);
@@ -374,8 +416,15 @@ impl<'a> Sim<'a> {
     fn plan(&mut self, rng: &mut rand::rngs::StdRng) -> Vec<Migration> {
         match &self.cfg.policy {
             PolicySpec::Npa | PolicySpec::Dvfs => Vec::new(),
-            PolicySpec::Dynamic { detector, selector, options } => consolidation::optimize(&mut self.c, detector, *selector, options, rng),
-            PolicySpec::Balance { max_moves, min_gain } => ferry_cluster::balance::plan(&mut self.c, *max_moves, *min_gain),
+            PolicySpec::Dynamic {
+                detector,
+                selector,
+                options,
+            } => consolidation::optimize(&mut self.c, detector, *selector, options, rng),
+            PolicySpec::Balance {
+                max_moves,
+                min_gain,
+            } => ferry_cluster::balance::plan(&mut self.c, *max_moves, *min_gain),
         }
     }
 
@@ -387,9 +436,21 @@ impl<'a> Sim<'a> {
     }
 
     fn interval_stats(&self, t: f64, migrations: usize) -> IntervalStats {
-        let active: Vec<f64> = (0..self.c.hosts.len()).filter(|&h| self.c.hosts[h].measured_mips > 0.0).map(|h| self.c.measured_util(h)).collect();
-        let mean = if active.is_empty() { 0.0 } else { active.iter().sum::<f64>() / active.len() as f64 };
-        IntervalStats { t, active_hosts: active.len(), mean_util: mean, migrations }
+        let active: Vec<f64> = (0..self.c.hosts.len())
+            .filter(|&h| self.c.hosts[h].measured_mips > 0.0)
+            .map(|h| self.c.measured_util(h))
+            .collect();
+        let mean = if active.is_empty() {
+            0.0
+        } else {
+            active.iter().sum::<f64>() / active.len() as f64
+        };
+        IntervalStats {
+            t,
+            active_hosts: active.len(),
+            mean_util: mean,
+            migrations,
+        }
     }
 
     fn finish(mut self, wall_s: f64) -> Report {
@@ -421,6 +482,7 @@ impl<'a> Sim<'a> {
             vms_lost: self.vms_lost,
             operations: self.ops,
             wall_s,
+            raw: [active, viol, req, lost],
         }
     }
 }

@@ -11,20 +11,36 @@ use ferry_cluster::{drain, evacuate, HostId, VmId};
 /// ties to the lowest index) or first fit. Host bandwidth is checked; RAM only when
 /// `c.enforce_ram` (CloudSim's reference runs pack by CPU alone: their DVFS host count
 /// only matches without the RAM check).
-pub(super) fn initial_placement(c: &mut Cluster, scn: &Scenario, pabfd: bool) -> Result<(), SimError> {
+pub(super) fn initial_placement(
+    c: &mut Cluster,
+    scn: &Scenario,
+    pabfd: bool,
+) -> Result<(), SimError> {
     let n_h = c.hosts.len();
     let check_ram = c.enforce_ram;
     let mut bw_used = vec![0.0; n_h];
-    let min_mips = c.vms.iter().map(|v| v.mips).fold(f64::MAX, f64::min);
+    let min_mips = if scn.overcommit {
+        0.0
+    } else {
+        c.vms.iter().map(|v| v.mips).fold(f64::MAX, f64::min)
+    };
     let min_ram = c.vms.iter().map(|v| v.ram_mb).fold(f64::MAX, f64::min);
-    let min_bw = scn.vm_types.iter().map(|v| v.bw_mbps).fold(f64::MAX, f64::min);
+    let min_bw = scn
+        .vm_types
+        .iter()
+        .map(|v| v.bw_mbps)
+        .fold(f64::MAX, f64::min);
     // Groups of interchangeable hosts (same power model and capacity), in index order.
     let mut keys: Vec<(usize, u64, u64)> = Vec::new();
     let mut groups: Vec<Vec<HostId>> = Vec::new();
     if pabfd {
         for h in 0..n_h {
             let host = &c.hosts[h];
-            let key = (host.power, host.total_mips.to_bits(), host.pe_mips.to_bits());
+            let key = (
+                host.power,
+                host.total_mips.to_bits(),
+                host.pe_mips.to_bits(),
+            );
             match keys.iter().position(|k| *k == key) {
                 Some(g) => groups[g].push(h),
                 None => {
@@ -39,19 +55,32 @@ pub(super) fn initial_placement(c: &mut Cluster, scn: &Scenario, pabfd: bool) ->
     let mut ptr = vec![0usize; groups.len()];
     for v in 0..c.vms.len() {
         let bw = scn.vm_types[scn.vms[v].0].bw_mbps;
-        c.vms[v].demand_mips = c.vms[v].mips;
+        c.vms[v].demand_mips = if scn.overcommit {
+            scn.trace.at(scn.vms[v].1, super::T0) * c.vms[v].mips
+        } else {
+            c.vms[v].mips
+        };
         let mut best: Option<(f64, HostId)> = None;
         for (g, group) in groups.iter().enumerate() {
             let dead = |h: HostId, c: &Cluster| {
                 let host = &c.hosts[h];
-                host.avail_mips < min_mips || (check_ram && host.ram_used + min_ram > host.ram_mb) || bw_used[h] + min_bw > host.bw_mbps
+                host.avail_mips < min_mips
+                    || (check_ram && host.ram_used + min_ram > host.ram_mb)
+                    || bw_used[h] + min_bw > host.bw_mbps
             };
             while ptr[g] < group.len() && dead(group[ptr[g]], c) {
                 ptr[g] += 1;
             }
-            let found = group[ptr[g]..].iter().copied().find(|&h| c.is_suitable(h, v) && bw_used[h] + bw <= c.hosts[h].bw_mbps);
+            let found = group[ptr[g]..]
+                .iter()
+                .copied()
+                .find(|&h| c.is_suitable(h, v) && bw_used[h] + bw <= c.hosts[h].bw_mbps);
             if let Some(h) = found {
-                let d = if pabfd { ferry_cluster::placement::power_increase(c, h, c.vms[v].mips) } else { h as f64 };
+                let d = if pabfd {
+                    ferry_cluster::placement::power_increase(c, h, c.vms[v].mips)
+                } else {
+                    h as f64
+                };
                 if best.is_none_or(|(bd, bh)| d < bd || (d == bd && h < bh)) {
                     best = Some((d, h));
                 }
@@ -72,7 +101,10 @@ pub(super) fn initial_placement(c: &mut Cluster, scn: &Scenario, pabfd: bool) ->
 impl Sim<'_> {
     fn migration_time(&self, v: VmId, to_bw: f64) -> f64 {
         let vm = &self.c.vms[v];
-        self.cfg.migration.cost(vm.ram_mb, vm.demand_mips / vm.mips, to_bw).duration_s
+        self.cfg
+            .migration
+            .cost(vm.ram_mb, vm.demand_mips / vm.mips, to_bw)
+            .duration_s
     }
 
     /// Starts drains whose deadline approaches, evacuates hosts about to fail, and fails
@@ -92,14 +124,24 @@ impl Sim<'_> {
             let (host, deadline) = (self.ops[i].host, self.ops[i].deadline_s);
             let is_drain = i < n_drains;
             let started = self.c.hosts[host].closed;
-            if started && self.ops[i].emptied_at_s.is_none() && self.c.hosts[host].vms.is_empty() && self.ops[i].problem.is_none() {
+            if started
+                && self.ops[i].emptied_at_s.is_none()
+                && self.c.hosts[host].vms.is_empty()
+                && self.ops[i].problem.is_none()
+            {
                 self.ops[i].emptied_at_s = Some(t);
             }
             if is_drain && !started {
                 let bw = self.c.hosts[host].bw_mbps;
-                let est: f64 = self.c.hosts[host].vms.iter().map(|&v| self.migration_time(v, bw)).sum();
+                let est: f64 = self.c.hosts[host]
+                    .vms
+                    .iter()
+                    .map(|&v| self.migration_time(v, bw))
+                    .sum();
                 if t + est + 2.0 * self.scn.interval_s >= deadline {
-                    let times: Vec<f64> = (0..self.c.vms.len()).map(|v| self.migration_time(v, bw)).collect();
+                    let times: Vec<f64> = (0..self.c.vms.len())
+                        .map(|v| self.migration_time(v, bw))
+                        .collect();
                     match drain::plan(&mut self.c, &det, host, t, deadline, |v| times[v]) {
                         Ok(p) => self.start(t, &p.migrations),
                         Err(e) => self.ops[i].problem = Some(e.to_string()),
@@ -110,10 +152,15 @@ impl Sim<'_> {
                 }
             } else if !is_drain && !started && t >= deadline - self.cfg.failure_warning_s {
                 let bw = self.c.hosts[host].bw_mbps;
-                let times: Vec<f64> = (0..self.c.vms.len()).map(|v| self.migration_time(v, bw)).collect();
+                let times: Vec<f64> = (0..self.c.vms.len())
+                    .map(|v| self.migration_time(v, bw))
+                    .collect();
                 let p = evacuate::plan(&mut self.c, &det, host, deadline - t, |v| times[v]);
                 if !p.stranded.is_empty() {
-                    self.ops[i].problem = Some(format!("{} VM(s) cannot leave host {host} before it fails", p.stranded.len()));
+                    self.ops[i].problem = Some(format!(
+                        "{} VM(s) cannot leave host {host} before it fails",
+                        p.stranded.len()
+                    ));
                 }
                 self.start(t, &p.migrations);
             }
@@ -128,7 +175,12 @@ impl Sim<'_> {
     fn fail_host(&mut self, host: HostId, t: f64) {
         self.failed[host] = true;
         self.c.hosts[host].closed = true;
-        let stranded: Vec<VmId> = self.c.hosts[host].vms.iter().copied().filter(|&v| self.c.vms[v].host == Some(host)).collect();
+        let stranded: Vec<VmId> = self.c.hosts[host]
+            .vms
+            .iter()
+            .copied()
+            .filter(|&v| self.c.vms[v].host == Some(host))
+            .collect();
         let incoming = std::mem::take(&mut self.mig_in[host]);
         for v in incoming {
             self.c.vm_destroy(host, v);
@@ -139,7 +191,8 @@ impl Sim<'_> {
             self.c.vm_destroy(host, v);
             self.c.vms[v].in_migration = false;
             let excluded = vec![false; self.c.hosts.len()];
-            let target = ferry_cluster::placement::first_fit(&self.c, v, &excluded).or_else(|| (0..self.c.hosts.len()).find(|&h| !self.failed[h]));
+            let target = ferry_cluster::placement::first_fit(&self.c, v, &excluded)
+                .or_else(|| (0..self.c.hosts.len()).find(|&h| !self.failed[h]));
             if let Some(h) = target {
                 self.c.vm_create(h, v);
                 self.measure(h, t);
@@ -150,5 +203,11 @@ impl Sim<'_> {
 }
 
 fn outcome(kind: &str, at: HostAt) -> OpOutcome {
-    OpOutcome { kind: kind.to_string(), host: at.host, deadline_s: at.t, emptied_at_s: None, problem: None }
+    OpOutcome {
+        kind: kind.to_string(),
+        host: at.host,
+        deadline_s: at.t,
+        emptied_at_s: None,
+        problem: None,
+    }
 }

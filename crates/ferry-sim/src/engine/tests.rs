@@ -4,7 +4,11 @@ use crate::trace::{SyntheticParams, Trace};
 use ferry_cluster::policy::parse;
 
 fn small(policy: &str, hosts: usize, vms: usize) -> Report {
-    let trace = Trace::Synthetic(SyntheticParams { vms, days: 0.25, ..SyntheticParams::default() });
+    let trace = Trace::Synthetic(SyntheticParams {
+        vms,
+        days: 0.25,
+        ..SyntheticParams::default()
+    });
     let scn = Scenario::reference(trace, hosts, Some(vms), 0.25, 300.0).expect("scenario");
     let cfg = EngineConfig::new(policy, parse(policy).expect("policy"));
     run(&scn, &cfg).expect("runs").0
@@ -15,7 +19,11 @@ fn npa_draws_full_power() {
     let r = small("npa", 10, 20);
     // 5 x 117 W + 5 x 135 W for 6 h minus the first interval.
     let expect = 1260.0 * (0.25 * 86400.0 - 300.0) / 3.6e6;
-    assert!((r.energy_kwh - expect).abs() < 1e-9, "{} vs {expect}", r.energy_kwh);
+    assert!(
+        (r.energy_kwh - expect).abs() < 1e-9,
+        "{} vs {expect}",
+        r.energy_kwh
+    );
     assert_eq!(r.migrations, 0);
 }
 
@@ -24,29 +32,48 @@ fn consolidation_saves_energy_over_dvfs() {
     let dvfs = small("dvfs", 40, 60);
     let thr = small("thr-mmt-0.8", 40, 60);
     assert!(thr.migrations > 0);
-    assert!(thr.energy_kwh < dvfs.energy_kwh, "{} !< {}", thr.energy_kwh, dvfs.energy_kwh);
+    assert!(
+        thr.energy_kwh < dvfs.energy_kwh,
+        "{} !< {}",
+        thr.energy_kwh,
+        dvfs.energy_kwh
+    );
     assert!(thr.slatah >= 0.0 && thr.pdm >= 0.0);
 }
 
 #[test]
 fn drain_empties_host_by_deadline() {
-    let trace = Trace::Synthetic(SyntheticParams { vms: 30, days: 0.25, ..SyntheticParams::default() });
+    let trace = Trace::Synthetic(SyntheticParams {
+        vms: 30,
+        days: 0.25,
+        ..SyntheticParams::default()
+    });
     let scn = Scenario::reference(trace, 30, Some(30), 0.25, 300.0).expect("scenario");
     let mut cfg = EngineConfig::new("lr-mmt-1.2", parse("lr-mmt-1.2").expect("policy"));
     cfg.drains.push(HostAt { host: 1, t: 7200.0 });
     cfg.failures.push(HostAt { host: 3, t: 9000.0 });
     let (r, _) = run(&scn, &cfg).expect("runs");
     let d = &r.operations[0];
-    assert!(d.problem.is_some() || d.emptied_at_s.is_some_and(|t| t <= 7200.0 + 300.0), "{d:?}");
+    assert!(
+        d.problem.is_some() || d.emptied_at_s.is_some_and(|t| t <= 7200.0 + 300.0),
+        "{d:?}"
+    );
     assert_eq!(r.operations.len(), 2);
 }
 
 #[test]
 fn unknown_host_is_a_clear_error() {
-    let trace = Trace::Synthetic(SyntheticParams { vms: 4, days: 0.1, ..SyntheticParams::default() });
+    let trace = Trace::Synthetic(SyntheticParams {
+        vms: 4,
+        days: 0.1,
+        ..SyntheticParams::default()
+    });
     let scn = Scenario::reference(trace, 4, Some(4), 0.1, 300.0).expect("scenario");
     let mut cfg = EngineConfig::new("thr-mmt-0.8", parse("thr-mmt-0.8").expect("policy"));
     cfg.drains.push(HostAt { host: 99, t: 10.0 });
-    let e = run(&scn, &cfg).err().map(|e| e.to_string()).unwrap_or_default();
+    let e = run(&scn, &cfg)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
     assert!(e.contains("host 99"), "{e}");
 }

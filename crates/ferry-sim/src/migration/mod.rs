@@ -22,7 +22,11 @@ pub struct PreCopy {
 
 impl Default for PreCopy {
     fn default() -> Self {
-        Self { dirty_mb_s_at_full: 20.0, downtime_target_s: 0.3, max_rounds: 30 }
+        Self {
+            dirty_mb_s_at_full: 20.0,
+            downtime_target_s: 0.3,
+            max_rounds: 30,
+        }
     }
 }
 
@@ -53,7 +57,11 @@ pub fn precopy(ram_mb: f64, bw_mb_s: f64, dirty_mb_s: f64, p: &PreCopy) -> Migra
         }
     }
     let downtime = to_send / bw_mb_s;
-    MigrationCost { duration_s: time + downtime, moved_mb: moved + to_send, downtime_s: downtime }
+    MigrationCost {
+        duration_s: time + downtime,
+        moved_mb: moved + to_send,
+        downtime_s: downtime,
+    }
 }
 
 impl MigrationModel {
@@ -66,7 +74,10 @@ impl MigrationModel {
         };
         let est = precopy(ram_mb, bw_mb_s, pc.dirty_mb_s_at_full * util, &pc);
         match self {
-            MigrationModel::CloudSim => MigrationCost { duration_s: ram_mb / bw_mb_s, ..est },
+            MigrationModel::CloudSim => MigrationCost {
+                duration_s: ram_mb / bw_mb_s,
+                ..est
+            },
             MigrationModel::PreCopy(_) => est,
         }
     }

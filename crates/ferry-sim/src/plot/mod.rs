@@ -7,7 +7,10 @@ use plotters::prelude::*;
 use std::path::Path;
 
 fn perr(path: &Path, e: impl std::fmt::Display) -> SimError {
-    SimError::Plot { path: path.to_path_buf(), msg: e.to_string() }
+    SimError::Plot {
+        path: path.to_path_buf(),
+        msg: e.to_string(),
+    }
 }
 
 /// Energy (x) against SLAV (y), one point per policy: `<base>.svg` and `<base>.png`.
@@ -27,7 +30,11 @@ pub fn energy_vs_slav(reports: &[Report], base: &Path) -> Result<(), SimError> {
 
 type DrawResult = Result<(), Box<dyn std::error::Error>>;
 
-fn scatter<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, reports: &[Report], text: bool) -> DrawResult
+fn scatter<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    reports: &[Report],
+    text: bool,
+) -> DrawResult
 where
     DB::ErrorType: 'static,
 {
@@ -37,7 +44,9 @@ where
     let mut b = ChartBuilder::on(root);
     b.margin(20);
     if text {
-        b.caption("Energy vs SLAV per policy", ("sans-serif", 22)).x_label_area_size(40).y_label_area_size(70);
+        b.caption("Energy vs SLAV per policy", ("sans-serif", 22))
+            .x_label_area_size(40)
+            .y_label_area_size(70);
     }
     let mut chart = b.build_cartesian_2d(0.0..xmax, 0.0..ymax)?;
     let mut mesh = chart.configure_mesh();
@@ -52,7 +61,11 @@ where
         let p = (r.energy_kwh, r.slav * 100.0);
         chart.draw_series(std::iter::once(Circle::new(p, 6, color.filled())))?;
         if text {
-            chart.draw_series(std::iter::once(Text::new(r.policy.clone(), (p.0, p.1), ("sans-serif", 13))))?;
+            chart.draw_series(std::iter::once(Text::new(
+                r.policy.clone(),
+                (p.0, p.1),
+                ("sans-serif", 13),
+            )))?;
         }
     }
     Ok(())
@@ -73,7 +86,11 @@ pub fn timeline(series: &[IntervalStats], base: &Path) -> Result<(), SimError> {
     Ok(())
 }
 
-fn panels<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, s: &[IntervalStats], text: bool) -> DrawResult
+fn panels<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    s: &[IntervalStats],
+    text: bool,
+) -> DrawResult
 where
     DB::ErrorType: 'static,
 {
@@ -82,16 +99,30 @@ where
     let hours: Vec<f64> = s.iter().map(|x| x.t / 3600.0).collect();
     let tmax = hours.last().copied().unwrap_or(1.0).max(1.0);
     let series: [(&str, Vec<f64>, RGBColor); 3] = [
-        ("active hosts", s.iter().map(|x| x.active_hosts as f64).collect(), BLUE),
-        ("mean utilisation of active hosts", s.iter().map(|x| x.mean_util).collect(), GREEN),
-        ("migrations per interval", s.iter().map(|x| x.migrations as f64).collect(), RED),
+        (
+            "active hosts",
+            s.iter().map(|x| x.active_hosts as f64).collect(),
+            BLUE,
+        ),
+        (
+            "mean utilisation of active hosts",
+            s.iter().map(|x| x.mean_util).collect(),
+            GREEN,
+        ),
+        (
+            "migrations per interval",
+            s.iter().map(|x| x.migrations as f64).collect(),
+            RED,
+        ),
     ];
     for (area, (name, ys, color)) in areas.iter().zip(series) {
         let ymax = ys.iter().cloned().fold(1e-9, f64::max) * 1.1;
         let mut b = ChartBuilder::on(area);
         b.margin(15);
         if text {
-            b.caption(name, ("sans-serif", 18)).x_label_area_size(30).y_label_area_size(50);
+            b.caption(name, ("sans-serif", 18))
+                .x_label_area_size(30)
+                .y_label_area_size(50);
         }
         let mut chart = b.build_cartesian_2d(0.0..tmax, 0.0..ymax)?;
         let mut mesh = chart.configure_mesh();

@@ -55,6 +55,45 @@ pub struct Report {
     pub operations: Vec<OpOutcome>,
     /// Wall time of the run, s.
     pub wall_s: f64,
+    /// Raw totals behind SLATAH and PDM (to merge pods): active host-seconds, violating
+    /// host-seconds, requested MIPS·s, MIPS·s lost to migrations.
+    pub raw: [f64; 4],
+}
+
+impl Report {
+    /// Combines the reports of independent pods of one data centre.
+    pub fn merge(parts: Vec<Report>) -> Option<Report> {
+        let mut it = parts.into_iter();
+        let mut m = it.next()?;
+        for r in it {
+            m.hosts += r.hosts;
+            m.vms += r.vms;
+            m.energy_kwh += r.energy_kwh;
+            m.migrations += r.migrations;
+            m.host_shutdowns += r.host_shutdowns;
+            m.moved_gb += r.moved_gb;
+            m.downtime_s += r.downtime_s;
+            m.vms_lost += r.vms_lost;
+            m.operations.extend(r.operations);
+            m.wall_s = m.wall_s.max(r.wall_s);
+            for i in 0..4 {
+                m.raw[i] += r.raw[i];
+            }
+        }
+        m.slatah = if m.raw[0] > 0.0 {
+            m.raw[1] / m.raw[0]
+        } else {
+            0.0
+        };
+        m.pdm = if m.raw[2] > 0.0 {
+            m.raw[3] / m.raw[2]
+        } else {
+            0.0
+        };
+        m.slav = m.slatah * m.pdm;
+        m.esv = m.energy_kwh * m.slav;
+        Some(m)
+    }
 }
 
 /// State of the data centre at the end of one scheduling interval (for plots).
@@ -70,8 +109,20 @@ pub struct IntervalStats {
     pub migrations: usize,
 }
 
-const HEADER: [&str; 12] =
-    ["policy", "energy_kwh", "migrations", "slatah_%", "pdm_%", "slav_%", "esv", "shutdowns", "moved_gb", "downtime_s", "lost", "wall_s"];
+const HEADER: [&str; 12] = [
+    "policy",
+    "energy_kwh",
+    "migrations",
+    "slatah_%",
+    "pdm_%",
+    "slav_%",
+    "esv",
+    "shutdowns",
+    "moved_gb",
+    "downtime_s",
+    "lost",
+    "wall_s",
+];
 
 fn cells(r: &Report) -> [String; 12] {
     [
@@ -81,7 +132,7 @@ fn cells(r: &Report) -> [String; 12] {
         format!("{:.2}", r.slatah * 100.0),
         format!("{:.3}", r.pdm * 100.0),
         format!("{:.5}", r.slav * 100.0),
-        format!("{:.5}", r.esv * 100.0),
+        format!("{:.5}", r.esv),
         r.host_shutdowns.to_string(),
         format!("{:.1}", r.moved_gb),
         format!("{:.1}", r.downtime_s),
@@ -101,7 +152,17 @@ pub fn table(reports: &[Report]) -> String {
     }
     let mut out = String::new();
     let line = |cells: Vec<&str>, out: &mut String| {
-        let parts: Vec<String> = cells.iter().enumerate().map(|(i, c)| if i == 0 { format!("{c:<0$}", w[i]) } else { format!("{c:>0$}", w[i]) }).collect();
+        let parts: Vec<String> = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                if i == 0 {
+                    format!("{c:<0$}", w[i])
+                } else {
+                    format!("{c:>0$}", w[i])
+                }
+            })
+            .collect();
         let _ = writeln!(out, "{}", parts.join("  "));
     };
     line(HEADER.to_vec(), &mut out);

@@ -65,7 +65,12 @@ impl Trace {
     /// stored trace shorter than the run wraps around (day after day).
     pub fn sample(&self, row: usize, k: usize) -> f64 {
         match self {
-            Trace::Stored { data, samples, days, .. } => {
+            Trace::Stored {
+                data,
+                samples,
+                days,
+                ..
+            } => {
                 let k = k.min(samples * days.max(&1) - 1) % samples;
                 data[row * samples + k] as f64 / 100.0
             }
@@ -91,19 +96,33 @@ impl Trace {
 
 /// Loads a PlanetLab day file: `name<TAB>v1 v2 ...` per line, integers 0..=100.
 pub fn load_planetlab(path: &Path) -> Result<Trace, SimError> {
-    let text = std::fs::read_to_string(path).map_err(|source| SimError::Io { path: path.to_path_buf(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| SimError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
     let mut rows = Vec::new();
     let mut data = Vec::new();
     let mut samples = 0;
     for (i, line) in text.lines().enumerate() {
-        let err = |msg: String| SimError::TraceLine { path: path.to_path_buf(), line: i + 1, msg };
+        let err = |msg: String| SimError::TraceLine {
+            path: path.to_path_buf(),
+            line: i + 1,
+            msg,
+        };
         if line.trim().is_empty() || line.starts_with('#') {
             continue;
         }
-        let (name, values) = line.split_once('\t').ok_or_else(|| err("expected '<name><TAB><values>'".into()))?;
+        let (name, values) = line
+            .split_once('\t')
+            .ok_or_else(|| err("expected '<name><TAB><values>'".into()))?;
         let before = data.len();
         for (j, tok) in values.split_whitespace().enumerate() {
-            let v: u16 = tok.parse().map_err(|_| err(format!("value {} ('{tok}') is not an integer percentage", j + 1)))?;
+            let v: u16 = tok.parse().map_err(|_| {
+                err(format!(
+                    "value {} ('{tok}') is not an integer percentage",
+                    j + 1
+                ))
+            })?;
             if v > 100 {
                 return Err(err(format!("value {} is {v}, above 100 %", j + 1)));
             }
@@ -116,15 +135,30 @@ pub fn load_planetlab(path: &Path) -> Result<Trace, SimError> {
         if samples == 0 {
             samples = n;
         } else if n != samples {
-            return Err(err(format!("{n} samples, but earlier lines have {samples}")));
+            return Err(err(format!(
+                "{n} samples, but earlier lines have {samples}"
+            )));
         }
         rows.push(name.to_string());
     }
     if rows.is_empty() {
-        return Err(SimError::Config(format!("{}: trace has no VMs", path.display())));
+        return Err(SimError::Config(format!(
+            "{}: trace has no VMs",
+            path.display()
+        )));
     }
-    let name = path.file_stem().map_or_else(|| path.display().to_string(), |s| s.to_string_lossy().into_owned());
-    Ok(Trace::Stored { name, rows, data, samples, interval_s: 300.0, days: 1 })
+    let name = path.file_stem().map_or_else(
+        || path.display().to_string(),
+        |s| s.to_string_lossy().into_owned(),
+    );
+    Ok(Trace::Stored {
+        name,
+        rows,
+        data,
+        samples,
+        interval_s: 300.0,
+        days: 1,
+    })
 }
 
 /// Folders searched for PlanetLab days, in order: `dir` if given, then
@@ -164,17 +198,28 @@ pub fn resolve(spec: &str, dir: Option<&Path>) -> Result<PathBuf, SimError> {
     }
     Err(SimError::TraceNotFound {
         name: spec.to_string(),
-        looked: dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", "),
+        looked: dirs
+            .iter()
+            .map(|d| d.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
     })
 }
 
 /// The PlanetLab days found in the first search folder that has any.
 pub fn list_days(dir: Option<&Path>) -> Vec<String> {
     for d in search_dirs(dir) {
-        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
         let mut days: Vec<String> = rd
             .filter_map(|e| e.ok())
-            .filter_map(|e| e.file_name().to_str().and_then(|n| n.strip_suffix(".tsv")).map(str::to_string))
+            .filter_map(|e| {
+                e.file_name()
+                    .to_str()
+                    .and_then(|n| n.strip_suffix(".tsv"))
+                    .map(str::to_string)
+            })
             .collect();
         if !days.is_empty() {
             days.sort();

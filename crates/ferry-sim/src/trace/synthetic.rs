@@ -28,7 +28,17 @@ pub struct SyntheticParams {
 
 impl Default for SyntheticParams {
     fn default() -> Self {
-        Self { vms: 1000, days: 1.0, interval_s: 300.0, seed: 1, mean: 0.25, diurnal: 0.15, noise: 0.08, burst_prob: 0.02, burst: 0.5 }
+        Self {
+            vms: 1000,
+            days: 1.0,
+            interval_s: 300.0,
+            seed: 1,
+            mean: 0.25,
+            diurnal: 0.15,
+            noise: 0.08,
+            burst_prob: 0.02,
+            burst: 0.5,
+        }
     }
 }
 
@@ -58,9 +68,14 @@ impl SyntheticParams {
         let phase = unit(self.seed, r, 0, 2) * 0.25;
         let day_frac = (k as f64 * self.interval_s / 86_400.0) + phase;
         let wave = self.diurnal * (std::f64::consts::TAU * (day_frac - 0.25)).sin();
-        let noise = self.noise * (unit(self.seed, r, kk, 3) + unit(self.seed, r, kk, 4) - 1.0) * 1.7;
+        let noise =
+            self.noise * (unit(self.seed, r, kk, 3) + unit(self.seed, r, kk, 4) - 1.0) * 1.7;
         let hour = (k as f64 * self.interval_s / 3600.0) as u64;
-        let burst = if unit(self.seed, r, hour, 5) < self.burst_prob { self.burst } else { 0.0 };
+        let burst = if unit(self.seed, r, hour, 5) < self.burst_prob {
+            self.burst
+        } else {
+            0.0
+        };
         (base + wave + noise + burst).clamp(0.0, 1.0)
     }
 }

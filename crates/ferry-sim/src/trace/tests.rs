@@ -25,9 +25,15 @@ fn malformed_line_names_file_and_line() {
     assert!(e.contains("bad.tsv:2:"), "{e}");
     assert!(e.contains("'x'"), "{e}");
     let p = write("short.tsv", "a\t1 2 3\nb\t1 2\n");
-    assert!(load_planetlab(&p).expect_err("must fail").to_string().contains("short.tsv:2:"));
+    assert!(load_planetlab(&p)
+        .expect_err("must fail")
+        .to_string()
+        .contains("short.tsv:2:"));
     let p = write("big.tsv", "a\t1 200 3\n");
-    assert!(load_planetlab(&p).expect_err("must fail").to_string().contains("above 100"));
+    assert!(load_planetlab(&p)
+        .expect_err("must fail")
+        .to_string()
+        .contains("above 100"));
 }
 
 #[test]
