@@ -103,7 +103,7 @@ proptest! {
         let demands: Vec<(f64, usize)> = (0..n).map(|i| (d, if i % 2 == 0 { 0 } else { 1 })).collect();
         let mut c = build(4, &demands);
         let before = c.hosts[0].vms.len();
-        match crate::drain::plan(&mut c, &Detector::Thr(0.9), 0, 0.0, deadline, |v| c_ram(v)) {
+        match crate::drain::plan(&mut c, &Detector::Thr(0.9), 0, 0.0, deadline, c_ram) {
             Ok(p) => {
                 prop_assert_eq!(p.migrations.len(), before);
                 prop_assert!(p.done_at <= deadline);

@@ -72,10 +72,10 @@ pub fn r_squared(xs: &[&[f64]], y: &[f64]) -> Option<f64> {
     let b = solve(&mut a, p)?;
     let mean = y.iter().sum::<f64>() / m as f64;
     let (mut ss_res, mut ss_tot) = (0.0, 0.0);
-    for i in 0..m {
-        let fit: f64 = (0..p).map(|j| b[j] * col(j, i)).sum();
-        ss_res += (y[i] - fit).powi(2);
-        ss_tot += (y[i] - mean).powi(2);
+    for (i, yi) in y.iter().enumerate() {
+        let fit: f64 = b.iter().enumerate().map(|(j, bj)| bj * col(j, i)).sum();
+        ss_res += (yi - fit).powi(2);
+        ss_tot += (yi - mean).powi(2);
     }
     Some(1.0 - ss_res / ss_tot)
 }
