@@ -47,7 +47,9 @@ fn main() -> ExitCode {
         Command::Migrate(a) => cmd::migrate::run(a),
         Command::Guest(c) => cmd::guest::run(c),
         Command::Bench(c) => cmd::bench::run(c),
-        Command::Sim(a) => ferry_sim::cli::run(&a).map(|()| ExitCode::SUCCESS).map_err(Into::into),
+        Command::Sim(a) => ferry_sim::cli::run(&a)
+            .map(|()| ExitCode::SUCCESS)
+            .map_err(Into::into),
     };
     match result {
         Ok(code) => code,
