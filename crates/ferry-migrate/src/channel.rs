@@ -5,7 +5,7 @@ use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
-use ferry_wire::{encode_header, FrameHeader, FrameType, WireError, HEADER_LEN};
+use ferry_wire::{encode_header, FrameHeader, FrameType, HEADER_LEN};
 
 use crate::MigrateError;
 
@@ -220,9 +220,4 @@ fn read_exact(s: &mut Stream, buf: &mut [u8], during: &'static str) -> Result<()
             source: e,
         },
     })
-}
-
-/// Maps a wire error (for callers that only have a [`WireError`]).
-pub fn wire(e: WireError) -> MigrateError {
-    MigrateError::Wire(e)
 }

@@ -117,17 +117,7 @@ pub fn receive<F: SinkFactory>(
         readers.push(r);
     }
     let t0 = Instant::now();
-    let (cfg_hdr, cfg) = {
-        let (h, p) = r0.recv("configuration")?;
-        if h.kind != FrameType::VmConfig {
-            return Err(MigrateError::Unexpected {
-                got: h.kind,
-                during: "configuration",
-            });
-        }
-        (h, VmConfig::decode(p)?)
-    };
-    let _ = cfg_hdr;
+    let cfg = VmConfig::decode(r0.expect(FrameType::VmConfig, "configuration")?)?;
     let mut sink = factory.create(&cfg)?;
     let mem = sink.memory();
     let hashes = Arc::new(PageHashes::new(mem.pages()));

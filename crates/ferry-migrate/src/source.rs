@@ -134,7 +134,7 @@ pub fn migrate_out<S: MigrationSource>(
             return Err(e);
         }
     };
-    commit(src, &mem, &mut link, opts, &mut report, t0, t_pause, events)?;
+    commit(&mem, &mut link, opts, &mut report, t0, t_pause, events)?;
     Ok(report)
 }
 
@@ -270,6 +270,13 @@ fn copy_phases<S: MigrationSource>(
 }
 
 /// Sends every page in `dirty` across all channels, then a RoundEnd on each.
+/// Pages and bytes the sender threads of one round have put on the wire so far.
+#[derive(Default)]
+struct RoundProgress {
+    pages: AtomicU64,
+    bytes: AtomicU64,
+}
+
 fn send_round(
     mem: &Arc<dyn GuestMemory>,
     link: &mut Link,
@@ -282,7 +289,7 @@ fn send_round(
     let before = link.bytes();
     let total = dirty.count();
     let n = link.writers.len() as u64;
-    let done = AtomicU64::new(0);
+    let done = RoundProgress::default();
     // The bulk round skips pages the memory knows to be zero (never touched) without reading them.
     let data = if round == 0 { mem.data_pages() } else { None };
     let data = data.as_ref();
@@ -308,10 +315,10 @@ fn send_round(
             match finished.recv_timeout(Duration::from_millis(100)) {
                 Ok(()) => remaining -= 1,
                 Err(_) => {
-                    let bytes = report.bytes_sent + before;
+                    let bytes = before + done.bytes.load(Ordering::Relaxed);
                     events(Event::Progress {
                         round,
-                        done: done.load(Ordering::Relaxed),
+                        done: done.pages.load(Ordering::Relaxed),
                         total,
                         bytes,
                     });
@@ -350,7 +357,7 @@ fn send_shard(
     data: Option<&DirtyBitmap>,
     ch: u64,
     channels: u64,
-    done: &AtomicU64,
+    done: &RoundProgress,
 ) -> Result<(), MigrateError> {
     let mut buf = vec![0u8; BATCH_PAGES * PAGE_SIZE];
     let mut gfns = Vec::with_capacity(BATCH_PAGES);
@@ -371,7 +378,11 @@ fn send_shard(
             out.clear();
             enc.encode(&refs, out);
             w.send(FrameType::Pages, 0, out)?;
-            done.fetch_add(gfns.len() as u64, Ordering::Relaxed);
+            done.pages.fetch_add(gfns.len() as u64, Ordering::Relaxed);
+            done.bytes.fetch_add(
+                (ferry_wire::HEADER_LEN + out.len()) as u64,
+                Ordering::Relaxed,
+            );
             gfns.clear();
             Ok(())
         };
@@ -399,8 +410,7 @@ fn send_shard(
 
 /// Point of no return, then verification.
 #[allow(clippy::too_many_arguments)]
-fn commit<S: MigrationSource>(
-    _src: &mut S,
+fn commit(
     mem: &Arc<dyn GuestMemory>,
     link: &mut Link,
     opts: &SourceOptions,

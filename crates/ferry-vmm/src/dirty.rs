@@ -1,8 +1,6 @@
 //! Dirty-page bitmaps over guest page indices, and KVM's dirty log read into reusable buffers
 //! (kvm-ioctls' `get_dirty_log` allocates a new vector per call, which we avoid on the hot path).
 
-use std::os::fd::AsRawFd;
-
 use kvm_bindings::kvm_dirty_log;
 use vmm_sys_util::ioctl::ioctl_with_ref;
 use vmm_sys_util::ioctl_iow_nr;
@@ -127,7 +125,6 @@ pub fn get_dirty_log(
     if ret < 0 {
         return Err(std::io::Error::last_os_error());
     }
-    let _ = vm.as_raw_fd();
     Ok(())
 }
 

@@ -33,7 +33,7 @@ enum Command {
     #[command(subcommand)]
     Bench(cmd::bench::BenchCommand),
     /// Simulate a data centre over workload traces and compare planner policies.
-    Sim(ferry_sim::cli::SimArgs),
+    Sim(Box<ferry_sim::cli::SimArgs>),
     /// Build workload guest images.
     #[command(subcommand)]
     Guest(cmd::guest::GuestCommand),

@@ -1,17 +1,17 @@
 //! `ferry bench`: measurements that are only meaningful as ratios taken in the same run.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::process::{ExitCode, Stdio};
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::{Args, Subcommand};
 use ferry_guest::{Entropy, GuestConfig, Pattern, Rate, WriteSize};
 
-use crate::cmd::demo::{guest_status, Host};
+use crate::cmd::hosts::Host;
 use crate::cmd::migrate::request_migration;
-use crate::control::{call, MigrateRequest, Request};
+use crate::control::MigrateRequest;
 use crate::size::{human, parse_size};
 
 /// Benchmarks.
@@ -91,50 +91,13 @@ fn stop_and_copy(a: &StopAndCopyArgs) -> anyhow::Result<ExitCode> {
     };
     let image = dir.join("full.img");
     std::fs::write(&image, ferry_guest::build_image(&cfg)?)?;
-    let (src_sock, dst_sock) = (dir.join("s.sock"), dir.join("d.sock"));
-    let mut recv_args = vec!["vm", "receive", "--listen", "127.0.0.1:0", "--once"];
-    if a.prefault {
-        recv_args.push("--prefault");
-    }
-    let dst_sock_s = dst_sock.to_string_lossy().into_owned();
-    recv_args.extend(["--control", &dst_sock_s]);
-    let mut dst = Host::spawn("destination", &dir, &recv_args, Stdio::piped())?;
-    let mut first = String::new();
-    BufReader::new(dst.child.stdout.take().context("stdout")?).read_line(&mut first)?;
-    let addr = first
-        .trim()
-        .strip_prefix("listening on ")
-        .context("destination did not start")?
-        .to_string();
-    let mem = a.memory.to_string();
-    let mut src = Host::spawn(
-        "source",
-        &dir,
-        &[
-            "vm",
-            "run",
-            "--kernel",
-            &image.to_string_lossy(),
-            "--memory",
-            &mem,
-            "--control",
-            &src_sock.to_string_lossy(),
-        ],
-        Stdio::null(),
-    )?;
+    let (mut dst, addr) = Host::destination(&dir, a.prefault)?;
+    let mut src = Host::source(&dir, &image, a.memory)?;
     let t = Instant::now();
     println!("filling {} of guest RAM with random data ...", human(ws));
-    loop {
-        if let Ok(g) = guest_status(&src_sock) {
-            if g.state == 1 && g.iterations >= ws / 4096 {
-                break;
-            }
-        }
-        if t.elapsed() > Duration::from_secs(300) {
-            bail!("guest did not finish filling its RAM: {}", src.log_tail());
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    src.wait_guest("the guest to fill its RAM", Duration::from_secs(300), |g| {
+        g.state == 1 && g.iterations >= ws / 4096
+    })?;
     println!(
         "filled in {:.1} s; measuring loopback TCP (one stream) ...",
         t.elapsed().as_secs_f64()
@@ -149,10 +112,9 @@ fn stop_and_copy(a: &StopAndCopyArgs) -> anyhow::Result<ExitCode> {
         verify: true,
         max_rounds: 0,
     };
-    let r = request_migration(&src_sock, req, true)?;
+    let r = request_migration(&src.socket, req, true)?;
     let _ = src.wait(Duration::from_secs(10));
-    let _ = call(&dst_sock, &Request::Stop, |_| {});
-    let _ = dst.wait(Duration::from_secs(5));
+    dst.stop();
     let _ = std::fs::remove_dir_all(&dir);
     let tput = r.ram_bytes as f64 / (r.downtime_ms / 1e3);
     println!("guest RAM             {}", human(r.ram_bytes));

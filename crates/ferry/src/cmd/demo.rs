@@ -1,19 +1,19 @@
 //! `ferry demo`: a destination and a source as separate processes on loopback, a guest writing
 //! memory at full speed, one live migration, and a report with an integrity verdict.
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::path::Path;
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use clap::Args;
 use ferry_guest::{Entropy, GuestConfig, Pattern, Rate, WriteSize};
 use ferry_migrate::Strategy;
 
+use crate::cmd::hosts::Host;
 use crate::cmd::migrate::{print_report, request_migration};
 use crate::control::{call, MigrateRequest, Request};
-use crate::guest_probe::{GuestStatus, Verification};
+use crate::guest_probe::Verification;
 use crate::size::{human, parse_size};
 
 /// `ferry demo`.
@@ -40,66 +40,6 @@ pub struct DemoArgs {
     /// Keep the work directory (image, logs) instead of deleting it.
     #[arg(long)]
     pub keep: bool,
-}
-
-/// A host process of the demo or a benchmark; killed if we fail half way.
-pub(crate) struct Host {
-    pub(crate) child: Child,
-    log: PathBuf,
-}
-
-impl Host {
-    pub(crate) fn spawn(
-        name: &'static str,
-        dir: &Path,
-        args: &[&str],
-        stdout: Stdio,
-    ) -> anyhow::Result<Host> {
-        let log = dir.join(format!("{name}.log"));
-        let err = std::fs::File::create(&log)?;
-        let child = Command::new(std::env::current_exe()?)
-            .args(args)
-            .stdout(stdout)
-            .stderr(err)
-            .spawn()
-            .with_context(|| format!("cannot start the {name} process"))?;
-        Ok(Host { child, log })
-    }
-
-    pub(crate) fn log_tail(&self) -> String {
-        std::fs::read_to_string(&self.log)
-            .unwrap_or_default()
-            .lines()
-            .rev()
-            .take(5)
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-
-    pub(crate) fn wait(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
-        let end = Instant::now() + timeout;
-        while Instant::now() < end {
-            if let Ok(Some(s)) = self.child.try_wait() {
-                return Some(s);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        None
-    }
-}
-
-impl Drop for Host {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-pub(crate) fn guest_status(sock: &Path) -> anyhow::Result<GuestStatus> {
-    let v = call(sock, &Request::Status, |_| {})?;
-    Ok(serde_json::from_value(v["guest"].clone())?)
 }
 
 /// Runs the demo.
@@ -138,67 +78,16 @@ fn demo(a: &DemoArgs, dir: &Path) -> anyhow::Result<ExitCode> {
         human(a.working_set)
     ));
 
-    let (src_sock, dst_sock) = (dir.join("source.sock"), dir.join("destination.sock"));
-    let mut dst = Host::spawn(
-        "destination",
-        dir,
-        &[
-            "vm",
-            "receive",
-            "--listen",
-            "127.0.0.1:0",
-            "--once",
-            "--control",
-            &dst_sock.to_string_lossy(),
-        ],
-        Stdio::piped(),
-    )?;
-    let mut first = String::new();
-    let out = dst.child.stdout.take().context("destination stdout")?;
-    BufReader::new(out).read_line(&mut first)?;
-    let Some(addr) = first
-        .trim()
-        .strip_prefix("listening on ")
-        .map(str::to_string)
-    else {
-        bail!("destination did not start: {}", dst.log_tail());
-    };
+    let (mut dst, addr) = Host::destination(dir, false)?;
     say(format!(
         "destination host: process {} listening on {addr}",
         dst.child.id()
     ));
-
-    let mem = format!("{}", a.memory);
-    let mut src = Host::spawn(
-        "source",
-        dir,
-        &[
-            "vm",
-            "run",
-            "--kernel",
-            &image.to_string_lossy(),
-            "--memory",
-            &mem,
-            "--control",
-            &src_sock.to_string_lossy(),
-        ],
-        Stdio::null(),
-    )?;
+    let mut src = Host::source(dir, &image, a.memory)?;
     let t = Instant::now();
-    let booted = loop {
-        if let Ok(Some(status)) = src.child.try_wait() {
-            bail!("source VM exited early ({status}): {}", src.log_tail());
-        }
-        if let Ok(g) = guest_status(&src_sock) {
-            if g.ferry_guest && g.iterations > 0 && g.heartbeats > 0 {
-                break g;
-            }
-        }
-        if t.elapsed() > Duration::from_secs(60) {
-            bail!("guest did not start within 60 s: {}", src.log_tail());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let booted = src.wait_guest("the guest to start", Duration::from_secs(60), |g| {
+        g.ferry_guest && g.iterations > 0 && g.heartbeats > 0
+    })?;
     say(format!(
         "source host: process {}, guest running after {:.0} ms ({} page writes so far)",
         src.child.id(),
@@ -206,7 +95,7 @@ fn demo(a: &DemoArgs, dir: &Path) -> anyhow::Result<ExitCode> {
         booted.iterations
     ));
     std::thread::sleep(Duration::from_secs_f64(a.warmup));
-    let before = guest_status(&src_sock)?;
+    let before = src.guest()?;
     say(format!("migrating with strategy {} ...", a.strategy));
     let req = MigrateRequest {
         to: addr.clone(),
@@ -217,7 +106,7 @@ fn demo(a: &DemoArgs, dir: &Path) -> anyhow::Result<ExitCode> {
         verify: true,
         max_rounds: 30,
     };
-    let report = request_migration(&src_sock, req, !a.json)?;
+    let report = request_migration(&src.socket, req, !a.json)?;
     match src.wait(Duration::from_secs(10)) {
         Some(s) if s.success() => {}
         other => bail!(
@@ -227,11 +116,10 @@ fn demo(a: &DemoArgs, dir: &Path) -> anyhow::Result<ExitCode> {
     }
     // The guest goes on at the destination: its counters grow past where the source stopped.
     std::thread::sleep(Duration::from_millis(300));
-    let after = guest_status(&dst_sock)?;
-    let v = call(&dst_sock, &Request::Verify, |_| {})?;
+    let after = dst.guest()?;
+    let v = call(&dst.socket, &Request::Verify, |_| {})?;
     let verify: Verification = serde_json::from_value(v["verify"].clone())?;
-    let _ = call(&dst_sock, &Request::Stop, |_| {});
-    let _ = dst.wait(Duration::from_secs(5));
+    dst.stop();
 
     let continues = after.iterations > before.iterations && after.heartbeats > before.heartbeats;
     let seq_ok = report.guest_observed.is_some_and(|g| g.sequence_continues);

@@ -3,5 +3,6 @@
 pub mod bench;
 pub mod demo;
 pub mod guest;
+mod hosts;
 pub mod migrate;
 pub mod vm;
