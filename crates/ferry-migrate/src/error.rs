@@ -48,6 +48,10 @@ pub enum MigrateError {
     /// Migration was cancelled before the point of no return.
     #[error("migration cancelled; the VM runs on at the source")]
     Cancelled,
+    /// The link failed during post-copy: the VM runs on the destination but waits for pages that
+    /// only the source has. The source keeps them; nothing is lost.
+    #[error("post-copy interrupted; the VM is on the destination, waiting for pages the source keeps: {0}")]
+    PostcopyInterrupted(String),
     /// The link failed after the source told the destination to run: the VM is paused here and
     /// must not run in two places, so it stays paused until an operator resolves it.
     #[error("the link failed after switch-over was committed; the VM is kept paused on the source (it may be running on the destination): {0}")]

@@ -4,11 +4,13 @@ use std::sync::Arc;
 
 use ferry_vmm::devices::{Console, HeartbeatLog};
 use ferry_vmm::dirty::DirtyBitmap;
+use ferry_vmm::postcopy::PostcopyRam;
 use ferry_vmm::state::VmState;
 use ferry_vmm::Vm;
 use ferry_wire::message::VmConfig;
 
 use crate::memory::GuestMemory;
+use crate::postcopy::PostcopyTarget;
 use crate::vm::{GuestObserved, MigrationSink, MigrationSource, SinkFactory};
 use crate::MigrateError;
 
@@ -67,6 +69,14 @@ impl MigrationSink for KvmSink {
     fn resume(&mut self) -> Result<(), MigrateError> {
         Ok(self.vm.resume()?)
     }
+    fn postcopy_target(&self) -> Result<Arc<dyn PostcopyTarget>, MigrateError> {
+        Ok(Arc::new(KvmPostcopy(PostcopyRam::new(
+            self.vm.ram().clone(),
+        )?)))
+    }
+    fn pause(&mut self) -> Result<(), MigrateError> {
+        Ok(self.vm.pause()?)
+    }
     fn guest_observed(&self) -> Option<GuestObserved> {
         let log = self.vm.heartbeats();
         let log = log.lock().ok()?;
@@ -111,5 +121,41 @@ impl Default for KvmSinkFactory {
             console: Box::new(|| Console::new(None, false, HeartbeatLog::default())),
             prefault: false,
         }
+    }
+}
+
+/// userfaultfd-backed post-copy over a KVM VM's RAM.
+struct KvmPostcopy(PostcopyRam);
+
+impl PostcopyTarget for KvmPostcopy {
+    fn discard(&self, pages: &DirtyBitmap) -> Result<(), MigrateError> {
+        // Punch holes run by run: one syscall per contiguous range, not per page.
+        let mut run: Option<(u64, u64)> = None;
+        for p in pages.iter() {
+            run = match run {
+                Some((first, n)) if first + n == p => Some((first, n + 1)),
+                Some((first, n)) => {
+                    self.0.discard(first, n)?;
+                    Some((p, 1))
+                }
+                None => Some((p, 1)),
+            };
+        }
+        if let Some((first, n)) = run {
+            self.0.discard(first, n)?;
+        }
+        Ok(())
+    }
+    fn arm(&self) -> Result<(), MigrateError> {
+        Ok(self.0.arm()?)
+    }
+    fn disarm(&self) -> Result<(), MigrateError> {
+        Ok(self.0.disarm()?)
+    }
+    fn next_fault(&self, timeout: std::time::Duration) -> Result<Option<u64>, MigrateError> {
+        Ok(self.0.next_fault(timeout)?)
+    }
+    fn place(&self, page: u64, data: &[u8]) -> Result<(), MigrateError> {
+        Ok(self.0.place(page, data)?)
     }
 }

@@ -12,6 +12,7 @@ pub mod digest;
 mod error;
 mod kvm;
 pub mod memory;
+pub mod postcopy;
 pub mod report;
 pub mod sink;
 pub mod source;

@@ -173,4 +173,10 @@ pub struct Report {
     pub digest_match: Option<bool>,
     /// Highest throttle applied (auto-converge), percent.
     pub max_throttle: u8,
+    /// Pages the destination still lacked when it started running (post-copy).
+    pub postcopy_pages: u64,
+    /// Fault requests from the destination served during post-copy.
+    pub postcopy_requests: u64,
+    /// Time from the destination running to its last page arriving, in ms (post-copy).
+    pub postcopy_ms: f64,
 }

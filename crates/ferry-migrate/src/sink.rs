@@ -1,13 +1,16 @@
 //! The receiving side: one thread per channel applies pages; the main thread walks the switch-over
 //! states (waiting for state, loaded, running, verified). Until `Go` arrives nothing runs here, and
-//! any failure drops the half-built VM while the source resumes its own.
+//! any failure drops the half-built VM while the source resumes its own. In post-copy the guest runs
+//! here before every page has arrived; if the link then fails, the VM is paused and kept.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use ferry_wire::codec::BatchDecoder;
+use ferry_vmm::dirty::DirtyBitmap;
+use ferry_vmm::PAGE_SIZE;
+use ferry_wire::codec::{BatchDecoder, CodecError, PageStore, MAX_BATCH_PAGES};
 use ferry_wire::message::{
     self, channel_key, features, Hello, HelloAck, RoundSummary, VmConfig, PROTOCOL_VERSION,
 };
@@ -15,7 +18,8 @@ use ferry_wire::{FrameType, WireError};
 
 use crate::channel::{split, FrameReader, FrameWriter, Stream};
 use crate::digest::PageHashes;
-use crate::memory::RamStore;
+use crate::memory::{GuestMemory, RamStore};
+use crate::postcopy::{self, PostcopyTarget};
 use crate::vm::{GuestObserved, MigrationSink, SinkFactory};
 use crate::MigrateError;
 
@@ -46,6 +50,8 @@ pub struct Incoming<K> {
     pub bytes: u64,
     /// Time from the first frame to running, in ms.
     pub total_ms: f64,
+    /// Set when a post-copy link failed: the VM is paused here, waiting for pages the source keeps.
+    pub postcopy_incomplete: Option<String>,
 }
 
 /// The destination's final word to the source.
@@ -97,10 +103,28 @@ impl DoneReport {
 enum Msg {
     RoundEnd(usize, u32),
     DeviceState(u32, Vec<u8>),
+    PostcopyStart(u32, DirtyBitmap, Vec<u8>),
     Go,
     Complete(RoundSummary, bool),
     Failed(MigrateError),
     Closed,
+}
+
+/// Post-copy bookkeeping shared by the page pump and the fault handler.
+struct Postcopy {
+    target: Arc<dyn PostcopyTarget>,
+    /// Pages the source still had to send when the guest started here.
+    needed: DirtyBitmap,
+    arrived: Mutex<DirtyBitmap>,
+    arrived_count: AtomicU64,
+}
+
+/// What every channel's thread shares.
+struct Shared {
+    mem: Arc<dyn GuestMemory>,
+    hashes: PageHashes,
+    running: AtomicBool,
+    postcopy: OnceLock<Postcopy>,
 }
 
 /// Receives one VM: `accept` yields the source's connections (one per channel).
@@ -109,58 +133,69 @@ pub fn receive<F: SinkFactory>(
     factory: &mut F,
     opts: &ReceiveOptions,
 ) -> Result<Incoming<F::Sink>, MigrateError> {
-    let (mut r0, mut w0, hello) = accept_channel(accept, opts, None)?;
+    let (mut r0, w0, hello) = accept_channel(accept, opts, None)?;
     let mut readers = vec![];
     for ch in 1..hello.channels {
-        let (r, _w, h) = accept_channel(accept, opts, Some((&hello.migration_id, ch)))?;
-        debug_assert_eq!(h.channel, ch);
+        let (r, _w, _) = accept_channel(accept, opts, Some((&hello.migration_id, ch)))?;
         readers.push(r);
     }
     let t0 = Instant::now();
     let cfg = VmConfig::decode(r0.expect(FrameType::VmConfig, "configuration")?)?;
     let mut sink = factory.create(&cfg)?;
     let mem = sink.memory();
-    let hashes = Arc::new(PageHashes::new(mem.pages()));
-    let running = Arc::new(AtomicBool::new(false));
+    let shared = Arc::new(Shared {
+        hashes: PageHashes::new(mem.pages()),
+        mem,
+        running: AtomicBool::new(false),
+        postcopy: OnceLock::new(),
+    });
+    let w0 = Arc::new(Mutex::new(w0));
     let (tx, rx) = channel();
     readers.insert(0, r0);
     let channels = readers.len();
-    let mut bytes_handles = Vec::new();
-    for (ch, r) in readers.into_iter().enumerate() {
-        let (tx, mem, hashes, running) = (tx.clone(), mem.clone(), hashes.clone(), running.clone());
-        bytes_handles.push(std::thread::spawn(move || {
-            let mut r = r;
-            let mut store = RamStore::new(mem);
-            if let Err(e) = pump(ch, &mut r, &mut store, &hashes, &running, &tx) {
+    let mut pumps = Vec::new();
+    for (ch, mut r) in readers.into_iter().enumerate() {
+        let (tx, shared) = (tx.clone(), shared.clone());
+        pumps.push(std::thread::spawn(move || {
+            if let Err(e) = pump(ch, &mut r, &shared, &tx) {
                 let _ = tx.send(Msg::Failed(e));
             }
             r.bytes
         }));
     }
     drop(tx);
-    let outcome = switch_over(
-        &mut sink, &mut w0, &rx, channels, &hashes, &running, opts, t0,
-    );
+    let mut state = SwitchOver {
+        sink: &mut sink,
+        w0: &w0,
+        shared: &shared,
+        t0,
+        total_ms: 0.0,
+    };
+    let outcome = state.run(&rx, channels, opts);
+    let total_ms = state.total_ms;
     match outcome {
-        Ok((digest_match, total_ms)) => {
-            // The source closes its end after Done; collect what the pumps counted.
-            let bytes = bytes_handles
-                .into_iter()
-                .filter_map(|h| h.join().ok())
-                .sum::<u64>()
-                + w0.bytes;
+        Ok(end) => {
+            let bytes = if end.postcopy_incomplete.is_none() {
+                // The source closes its end after Done; collect what the pumps counted.
+                pumps.into_iter().filter_map(|h| h.join().ok()).sum::<u64>()
+            } else {
+                0
+            } + w0.lock().map(|w| w.bytes).unwrap_or(0);
             let guest_observed = sink.guest_observed();
             Ok(Incoming {
                 sink,
-                digest_match,
+                digest_match: end.digest_match,
                 guest_observed,
                 bytes,
                 total_ms,
+                postcopy_incomplete: end.postcopy_incomplete,
             })
         }
         Err(e) => {
-            let _ = w0.send(FrameType::Abort, 0, &message::encode_reason(&e.to_string()));
-            w0.stream().shutdown();
+            if let Ok(mut w) = w0.lock() {
+                let _ = w.send(FrameType::Abort, 0, &message::encode_reason(&e.to_string()));
+                w.stream().shutdown();
+            }
             Err(e)
         }
     }
@@ -226,12 +261,12 @@ fn refuse(w: &mut FrameWriter, why: &str) {
 fn pump(
     ch: usize,
     r: &mut FrameReader,
-    store: &mut RamStore,
-    hashes: &PageHashes,
-    running: &AtomicBool,
+    shared: &Shared,
     tx: &Sender<Msg>,
 ) -> Result<(), MigrateError> {
     let mut decoder = BatchDecoder::new();
+    let mut store = RamStore::new(shared.mem.clone());
+    let mut scratch = ScratchStore::new(shared.mem.pages());
     loop {
         let (h, p) = match r.recv("page transfer") {
             Ok(f) => f,
@@ -242,16 +277,40 @@ fn pump(
             Err(e) => return Err(e),
         };
         match h.kind {
-            FrameType::Pages => {
-                if running.load(Ordering::SeqCst) {
+            FrameType::Pages => match shared.postcopy.get() {
+                Some(pc) => {
+                    // The guest may be running: pages go in atomically, through the fault tracker.
+                    decoder.decode(p, &mut scratch)?;
+                    for (gfn, data) in scratch.pages() {
+                        pc.target.place(gfn, data)?;
+                        shared.hashes.set(gfn, data);
+                        let fresh = pc
+                            .arrived
+                            .lock()
+                            .map(|mut a| {
+                                !a.get(gfn) && {
+                                    a.set(gfn);
+                                    true
+                                }
+                            })
+                            .unwrap_or(false);
+                        if fresh && pc.needed.get(gfn) {
+                            pc.arrived_count.fetch_add(1, Ordering::SeqCst);
+                        }
+                    }
+                    scratch.clear();
+                }
+                None if shared.running.load(Ordering::SeqCst) => {
                     return Err(MigrateError::Unexpected {
                         got: h.kind,
                         during: "post-switch-over (the VM runs)",
-                    });
+                    })
                 }
-                decoder.decode(p, store)?;
-                store.record_hashes(Some(hashes));
-            }
+                None => {
+                    decoder.decode(p, &mut store)?;
+                    store.record_hashes(Some(&shared.hashes));
+                }
+            },
             FrameType::RoundEnd => {
                 let _ = tx.send(Msg::RoundEnd(ch, RoundSummary::decode(p)?.round));
             }
@@ -261,6 +320,10 @@ fn pump(
                 }
                 let round = u32::from_le_bytes([p[0], p[1], p[2], p[3]]);
                 let _ = tx.send(Msg::DeviceState(round, p[4..].to_vec()));
+            }
+            FrameType::PostcopyStart if ch == 0 => {
+                let (round, needed, state) = postcopy::decode_start(p, shared.mem.pages())?;
+                let _ = tx.send(Msg::PostcopyStart(round, needed, state.to_vec()));
             }
             FrameType::Go if ch == 0 => {
                 let _ = tx.send(Msg::Go);
@@ -278,78 +341,257 @@ fn pump(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn switch_over<K: MigrationSink>(
-    sink: &mut K,
-    w0: &mut FrameWriter,
-    rx: &Receiver<Msg>,
-    channels: usize,
-    hashes: &PageHashes,
-    running: &AtomicBool,
-    opts: &ReceiveOptions,
-    t0: Instant,
-) -> Result<(Option<bool>, f64), MigrateError> {
-    let mut last_round: Vec<Option<u32>> = vec![None; channels];
-    let mut pending: Option<(u32, Vec<u8>)> = None;
-    let mut loaded = false;
-    let mut total_ms = 0.0;
-    loop {
-        let msg = rx
-            .recv_timeout(opts.timeout + Duration::from_secs(1))
-            .map_err(|_| MigrateError::PeerClosed("transfer"))?;
-        match msg {
-            Msg::RoundEnd(ch, r) => last_round[ch] = Some(r),
-            Msg::DeviceState(r, s) => pending = Some((r, s)),
-            Msg::Go if loaded => {
-                running.store(true, Ordering::SeqCst);
-                sink.resume()?;
-                total_ms = t0.elapsed().as_secs_f64() * 1e3;
-                w0.send(FrameType::Running, 0, &[]).ok();
+/// Decoded pages of one post-copy batch, held until they are placed atomically.
+struct ScratchStore {
+    pages: u64,
+    data: Vec<u8>,
+    gfns: Vec<u64>,
+}
+
+impl ScratchStore {
+    fn new(pages: u64) -> Self {
+        Self {
+            pages,
+            data: vec![0; MAX_BATCH_PAGES * PAGE_SIZE],
+            gfns: Vec::with_capacity(MAX_BATCH_PAGES),
+        }
+    }
+    fn pages(&self) -> impl Iterator<Item = (u64, &[u8])> {
+        self.gfns
+            .iter()
+            .enumerate()
+            .map(|(i, &g)| (g, &self.data[i * PAGE_SIZE..(i + 1) * PAGE_SIZE]))
+    }
+    fn clear(&mut self) {
+        self.gfns.clear();
+    }
+}
+
+impl PageStore for ScratchStore {
+    fn page_mut(&mut self, gfn: u64) -> Result<&mut [u8], CodecError> {
+        if gfn >= self.pages {
+            return Err(CodecError::GfnOutOfRange(gfn));
+        }
+        // The decoder asks twice per page (check, then write): answer with the same slot.
+        let i = match self.gfns.iter().rposition(|&g| g == gfn) {
+            Some(i) => i,
+            None if self.gfns.len() < MAX_BATCH_PAGES => {
+                self.gfns.push(gfn);
+                self.gfns.len() - 1
             }
-            Msg::Go => {
-                return Err(MigrateError::Unexpected {
-                    got: FrameType::Go,
-                    during: "switch-over (state not loaded)",
+            None => return Err(CodecError::BadPageCount(self.gfns.len() + 1)),
+        };
+        Ok(&mut self.data[i * PAGE_SIZE..(i + 1) * PAGE_SIZE])
+    }
+}
+
+/// Sets a flag when dropped (stops the fault server however the switch-over ends).
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Resolves guest faults on missing pages: zero pages at once (the source said they are zero),
+/// the rest by asking the source, which serves such requests ahead of its background push.
+fn serve_faults(shared: &Shared, w0: &Mutex<FrameWriter>, stop: &AtomicBool) {
+    let Some(pc) = shared.postcopy.get() else {
+        return;
+    };
+    let zero = [0u8; PAGE_SIZE];
+    while !stop.load(Ordering::SeqCst) {
+        let page = match pc.target.next_fault(Duration::from_millis(20)) {
+            Ok(Some(p)) => p,
+            Ok(None) => continue,
+            Err(e) => {
+                tracing::warn!("post-copy fault handling stopped: {e}");
+                return;
+            }
+        };
+        let result = if !pc.needed.get(page) {
+            pc.target.place(page, &zero)
+        } else if pc.arrived.lock().is_ok_and(|a| !a.get(page)) {
+            w0.lock()
+                .map_err(|_| MigrateError::Config("writer lock poisoned".into()))
+                .and_then(|mut w| {
+                    w.send(
+                        FrameType::PageRequest,
+                        0,
+                        &message::encode_page_request(&[page]),
+                    )
                 })
-            }
-            Msg::Complete(summary, verify) => {
-                if !running.load(Ordering::SeqCst) {
+        } else {
+            Ok(()) // arrived meanwhile; placing it woke the guest
+        };
+        if let Err(e) = result {
+            tracing::warn!("post-copy fault on page {page}: {e}");
+        }
+    }
+}
+
+/// How a receive ended (the VM runs here, or waits for pages, paused).
+struct Finish {
+    digest_match: Option<bool>,
+    postcopy_incomplete: Option<String>,
+}
+
+/// The destination's switch-over states: waiting for state, loaded, running, verified.
+struct SwitchOver<'a, K> {
+    sink: &'a mut K,
+    w0: &'a Arc<Mutex<FrameWriter>>,
+    shared: &'a Arc<Shared>,
+    t0: Instant,
+    total_ms: f64,
+}
+
+impl<K: MigrationSink> SwitchOver<'_, K> {
+    fn send(&self, kind: FrameType, payload: &[u8]) -> Result<(), MigrateError> {
+        self.w0
+            .lock()
+            .map_err(|_| MigrateError::Config("writer lock poisoned".into()))?
+            .send(kind, 0, payload)
+    }
+
+    fn run(
+        &mut self,
+        rx: &Receiver<Msg>,
+        channels: usize,
+        opts: &ReceiveOptions,
+    ) -> Result<Finish, MigrateError> {
+        let mut last_round: Vec<Option<u32>> = vec![None; channels];
+        let mut pending: Option<(u32, Vec<u8>, Option<DirtyBitmap>)> = None;
+        let mut loaded = false;
+        let faults_stop = Arc::new(AtomicBool::new(false));
+        let _stop_on_exit = StopOnDrop(faults_stop.clone());
+        let running = || self.shared.running.load(Ordering::SeqCst);
+        loop {
+            let msg = rx
+                .recv_timeout(opts.timeout + Duration::from_secs(1))
+                .unwrap_or(Msg::Failed(MigrateError::PeerClosed(
+                    "transfer (source silent)",
+                )));
+            match msg {
+                Msg::RoundEnd(ch, r) => last_round[ch] = Some(r),
+                Msg::DeviceState(r, s) => pending = Some((r, s, None)),
+                Msg::PostcopyStart(r, needed, s) => pending = Some((r, s, Some(needed))),
+                Msg::Go if loaded => {
+                    self.shared.running.store(true, Ordering::SeqCst);
+                    self.sink.resume()?;
+                    self.total_ms = self.t0.elapsed().as_secs_f64() * 1e3;
+                    self.send(FrameType::Running, &[]).ok();
+                    if self.shared.postcopy.get().is_some() {
+                        let (shared, w0, stop) =
+                            (self.shared.clone(), self.w0.clone(), faults_stop.clone());
+                        std::thread::spawn(move || serve_faults(&shared, &w0, &stop));
+                    }
+                }
+                Msg::Go => {
                     return Err(MigrateError::Unexpected {
-                        got: FrameType::Complete,
-                        during: "switch-over",
+                        got: FrameType::Go,
+                        during: "switch-over (state not loaded)",
+                    })
+                }
+                Msg::Complete(summary, verify) => {
+                    if !running() {
+                        return Err(MigrateError::Unexpected {
+                            got: FrameType::Complete,
+                            during: "switch-over",
+                        });
+                    }
+                    if let Some(pc) = self.shared.postcopy.get() {
+                        let (got, want) =
+                            (pc.arrived_count.load(Ordering::SeqCst), pc.needed.count());
+                        if got != want {
+                            return Err(MigrateError::Config(format!(
+                                "post-copy ended with {got} of {want} pages"
+                            )));
+                        }
+                        faults_stop.store(true, Ordering::SeqCst);
+                        pc.target.disarm()?;
+                    }
+                    let digest_match =
+                        verify.then(|| self.shared.hashes.digest() == summary.digest);
+                    // Give the guest a moment to show its first heartbeat here.
+                    let deadline = Instant::now() + Duration::from_millis(500);
+                    while self.sink.guest_observed().is_none() && Instant::now() < deadline {
+                        std::thread::sleep(Duration::from_millis(2));
+                    }
+                    let done = DoneReport {
+                        digest_match,
+                        guest_observed: self.sink.guest_observed(),
+                    };
+                    let _ = self.send(FrameType::Done, &done.encode());
+                    return Ok(Finish {
+                        digest_match,
+                        postcopy_incomplete: None,
                     });
                 }
-                let digest_match = verify.then(|| hashes.digest() == summary.digest);
-                // Give the guest a moment to show its first heartbeat here.
-                let deadline = Instant::now() + Duration::from_millis(500);
-                while sink.guest_observed().is_none() && Instant::now() < deadline {
-                    std::thread::sleep(Duration::from_millis(2));
+                Msg::Failed(e) if !running() => return Err(e),
+                Msg::Closed if !running() => {
+                    return Err(MigrateError::PeerClosed("transfer (before switch-over)"))
                 }
-                let done = DoneReport {
-                    digest_match,
-                    guest_observed: sink.guest_observed(),
-                };
-                let _ = w0.send(FrameType::Done, 0, &done.encode());
-                return Ok((digest_match, total_ms));
-            }
-            Msg::Failed(e) => return Err(e),
-            Msg::Closed if !running.load(Ordering::SeqCst) => {
-                return Err(MigrateError::PeerClosed("transfer (before switch-over)"))
-            }
-            Msg::Closed => {
-                tracing::warn!("source closed before verification; the VM runs here");
-                return Ok((None, total_ms));
-            }
-        }
-        if !loaded {
-            if let Some((r, state)) = &pending {
-                if last_round.iter().all(|l| l.is_some_and(|l| l >= *r)) {
-                    sink.restore_state(state)?;
-                    loaded = true;
-                    w0.send(FrameType::Ready, 0, &[])?;
+                Msg::Failed(e) if self.shared.postcopy.get().is_some() => {
+                    return self.postcopy_lost(&e.to_string())
+                }
+                Msg::Closed if self.shared.postcopy.get().is_some() => {
+                    return self.postcopy_lost("source closed")
+                }
+                Msg::Failed(e) => {
+                    tracing::warn!("link failed after switch-over ({e}); the VM runs here");
+                    return Ok(Finish {
+                        digest_match: None,
+                        postcopy_incomplete: None,
+                    });
+                }
+                Msg::Closed => {
+                    tracing::warn!("source closed before verification; the VM runs here");
+                    return Ok(Finish {
+                        digest_match: None,
+                        postcopy_incomplete: None,
+                    });
                 }
             }
+            if !loaded {
+                if let Some((r, state, needed)) = &pending {
+                    if last_round.iter().all(|l| l.is_some_and(|l| l >= *r)) {
+                        if let Some(needed) = needed {
+                            let target = self.sink.postcopy_target()?;
+                            target.discard(needed)?;
+                            target.arm()?;
+                            let pc = Postcopy {
+                                target,
+                                needed: needed.clone(),
+                                arrived: Mutex::new(DirtyBitmap::new(needed.pages())),
+                                arrived_count: AtomicU64::new(0),
+                            };
+                            let _ = self.shared.postcopy.set(pc);
+                        }
+                        self.sink.restore_state(state)?;
+                        loaded = true;
+                        self.send(FrameType::Ready, &[])?;
+                    }
+                }
+            }
         }
+    }
+
+    /// The link died while the guest still needs pages from the source: pause it here and keep it.
+    fn postcopy_lost(&mut self, why: &str) -> Result<Finish, MigrateError> {
+        self.sink.pause()?;
+        let missing = self
+            .shared
+            .postcopy
+            .get()
+            .map(|pc| pc.needed.count() - pc.arrived_count.load(Ordering::SeqCst))
+            .unwrap_or(0);
+        Ok(Finish {
+            digest_match: None,
+            postcopy_incomplete: Some(format!(
+                "post-copy link lost ({why}): the VM is paused here, {missing} pages are still on the source"
+            )),
+        })
     }
 }
 

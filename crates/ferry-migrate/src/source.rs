@@ -18,6 +18,7 @@ use crate::channel::{split, FrameReader, FrameWriter, Stream};
 use crate::convergence::{decide, ConvergenceConfig, Decision};
 use crate::digest::{digest_memory, hex};
 use crate::memory::GuestMemory;
+use crate::postcopy::{self, next_push_batch};
 use crate::report::{Event, Phase, Report, RoundStats, Strategy};
 use crate::sink::DoneReport;
 use crate::vm::MigrationSource;
@@ -48,6 +49,8 @@ pub struct SourceOptions {
     pub timeout: Duration,
     /// Set to cancel (honoured until the point of no return).
     pub cancel: Arc<AtomicBool>,
+    /// Pre-copy rounds before a hybrid migration switches to post-copy.
+    pub hybrid_rounds: u32,
 }
 
 impl Default for SourceOptions {
@@ -61,11 +64,14 @@ impl Default for SourceOptions {
             verify: true,
             timeout: Duration::from_secs(30),
             cancel: Arc::new(AtomicBool::new(false)),
+            hybrid_rounds: 2,
         }
     }
 }
 
 struct Link {
+    /// Whether the destination accepted post-copy.
+    postcopy: bool,
     control: FrameReader,
     writers: Vec<FrameWriter>,
     encoders: Vec<BatchEncoder>,
@@ -95,12 +101,6 @@ pub fn migrate_out<S: MigrationSource>(
             "channels must be between 1 and 64".into(),
         ));
     }
-    if matches!(opts.strategy, Strategy::Postcopy | Strategy::Hybrid) {
-        return Err(MigrateError::Config(format!(
-            "strategy {} is not available in this build yet",
-            opts.strategy
-        )));
-    }
     let t0 = Instant::now();
     events(Event::Phase {
         phase: Phase::Handshake,
@@ -121,9 +121,15 @@ pub fn migrate_out<S: MigrationSource>(
         ..Report::default()
     };
     let mut paused = false;
+    if !link.postcopy && matches!(opts.strategy, Strategy::Postcopy | Strategy::Hybrid) {
+        link.abort("post-copy not supported by the destination");
+        return Err(MigrateError::Config(
+            "the destination does not support post-copy".into(),
+        ));
+    }
     let result = copy_phases(src, &mem, &mut link, opts, &mut report, &mut paused, events);
-    let t_pause = match result {
-        Ok(t) => t,
+    let (t_pause, postcopy) = match result {
+        Ok(r) => r,
         Err(e) => {
             link.abort(&e.to_string());
             let _ = src.set_throttle(0);
@@ -134,7 +140,16 @@ pub fn migrate_out<S: MigrationSource>(
             return Err(e);
         }
     };
-    commit(&mem, &mut link, opts, &mut report, t0, t_pause, events)?;
+    commit(
+        &mem,
+        &mut link,
+        opts,
+        &mut report,
+        t0,
+        t_pause,
+        postcopy,
+        events,
+    )?;
     Ok(report)
 }
 
@@ -144,7 +159,7 @@ fn handshake(
 ) -> Result<Link, MigrateError> {
     let mut id = [0u8; 16];
     rand::Rng::fill(&mut rand::thread_rng(), &mut id);
-    let (mut control, mut writers) = (None, Vec::new());
+    let (mut control, mut writers, mut postcopy) = (None, Vec::new(), false);
     for ch in 0..opts.channels {
         let stream = connect().map_err(MigrateError::io("cannot connect to the destination"))?;
         stream
@@ -173,6 +188,7 @@ fn handshake(
         writers.push(w);
         if ch == 0 {
             control = Some(r);
+            postcopy = ack.features & features::POSTCOPY != 0;
         }
     }
     let control = control.ok_or_else(|| MigrateError::Config("no channel".into()))?;
@@ -180,6 +196,7 @@ fn handshake(
         .map(|_| BatchEncoder::new(opts.encoder))
         .collect();
     Ok(Link {
+        postcopy,
         control,
         writers,
         encoders,
@@ -196,16 +213,24 @@ fn copy_phases<S: MigrationSource>(
     report: &mut Report,
     paused: &mut bool,
     events: &mut dyn FnMut(Event),
-) -> Result<Instant, MigrateError> {
+) -> Result<(Instant, Option<DirtyBitmap>), MigrateError> {
     let pages = mem.pages();
     let mut dirty = DirtyBitmap::full(pages);
     let mut round = 0u32;
-    if opts.strategy != Strategy::StopAndCopy {
+    let mut go_postcopy = opts.strategy == Strategy::Postcopy;
+    if matches!(
+        opts.strategy,
+        Strategy::Precopy | Strategy::Auto | Strategy::Hybrid
+    ) {
         let conv = ConvergenceConfig {
             downtime_target: opts.downtime_target,
-            max_rounds: opts.max_rounds,
-            auto_converge: opts.strategy == Strategy::Auto,
-            postcopy_fallback: false,
+            max_rounds: if opts.strategy == Strategy::Hybrid {
+                opts.hybrid_rounds.max(1)
+            } else {
+                opts.max_rounds
+            },
+            auto_converge: opts.strategy == Strategy::Auto && !link.postcopy,
+            postcopy_fallback: link.postcopy && opts.strategy != Strategy::Precopy,
         };
         src.start_dirty_log()?;
         events(Event::Phase {
@@ -233,9 +258,19 @@ fn copy_phases<S: MigrationSource>(
                         what: format!("throttling the guest to {p}%"),
                     });
                 }
-                Decision::SwitchOver | Decision::Postcopy => break,
+                Decision::SwitchOver => break,
+                Decision::Postcopy => {
+                    go_postcopy = true;
+                    events(Event::Adapt {
+                        what: format!("switching to post-copy after {round} rounds"),
+                    });
+                    break;
+                }
             }
         }
+    }
+    if go_postcopy {
+        return postcopy_switch(src, mem, link, opts, report, paused, round, dirty, events);
     }
     events(Event::Phase {
         phase: Phase::SwitchOver,
@@ -266,10 +301,65 @@ fn copy_phases<S: MigrationSource>(
     } else {
         Strategy::Precopy.to_string()
     };
-    Ok(t_pause)
+    Ok((t_pause, None))
 }
 
-/// Sends every page in `dirty` across all channels, then a RoundEnd on each.
+/// Pauses, tells the destination which pages it still lacks, and hands it the device state. Returns
+/// the pages to push once the destination runs.
+#[allow(clippy::too_many_arguments)]
+fn postcopy_switch<S: MigrationSource>(
+    src: &mut S,
+    mem: &Arc<dyn GuestMemory>,
+    link: &mut Link,
+    opts: &SourceOptions,
+    report: &mut Report,
+    paused: &mut bool,
+    round: u32,
+    mut dirty: DirtyBitmap,
+    events: &mut dyn FnMut(Event),
+) -> Result<(Instant, Option<DirtyBitmap>), MigrateError> {
+    events(Event::Phase {
+        phase: Phase::SwitchOver,
+    });
+    let t_pause = Instant::now();
+    src.pause()?;
+    *paused = true;
+    let (needed, final_round) = if round == 0 {
+        // Nothing copied yet: every page with data is needed; the rest are zero at the destination.
+        let needed = mem
+            .data_pages()
+            .unwrap_or_else(|| DirtyBitmap::full(mem.pages()));
+        send_round(mem, link, 0, &DirtyBitmap::new(mem.pages()), report, events)?;
+        (needed, 0)
+    } else {
+        src.collect_dirty(&mut dirty)?;
+        src.stop_dirty_log()?;
+        src.set_throttle(0)?;
+        (dirty, round - 1)
+    };
+    let state = src.save_state()?;
+    link.writers[0].send(
+        FrameType::PostcopyStart,
+        0,
+        &postcopy::encode_start(final_round, &needed, &state),
+    )?;
+    link.control.expect(
+        FrameType::Ready,
+        "switch-over (waiting for the destination to load state)",
+    )?;
+    if opts.cancel.load(Ordering::SeqCst) {
+        return Err(MigrateError::Cancelled);
+    }
+    report.strategy_used = if round == 0 {
+        Strategy::Postcopy
+    } else {
+        Strategy::Hybrid
+    }
+    .to_string();
+    report.postcopy_pages = needed.count();
+    Ok((t_pause, Some(needed)))
+}
+
 /// Pages and bytes the sender threads of one round have put on the wire so far.
 #[derive(Default)]
 struct RoundProgress {
@@ -277,6 +367,7 @@ struct RoundProgress {
     bytes: AtomicU64,
 }
 
+/// Sends every page in `dirty` across all channels, then a RoundEnd on each.
 fn send_round(
     mem: &Arc<dyn GuestMemory>,
     link: &mut Link,
@@ -417,6 +508,7 @@ fn commit(
     report: &mut Report,
     t0: Instant,
     t_pause: Instant,
+    postcopy: Option<DirtyBitmap>,
     events: &mut dyn FnMut(Event),
 ) -> Result<(), MigrateError> {
     let unknown = |e: MigrateError| MigrateError::OutcomeUnknown(e.to_string());
@@ -438,6 +530,19 @@ fn commit(
     } else {
         0.0
     };
+    if let Some(needed) = postcopy {
+        // The VM runs on the destination and waits for these pages: we keep every one of them
+        // until the destination confirms it has them all.
+        events(Event::Phase {
+            phase: Phase::Postcopy,
+        });
+        let t = Instant::now();
+        push_pages(mem, link, &needed, opts, report, events)
+            .map_err(|e| MigrateError::PostcopyInterrupted(e.to_string()))?;
+        report.postcopy_ms = t.elapsed().as_secs_f64() * 1e3;
+        report.total_ms = t0.elapsed().as_secs_f64() * 1e3;
+        return Ok(());
+    }
     // From here the VM runs on the destination; what follows only checks the result.
     events(Event::Phase {
         phase: Phase::Verify,
@@ -476,6 +581,150 @@ fn commit(
         }
         Err(e) => tracing::warn!("destination runs the VM, but verification did not complete: {e}"),
     }
+    report.bytes_sent = link.bytes();
+    for w in &link.writers {
+        w.stream().shutdown();
+    }
+    events(Event::Phase { phase: Phase::Done });
+    Ok(())
+}
+
+/// Post-copy push: serves the destination's fault requests first, pushes the rest in between, then
+/// sends the digest and waits for the destination to confirm it has every page.
+fn push_pages(
+    mem: &Arc<dyn GuestMemory>,
+    link: &mut Link,
+    needed: &DirtyBitmap,
+    opts: &SourceOptions,
+    report: &mut Report,
+    events: &mut dyn FnMut(Event),
+) -> Result<(), MigrateError> {
+    use std::collections::VecDeque;
+    use std::sync::{Condvar, Mutex};
+
+    let requests = (Mutex::new(VecDeque::<u64>::new()), Condvar::new());
+    let stop = AtomicBool::new(false);
+    let total = needed.count();
+    let Link {
+        control,
+        writers,
+        encoders,
+        ..
+    } = link;
+    let (w, enc) = (&mut writers[0], &mut encoders[0]);
+    // The destination's content of these pages is gone: deltas against it would be wrong.
+    enc.disable_xbzrle();
+    std::thread::scope(|s| {
+        let reader = s.spawn(|| -> Result<DoneReport, MigrateError> {
+            let r = (|| loop {
+                let (h, p) = control.recv("post-copy")?;
+                match h.kind {
+                    FrameType::PageRequest => {
+                        let pages = message::decode_page_request(p)?;
+                        if let Ok(mut q) = requests.0.lock() {
+                            q.extend(pages);
+                        }
+                        requests.1.notify_one();
+                    }
+                    FrameType::Done => return Ok(DoneReport::decode(p)?),
+                    other => {
+                        return Err(MigrateError::Unexpected {
+                            got: other,
+                            during: "post-copy",
+                        })
+                    }
+                }
+            })();
+            stop.store(true, Ordering::SeqCst);
+            r
+        });
+        let mut sent = DirtyBitmap::new(needed.pages());
+        let mut cursor = 0u64;
+        let mut buf = vec![0u8; BATCH_PAGES * PAGE_SIZE];
+        let mut out = Vec::with_capacity(BATCH_PAGES * PAGE_SIZE + 4096);
+        let mut pushed = 0u64;
+        let mut last_event = Instant::now();
+        let result = loop {
+            if stop.load(Ordering::SeqCst) {
+                break Err(MigrateError::PeerClosed("post-copy"));
+            }
+            let (batch, urgent) = {
+                let Ok(mut q) = requests.0.lock() else {
+                    break Err(MigrateError::Config("lock poisoned".into()));
+                };
+                let urgent = q.len() as u64;
+                (
+                    next_push_batch(needed, &mut sent, &mut cursor, &mut q, BATCH_PAGES),
+                    urgent,
+                )
+            };
+            report.postcopy_requests += urgent;
+            if batch.is_empty() {
+                break Ok(());
+            }
+            for (i, &p) in batch.iter().enumerate() {
+                mem.read_page(p, &mut buf[i * PAGE_SIZE..(i + 1) * PAGE_SIZE]);
+            }
+            let refs: Vec<PageRef<'_>> = batch
+                .iter()
+                .enumerate()
+                .map(|(i, &gfn)| PageRef {
+                    gfn,
+                    data: &buf[i * PAGE_SIZE..(i + 1) * PAGE_SIZE],
+                })
+                .collect();
+            out.clear();
+            enc.encode(&refs, &mut out);
+            if let Err(e) = w.send(FrameType::Pages, 0, &out) {
+                break Err(e);
+            }
+            pushed += batch.len() as u64;
+            if last_event.elapsed() > Duration::from_millis(100) {
+                events(Event::Progress {
+                    round: u32::MAX,
+                    done: pushed,
+                    total,
+                    bytes: w.bytes,
+                });
+                last_event = Instant::now();
+            }
+        };
+        report.pages_sent += pushed;
+        if let Err(e) = result {
+            w.stream().shutdown();
+            let _ = reader.join();
+            return Err(e);
+        }
+        events(Event::Phase {
+            phase: Phase::Verify,
+        });
+        let digest = if opts.verify {
+            digest_memory(&**mem)
+        } else {
+            [0; 16]
+        };
+        report.source_digest = if opts.verify {
+            hex(&digest)
+        } else {
+            String::new()
+        };
+        let summary = RoundSummary {
+            round: report.rounds.len() as u32,
+            pages: report.pages_sent,
+            digest,
+        };
+        w.send(
+            FrameType::Complete,
+            u8::from(opts.verify),
+            &summary.encode(),
+        )?;
+        let done = reader
+            .join()
+            .map_err(|_| MigrateError::Config("post-copy reader panicked".into()))??;
+        report.digest_match = done.digest_match;
+        report.guest_observed = done.guest_observed;
+        Ok(())
+    })?;
     report.bytes_sent = link.bytes();
     for w in &link.writers {
         w.stream().shutdown();

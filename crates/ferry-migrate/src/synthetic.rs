@@ -1,8 +1,9 @@
 //! An in-memory VM that dirties pages by a script: the engine's test double. It implements the same
 //! traits as the KVM VM, so every strategy runs against both.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -11,6 +12,7 @@ use ferry_vmm::PAGE_SIZE;
 use ferry_wire::message::VmConfig;
 
 use crate::memory::GuestMemory;
+use crate::postcopy::PostcopyTarget;
 use crate::vm::{GuestObserved, MigrationSink, MigrationSource, SinkFactory};
 use crate::MigrateError;
 
@@ -19,6 +21,16 @@ pub struct SyntheticMemory {
     ptr: *mut u8,
     pages: u64,
     _buf: Box<[u64]>,
+    faults: Mutex<Faults>,
+    placed: Condvar,
+}
+
+/// Post-copy state: which pages are missing, and accesses waiting for one.
+#[derive(Default)]
+struct Faults {
+    armed: bool,
+    missing: Option<DirtyBitmap>,
+    queue: VecDeque<u64>,
 }
 
 // SAFETY: the buffer is owned and never reallocated; all access copies through raw pointers within
@@ -35,6 +47,8 @@ impl SyntheticMemory {
             ptr: buf.as_mut_ptr().cast(),
             pages,
             _buf: buf,
+            faults: Mutex::default(),
+            placed: Condvar::new(),
         }
     }
 
@@ -282,6 +296,63 @@ impl MigrationSink for SyntheticVm {
     }
     fn guest_observed(&self) -> Option<GuestObserved> {
         None
+    }
+    fn postcopy_target(&self) -> Result<Arc<dyn PostcopyTarget>, MigrateError> {
+        Ok(self.shared.mem.clone())
+    }
+    fn pause(&mut self) -> Result<(), MigrateError> {
+        MigrationSource::pause(self)
+    }
+}
+
+fn poisoned<T>(_: T) -> MigrateError {
+    MigrateError::Config("synthetic VM lock poisoned".into())
+}
+
+impl PostcopyTarget for SyntheticMemory {
+    fn discard(&self, pages: &DirtyBitmap) -> Result<(), MigrateError> {
+        let zero = [0u8; PAGE_SIZE];
+        for p in pages.iter() {
+            // SAFETY: the guest does not run during discard (before the destination resumes).
+            unsafe { self.page_mut(p) }.copy_from_slice(&zero);
+        }
+        let mut f = self.faults.lock().map_err(poisoned)?;
+        f.missing
+            .get_or_insert_with(|| DirtyBitmap::new(self.pages))
+            .or(pages);
+        Ok(())
+    }
+    fn arm(&self) -> Result<(), MigrateError> {
+        let mut f = self.faults.lock().map_err(poisoned)?;
+        f.armed = true;
+        // Like a fresh memfd: pages never written are missing too.
+        Ok(())
+    }
+    fn disarm(&self) -> Result<(), MigrateError> {
+        self.faults.lock().map_err(poisoned)?.armed = false;
+        self.placed.notify_all();
+        Ok(())
+    }
+    fn next_fault(&self, timeout: Duration) -> Result<Option<u64>, MigrateError> {
+        let f = self.faults.lock().map_err(poisoned)?;
+        let (mut f, _) = self
+            .placed
+            .wait_timeout_while(f, timeout, |f| f.queue.is_empty())
+            .map_err(poisoned)?;
+        Ok(f.queue.pop_front())
+    }
+    fn place(&self, page: u64, data: &[u8]) -> Result<(), MigrateError> {
+        let mut f = self.faults.lock().map_err(poisoned)?;
+        let Some(missing) = f.missing.as_mut() else {
+            return Ok(());
+        };
+        if missing.get(page) {
+            // SAFETY: the page is missing, so the guest cannot be touching it (it would be waiting).
+            unsafe { self.page_mut(page) }.copy_from_slice(data);
+            missing.clear_page(page);
+            self.placed.notify_all();
+        }
+        Ok(())
     }
 }
 

@@ -7,6 +7,7 @@ use ferry_wire::message::VmConfig;
 use serde::{Deserialize, Serialize};
 
 use crate::memory::GuestMemory;
+use crate::postcopy::PostcopyTarget;
 use crate::MigrateError;
 
 /// A running VM that can be moved away.
@@ -41,6 +42,10 @@ pub trait MigrationSink {
     fn resume(&mut self) -> Result<(), MigrateError>;
     /// What the guest itself saw of the pause, once it has shown it.
     fn guest_observed(&self) -> Option<GuestObserved>;
+    /// Fault tracking over this VM's RAM, for post-copy.
+    fn postcopy_target(&self) -> Result<Arc<dyn PostcopyTarget>, MigrateError>;
+    /// Stops the vCPUs (post-copy link failure: keep the VM paused and recoverable).
+    fn pause(&mut self) -> Result<(), MigrateError>;
 }
 
 /// Builds a sink once the source has said what it sends.

@@ -140,3 +140,17 @@ fn auto_moves_a_guest_writing_its_whole_ram() {
         migrate(Strategy::Auto, Pattern::Random, 96 << 20);
     }
 }
+
+#[test]
+fn postcopy_moves_a_running_guest_intact() {
+    if require_kvm() {
+        migrate(Strategy::Postcopy, Pattern::Random, 64 << 20);
+    }
+}
+
+#[test]
+fn hybrid_moves_a_running_guest_intact() {
+    if require_kvm() {
+        migrate(Strategy::Hybrid, Pattern::HotCold, 96 << 20);
+    }
+}

@@ -275,3 +275,83 @@ fn cancel_before_switch_over_leaves_the_source_running() {
     assert!(src.is_running());
     let _ = Arc::new(());
 }
+
+#[test]
+fn postcopy_moves_a_busy_vm_with_matching_digest() {
+    run(Strategy::Postcopy, 1, script(200_000, PAGES));
+}
+
+#[test]
+fn hybrid_switches_to_postcopy_after_its_rounds() {
+    run(Strategy::Hybrid, 2, script(2_000_000, PAGES));
+}
+
+#[test]
+fn auto_falls_back_to_postcopy_when_precopy_stalls() {
+    let (l, addr) = listener();
+    let rx = spawn_receiver(l, script(2_000_000, PAGES));
+    let mut src = SyntheticVm::new(PAGES, script(2_000_000, PAGES));
+    src.fill();
+    src.resume().unwrap();
+    let connect = || TcpStream::connect(addr).map(Stream::Tcp);
+    let report = migrate_out(&mut src, &connect, &opts(Strategy::Auto, 1), &mut |_| {}).unwrap();
+    let incoming = rx.join().unwrap().unwrap();
+    assert_eq!(report.digest_match, Some(true));
+    assert!(incoming.postcopy_incomplete.is_none());
+    assert!(
+        ["precopy", "hybrid"].contains(&report.strategy_used.as_str()),
+        "{}",
+        report.strategy_used
+    );
+}
+
+/// The source dies half way through post-copy: the destination keeps the VM, paused, and says so.
+#[test]
+fn postcopy_link_loss_keeps_the_vm_paused_on_the_destination() {
+    let (l, addr) = listener();
+    let (proxy_l, proxy_addr) = listener();
+    let rx = spawn_receiver(l, script(100_000, PAGES));
+    // A proxy that cuts the stream after ~2 MB: past the switch-over, before all pages are pushed.
+    let proxy = thread::spawn(move || {
+        let (mut from_src, _) = proxy_l.accept().unwrap();
+        let mut to_dst = TcpStream::connect(addr).unwrap();
+        let (mut back, mut src_w) = (to_dst.try_clone().unwrap(), from_src.try_clone().unwrap());
+        thread::spawn(move || {
+            let _ = std::io::copy(&mut back, &mut src_w);
+        });
+        let mut buf = vec![0u8; 65536];
+        let mut total = 0usize;
+        while total < 2_000_000 {
+            match from_src.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    total += n;
+                    if to_dst.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        let _ = to_dst.shutdown(std::net::Shutdown::Both);
+        let _ = from_src.shutdown(std::net::Shutdown::Both);
+    });
+    let mut src = SyntheticVm::new(PAGES, script(100_000, PAGES));
+    src.fill();
+    src.resume().unwrap();
+    let connect = || TcpStream::connect(proxy_addr).map(Stream::Tcp);
+    let mut o = opts(Strategy::Postcopy, 1);
+    o.encoder.compression = ferry_wire::codec::Compression::Off;
+    let err = migrate_out(&mut src, &connect, &o, &mut |_| {}).unwrap_err();
+    assert!(matches!(err, MigrateError::PostcopyInterrupted(_)), "{err}");
+    assert!(
+        !src.is_running(),
+        "after Go the source must never resume on its own"
+    );
+    let incoming = rx.join().unwrap().expect("the destination keeps the VM");
+    let why = incoming
+        .postcopy_incomplete
+        .expect("the destination says pages are missing");
+    assert!(why.contains("paused"), "{why}");
+    assert!(!incoming.sink.is_running(), "the destination pauses the VM");
+    let _ = proxy.join();
+}

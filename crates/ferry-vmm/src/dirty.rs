@@ -53,6 +53,13 @@ impl DirtyBitmap {
         }
     }
 
+    /// Clears one page's bit.
+    pub fn clear_page(&mut self, page: u64) {
+        if page < self.pages {
+            self.words[(page / 64) as usize] &= !(1 << (page % 64));
+        }
+    }
+
     /// Whether a page is dirty.
     pub fn get(&self, page: u64) -> bool {
         page < self.pages && self.words[(page / 64) as usize] & (1 << (page % 64)) != 0
@@ -96,6 +103,35 @@ impl DirtyBitmap {
                 Some(i as u64 * 64 + bit)
             })
         })
+    }
+
+    /// A bitmap of `pages` pages from raw words (as sent on the wire); extra bits are cleared.
+    pub fn from_words(pages: u64, words: &[u64]) -> Option<Self> {
+        if words.len() as u64 != pages.div_ceil(64) {
+            return None;
+        }
+        let mut b = Self {
+            words: words.to_vec(),
+            pages,
+        };
+        b.trim();
+        Some(b)
+    }
+
+    /// The first set page at or after `start`, if any.
+    pub fn next_set_from(&self, start: u64) -> Option<u64> {
+        if start >= self.pages {
+            return None;
+        }
+        let mut i = (start / 64) as usize;
+        let mut w = self.words[i] & (u64::MAX << (start % 64));
+        loop {
+            if w != 0 {
+                return Some(i as u64 * 64 + u64::from(w.trailing_zeros()));
+            }
+            i += 1;
+            w = *self.words.get(i)?;
+        }
     }
 
     /// The raw words, for sending a bitmap on the wire.
@@ -145,5 +181,10 @@ mod tests {
         let mut c = DirtyBitmap::new(130);
         c.or_words_at(64, &[u64::MAX, u64::MAX]);
         assert_eq!(c.count(), 66);
+        assert_eq!(b.next_set_from(1), Some(64));
+        assert_eq!(b.next_set_from(65), Some(129));
+        assert_eq!(b.next_set_from(130), None);
+        assert_eq!(DirtyBitmap::from_words(130, b.words()).unwrap(), b);
+        assert!(DirtyBitmap::from_words(1000, b.words()).is_none());
     }
 }

@@ -11,6 +11,7 @@ pub mod dirty;
 mod error;
 pub mod loader;
 pub mod memory;
+pub mod postcopy;
 pub mod state;
 mod vcpu;
 mod vm;

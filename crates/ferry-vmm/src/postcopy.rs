@@ -1,0 +1,178 @@
+//! Post-copy support for guest RAM: pages the destination does not have yet are *missing*; a guest
+//! (or KVM on its behalf) touching one blocks on userfaultfd until the page is placed atomically.
+
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::time::Duration;
+
+use userfaultfd::{Event, FeatureFlags, Uffd, UffdBuilder};
+
+use crate::memory::{GuestRam, PAGE_SIZE};
+use crate::VmmError;
+
+/// Guest RAM with userfaultfd fault tracking.
+pub struct PostcopyRam {
+    ram: Arc<GuestRam>,
+    uffd: Uffd,
+}
+
+impl std::fmt::Debug for PostcopyRam {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostcopyRam")
+            .field("size", &self.ram.size())
+            .finish()
+    }
+}
+
+fn uffd_err(op: &'static str) -> impl FnOnce(userfaultfd::Error) -> VmmError {
+    move |e| VmmError::BadState(format!("userfaultfd {op}: {e}"))
+}
+
+impl PostcopyRam {
+    /// Opens a userfaultfd for `ram` (not yet armed).
+    pub fn new(ram: Arc<GuestRam>) -> Result<Self, VmmError> {
+        let uffd = UffdBuilder::new()
+            .close_on_exec(true)
+            .non_blocking(true)
+            // KVM resolves guest accesses from kernel mode (get_user_pages): those faults must be seen.
+            .user_mode_only(false)
+            .require_features(FeatureFlags::MISSING_SHMEM)
+            .create()
+            .map_err(uffd_err("open (is /dev/userfaultfd available?)"))?;
+        Ok(Self { ram, uffd })
+    }
+
+    /// Drops the content of pages `[first, first + count)` so they read as missing.
+    pub fn discard(&self, first: u64, count: u64) -> Result<(), VmmError> {
+        let (off, len) = (first * PAGE_SIZE as u64, count * PAGE_SIZE as u64);
+        if first
+            .checked_add(count)
+            .is_none_or(|end| end > self.ram.pages())
+        {
+            return Err(VmmError::OutOfRange { addr: off, len });
+        }
+        // SAFETY: fallocate on our own memfd within its size; punching a hole only frees pages, and
+        // the kernel zaps every mapping of them (KVM's included, through its MMU notifier).
+        let r = unsafe {
+            libc::fallocate(
+                self.ram.file().as_raw_fd(),
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                off as libc::off_t,
+                len as libc::off_t,
+            )
+        };
+        if r != 0 {
+            return Err(VmmError::Memory {
+                size: len,
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Starts trapping accesses to missing pages.
+    pub fn arm(&self) -> Result<(), VmmError> {
+        self.uffd
+            .register(self.ram.host_base().cast(), self.ram.size() as usize)
+            .map_err(uffd_err("register"))?;
+        Ok(())
+    }
+
+    /// Stops trapping (every page is present).
+    pub fn disarm(&self) -> Result<(), VmmError> {
+        self.uffd
+            .unregister(self.ram.host_base().cast(), self.ram.size() as usize)
+            .map_err(uffd_err("unregister"))
+    }
+
+    /// Waits up to `timeout` for an access to a missing page; returns its page index.
+    pub fn next_fault(&self, timeout: Duration) -> Result<Option<u64>, VmmError> {
+        let mut pfd = libc::pollfd {
+            fd: self.uffd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd for the duration of the call.
+        let n = unsafe {
+            libc::poll(
+                &mut pfd,
+                1,
+                timeout.as_millis().min(i32::MAX as u128) as i32,
+            )
+        };
+        if n <= 0 {
+            return Ok(None);
+        }
+        match self.uffd.read_event().map_err(uffd_err("read"))? {
+            Some(Event::Pagefault { addr, .. }) => {
+                let off = (addr as u64).wrapping_sub(self.ram.host_base() as u64);
+                Ok((off < self.ram.size()).then_some(off / PAGE_SIZE as u64))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Installs page `index` atomically and wakes whoever waits for it. A page that is already
+    /// present is left as it is (it arrived by another path first).
+    pub fn place(&self, index: u64, data: &[u8]) -> Result<(), VmmError> {
+        if index >= self.ram.pages() || data.len() != PAGE_SIZE {
+            return Err(VmmError::OutOfRange {
+                addr: index * PAGE_SIZE as u64,
+                len: data.len() as u64,
+            });
+        }
+        // SAFETY: `index` is a page of the mapping (checked above), so the destination lies in RAM
+        // registered with this uffd; `data` is one readable page. UFFDIO_COPY copies atomically and
+        // never overwrites a present page.
+        let dst = unsafe { self.ram.host_base().add(index as usize * PAGE_SIZE) };
+        // SAFETY: as above.
+        match unsafe {
+            self.uffd
+                .copy(data.as_ptr().cast(), dst.cast(), PAGE_SIZE, true)
+        } {
+            Ok(_) => Ok(()),
+            Err(userfaultfd::Error::CopyFailed(e)) if e as i32 == libc::EEXIST => self
+                .uffd
+                .wake(dst.cast(), PAGE_SIZE)
+                .map_err(uffd_err("wake")),
+            Err(e) => Err(uffd_err("copy")(e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_page_blocks_until_placed() {
+        if !std::path::Path::new("/dev/userfaultfd").exists() {
+            eprintln!("SKIP: no /dev/userfaultfd");
+            return;
+        }
+        let ram = Arc::new(GuestRam::new(4 << 20).unwrap());
+        ram.write_u64(3 * PAGE_SIZE as u64, 0x1111).unwrap();
+        ram.write_u64(5 * PAGE_SIZE as u64, 0x2222).unwrap();
+        let pc = Arc::new(PostcopyRam::new(ram.clone()).unwrap());
+        pc.discard(3, 1).unwrap();
+        pc.arm().unwrap();
+        // Page 5 stayed present: reading it does not fault.
+        assert_eq!(ram.read_u64(5 * PAGE_SIZE as u64).unwrap(), 0x2222);
+        let reader = {
+            let ram = ram.clone();
+            std::thread::spawn(move || ram.read_u64(3 * PAGE_SIZE as u64 + 8).unwrap())
+        };
+        let fault = loop {
+            if let Some(p) = pc.next_fault(Duration::from_secs(5)).unwrap() {
+                break p;
+            }
+        };
+        assert_eq!(fault, 3);
+        let mut page = vec![0u8; PAGE_SIZE];
+        page[8..16].copy_from_slice(&0xabcd_u64.to_le_bytes());
+        pc.place(3, &page).unwrap();
+        assert_eq!(reader.join().unwrap(), 0xabcd);
+        pc.place(3, &page).unwrap(); // already present: not an error
+        pc.disarm().unwrap();
+    }
+}
