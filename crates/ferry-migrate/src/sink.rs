@@ -133,7 +133,7 @@ pub fn receive<F: SinkFactory>(
     factory: &mut F,
     opts: &ReceiveOptions,
 ) -> Result<Incoming<F::Sink>, MigrateError> {
-    let (mut r0, w0, hello) = accept_channel(accept, opts, None)?;
+    let (mut r0, mut w0, hello) = accept_channel(accept, opts, None)?;
     let mut readers = vec![];
     for ch in 1..hello.channels {
         let (r, _w, _) = accept_channel(accept, opts, Some((&hello.migration_id, ch)))?;
@@ -142,6 +142,7 @@ pub fn receive<F: SinkFactory>(
     let t0 = Instant::now();
     let cfg = VmConfig::decode(r0.expect(FrameType::VmConfig, "configuration")?)?;
     let mut sink = factory.create(&cfg)?;
+    w0.send(FrameType::VmConfig, 0, &cfg.encode())?; // built: the source may start copying
     let mem = sink.memory();
     let shared = Arc::new(Shared {
         hashes: PageHashes::new(mem.pages()),
@@ -463,6 +464,7 @@ impl<K: MigrationSink> SwitchOver<'_, K> {
         let mut last_round: Vec<Option<u32>> = vec![None; channels];
         let mut pending: Option<(u32, Vec<u8>, Option<DirtyBitmap>)> = None;
         let mut loaded = false;
+        let mut acked: Option<u32> = None;
         let faults_stop = Arc::new(AtomicBool::new(false));
         let _stop_on_exit = StopOnDrop(faults_stop.clone());
         let running = || self.shared.running.load(Ordering::SeqCst);
@@ -473,7 +475,22 @@ impl<K: MigrationSink> SwitchOver<'_, K> {
                     "transfer (source silent)",
                 )));
             match msg {
-                Msg::RoundEnd(ch, r) => last_round[ch] = Some(r),
+                Msg::RoundEnd(ch, r) => {
+                    last_round[ch] = Some(r);
+                    // Acknowledge a round once every channel has applied it (the source times its
+                    // rounds, and decides when to pause, by these).
+                    if acked.is_none_or(|a| r > a)
+                        && last_round.iter().all(|l| l.is_some_and(|l| l >= r))
+                    {
+                        acked = Some(r);
+                        let ack = RoundSummary {
+                            round: r,
+                            pages: 0,
+                            digest: [0; 16],
+                        };
+                        self.send(FrameType::RoundEnd, &ack.encode())?;
+                    }
+                }
                 Msg::DeviceState(r, s) => pending = Some((r, s, None)),
                 Msg::PostcopyStart(r, needed, s) => pending = Some((r, s, Some(needed))),
                 Msg::Go if loaded => {

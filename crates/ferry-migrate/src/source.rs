@@ -113,6 +113,11 @@ pub fn migrate_out<S: MigrationSource>(
         strategy: opts.strategy.code(),
     };
     link.writers[0].send(FrameType::VmConfig, 0, &cfg.encode())?;
+    // The destination builds its VM now (tens of ms here); wait, so no pause ever includes that.
+    link.control.expect(
+        FrameType::VmConfig,
+        "waiting for the destination to create the VM",
+    )?;
 
     let mut report = Report {
         strategy: opts.strategy.to_string(),
@@ -242,6 +247,11 @@ fn copy_phases<S: MigrationSource>(
                 return Err(MigrateError::Cancelled);
             }
             let mut stats = send_round(mem, link, round, &dirty, report, events)?;
+            // Count the round as done when the destination has applied it: bandwidth is then
+            // measured end to end, and no backlog sits in socket buffers when the guest pauses.
+            let t_ack = Instant::now();
+            await_round_ack(link, round)?;
+            stats.seconds += t_ack.elapsed().as_secs_f64();
             dirty.clear();
             src.collect_dirty(&mut dirty)?;
             stats.dirtied = dirty.count();
@@ -289,10 +299,7 @@ fn copy_phases<S: MigrationSource>(
     let mut payload = round.to_le_bytes().to_vec();
     payload.extend_from_slice(&state);
     link.writers[0].send(FrameType::DeviceState, 0, &payload)?;
-    link.control.expect(
-        FrameType::Ready,
-        "switch-over (waiting for the destination to load state)",
-    )?;
+    expect_ready(link)?;
     if opts.cancel.load(Ordering::SeqCst) {
         return Err(MigrateError::Cancelled);
     }
@@ -318,35 +325,37 @@ fn postcopy_switch<S: MigrationSource>(
     mut dirty: DirtyBitmap,
     events: &mut dyn FnMut(Event),
 ) -> Result<(Instant, Option<DirtyBitmap>), MigrateError> {
+    let final_round = if round == 0 {
+        // Nothing copied yet: every page with data is needed, the rest are zero at the destination.
+        // Work that out while the guest still runs (dirty logging covers pages written meanwhile),
+        // and let the destination finish building its VM (an empty round, acknowledged) first.
+        src.start_dirty_log()?;
+        dirty = mem
+            .data_pages()
+            .unwrap_or_else(|| DirtyBitmap::full(mem.pages()));
+        send_round(mem, link, 0, &DirtyBitmap::new(mem.pages()), report, events)?;
+        await_round_ack(link, 0)?;
+        0
+    } else {
+        round - 1
+    };
     events(Event::Phase {
         phase: Phase::SwitchOver,
     });
     let t_pause = Instant::now();
     src.pause()?;
     *paused = true;
-    let (needed, final_round) = if round == 0 {
-        // Nothing copied yet: every page with data is needed; the rest are zero at the destination.
-        let needed = mem
-            .data_pages()
-            .unwrap_or_else(|| DirtyBitmap::full(mem.pages()));
-        send_round(mem, link, 0, &DirtyBitmap::new(mem.pages()), report, events)?;
-        (needed, 0)
-    } else {
-        src.collect_dirty(&mut dirty)?;
-        src.stop_dirty_log()?;
-        src.set_throttle(0)?;
-        (dirty, round - 1)
-    };
+    src.collect_dirty(&mut dirty)?;
+    src.stop_dirty_log()?;
+    src.set_throttle(0)?;
+    let needed = dirty;
     let state = src.save_state()?;
     link.writers[0].send(
         FrameType::PostcopyStart,
         0,
         &postcopy::encode_start(final_round, &needed, &state),
     )?;
-    link.control.expect(
-        FrameType::Ready,
-        "switch-over (waiting for the destination to load state)",
-    )?;
+    expect_ready(link)?;
     if opts.cancel.load(Ordering::SeqCst) {
         return Err(MigrateError::Cancelled);
     }
@@ -731,4 +740,38 @@ fn push_pages(
     }
     events(Event::Phase { phase: Phase::Done });
     Ok(())
+}
+
+/// Waits for the destination to say it has applied round `round` on every channel.
+fn await_round_ack(link: &mut Link, round: u32) -> Result<(), MigrateError> {
+    let p = link.control.expect(
+        FrameType::RoundEnd,
+        "waiting for the destination to apply a round",
+    )?;
+    let ack = RoundSummary::decode(p)?;
+    if ack.round != round {
+        return Err(MigrateError::Wire(ferry_wire::WireError::Malformed(
+            "round acknowledgement out of order",
+        )));
+    }
+    Ok(())
+}
+
+/// Waits for Ready; acknowledgements of the final round may arrive first and are skipped.
+fn expect_ready(link: &mut Link) -> Result<(), MigrateError> {
+    loop {
+        let (h, _) = link
+            .control
+            .recv("switch-over (waiting for the destination to load state)")?;
+        match h.kind {
+            FrameType::Ready => return Ok(()),
+            FrameType::RoundEnd => continue,
+            got => {
+                return Err(MigrateError::Unexpected {
+                    got,
+                    during: "switch-over",
+                })
+            }
+        }
+    }
 }
