@@ -1,0 +1,181 @@
+//! One ferry migration: `ferry vm receive` and `ferry vm run` as separate processes, `ferry migrate
+//! --json` between them.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::procs::Proc;
+use crate::scenario::FerrySettings;
+use crate::tap::{guest_gap, SerialTap};
+use crate::{BenchError, Outcome, RunCtx, RunResult};
+
+/// Sends one request line to a ferry control socket; the final reply line.
+fn control(socket: &Path, req: &str) -> Result<Value, BenchError> {
+    let mut s = UnixStream::connect(socket)
+        .map_err(|e| BenchError::io(format!("cannot reach {}", socket.display()), e))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| BenchError::io("socket timeout", e))?;
+    s.write_all(format!("{req}\n").as_bytes())
+        .map_err(|e| BenchError::io("control socket write", e))?;
+    for line in BufReader::new(s).lines() {
+        let line = line.map_err(|e| BenchError::io("control socket read", e))?;
+        let v: Value = serde_json::from_str(&line)
+            .map_err(|e| BenchError::Ferry(format!("bad control reply {line:?}: {e}")))?;
+        if v.get("event").is_none() {
+            return Ok(v);
+        }
+    }
+    Err(BenchError::Ferry("control socket closed".into()))
+}
+
+/// Runs one migration of the scenario's guest with `s`.
+pub fn run(ctx: &RunCtx, s: &FerrySettings) -> Result<RunResult, BenchError> {
+    let src_tap = SerialTap::new(&ctx.dir.join("ferry-src.fifo"))?;
+    let dst_tap = SerialTap::new(&ctx.dir.join("ferry-dst.fifo"))?;
+    let (src_sock, dst_sock) = (
+        ctx.dir.join("ferry-src.sock"),
+        ctx.dir.join("ferry-dst.sock"),
+    );
+
+    let mut cmd = Command::new(ctx.ferry);
+    cmd.args(["vm", "receive", "--listen", "127.0.0.1:0", "--once"])
+        .arg("--control")
+        .arg(&dst_sock)
+        .arg("--serial")
+        .arg(dst_tap.path());
+    let mut dst = Proc::spawn("ferry-destination", ctx.dir, cmd, Stdio::piped())?;
+    let mut first = String::new();
+    let out = dst.child.stdout.take();
+    if let Some(out) = out {
+        let _ = BufReader::new(out).read_line(&mut first);
+    }
+    let listen = match first.trim().strip_prefix("listening on ") {
+        Some(a) => a.to_string(),
+        None => {
+            return Err(BenchError::Ferry(format!(
+                "destination did not start: {}",
+                dst.log_tail()
+            )))
+        }
+    };
+    let to = ctx.route(&listen)?;
+
+    let mut cmd = Command::new(ctx.ferry);
+    cmd.args(["vm", "run", "--vcpus", "1", "--kernel"])
+        .arg(ctx.image)
+        .args(["--memory", &ctx.guest.memory.to_string(), "--control"])
+        .arg(&src_sock)
+        .arg("--serial")
+        .arg(src_tap.path());
+    let mut src = Proc::spawn("ferry-source", ctx.dir, cmd, Stdio::null())?;
+
+    // Wait for the workload loop (after the fill, if any) and a heartbeat.
+    let t = Instant::now();
+    loop {
+        src.check_alive()?;
+        if let Ok(v) = control(&src_sock, r#"{"op":"status"}"#) {
+            let g = &v["guest"];
+            if g["state"].as_u64() == Some(1) && g["heartbeats"].as_u64().unwrap_or(0) > 0 {
+                break;
+            }
+        }
+        if t.elapsed() > ctx.boot_timeout {
+            return Err(BenchError::Ferry(format!(
+                "guest not running after {:?}: {}",
+                ctx.boot_timeout,
+                src.log_tail()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(ctx.warmup);
+
+    let (src_cpu0, dst_cpu0) = (src.cpu_ms(), dst.cpu_ms());
+    let t0 = Instant::now();
+    let mut cmd = Command::new(ctx.ferry);
+    cmd.args(["migrate", "--json", "--vm"])
+        .arg(&src_sock)
+        .args(["--to", &to, "--strategy", &s.strategy])
+        .args(["--downtime", &s.downtime_ms.to_string()])
+        .args(["--channels", &s.channels.to_string()])
+        .args(["--compression", &s.compression])
+        .args(["--max-rounds", &s.max_rounds.to_string()]);
+    let mut client = Proc::spawn("ferry-migrate", ctx.dir, cmd, Stdio::piped())?;
+    let mut stdout = client.child.stdout.take();
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        if let Some(o) = stdout.as_mut() {
+            let _ = o.read_to_string(&mut s);
+        }
+        s
+    });
+    // ferry's pre-copy always ends (max rounds), but do not hang the suite on a bug.
+    let deadline = ctx.timeout + Duration::from_secs(120);
+    let status = loop {
+        if let Ok(Some(st)) = client.child.try_wait() {
+            break Some(st);
+        }
+        if t0.elapsed() > deadline {
+            client.kill();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    let t1 = Instant::now();
+    let dst_cpu1 = dst.cpu_ms();
+    let text = reader.join().unwrap_or_default();
+
+    let mut r = RunResult::new(Outcome::Completed);
+    let report: Option<Value> = serde_json::from_str(&text).ok();
+    match (&status, &report) {
+        (None, _) => {
+            r.outcome = Outcome::Failed(format!("ferry migrate did not return in {deadline:?}"))
+        }
+        (Some(_), None) => {
+            r.outcome = Outcome::Failed(format!("ferry migrate failed: {}", client.log_tail()))
+        }
+        (Some(st), Some(rep)) => {
+            if rep["digest_match"].as_bool() == Some(false) || !st.success() {
+                r.outcome = Outcome::Failed(format!("RAM digest differs ({st})"));
+            }
+            r.total_ms = rep["total_ms"].as_f64();
+            r.engine_downtime_ms = rep["downtime_ms"].as_f64();
+            r.wire_bytes = rep["bytes_sent"].as_u64();
+            let rounds = rep["rounds"].as_array().map_or(0, |a| a.len());
+            r.notes.push(format!(
+                "used {}, {rounds} rounds",
+                rep["strategy_used"].as_str().unwrap_or("?")
+            ));
+            if let Some(t) = rep["max_throttle"].as_u64().filter(|&t| t > 0) {
+                r.notes.push(format!("throttle {t}%"));
+            }
+            if let Some(g) = rep["guest_observed"]["gap_ns"].as_f64() {
+                r.notes.push(format!("ferry's own gap {:.1} ms", g / 1e6));
+            }
+        }
+    }
+    // The source exits after a migration: read its CPU time while it is a zombie.
+    if src.wait_exited(Duration::from_secs(10)) {
+        r.source_cpu_ms = src.cpu_ms().zip(src_cpu0).map(|(a, b)| a - b);
+    }
+    r.destination_cpu_ms = dst_cpu1.zip(dst_cpu0).map(|(a, b)| a - b);
+
+    let end = dst_tap
+        .wait_heartbeat_after(t1, Duration::from_secs(5))
+        .unwrap_or_else(Instant::now);
+    let _ = control(&dst_sock, r#"{"op":"stop"}"#);
+    dst.wait_exited(Duration::from_secs(5));
+    dst.kill();
+    src.kill();
+    let (sb, db) = (src_tap.finish(), dst_tap.finish());
+    if let Some(g) = guest_gap(&sb, &db, t0, end) {
+        r.guest_gap_ms = Some(g.max_gap.as_secs_f64() * 1e3);
+        r.sequence_continues = Some(g.sequence_continues);
+    }
+    Ok(r)
+}

@@ -1,0 +1,432 @@
+//! Ferry vs QEMU (issue 7): the same guest, the same scenario, migrated by ferry and by QEMU on the
+//! same machine, measured the same way, reported as ratios ferry/QEMU.
+//!
+//! For every run both engines get the same guest image (from `ferry-guest`), one vCPU, a destination
+//! that is not pre-faulted, and loopback TCP. Measured for each:
+//! - total migration time and downtime as the engine reports them (ferry: `total_ms`, `downtime_ms`
+//!   of `ferry migrate --json`; QEMU: `query-migrate` `total-time`, `downtime`);
+//! - guest-observed downtime: the largest gap between the guest's 1 ms COM1 heartbeats, source and
+//!   destination merged. Both engines write COM1 into a FIFO that a harness thread reads and
+//!   timestamps with the monotonic clock ([`tap`]), so the method is the same for both;
+//! - bytes on the wire (ferry: `bytes_sent`; QEMU: `ram.transferred`);
+//! - CPU time (utime + stime from /proc/PID/stat) of the source and destination processes over the
+//!   migration, guest vCPU included (the guest runs on both engines alike).
+//!
+//! A pre-copy that does not converge within the timeout is cancelled and reported as such: that is a
+//! result, not an error.
+
+#![warn(missing_docs)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+pub mod ferry;
+pub mod plot;
+pub mod procs;
+pub mod qemu;
+pub mod report;
+pub mod scenario;
+pub mod tap;
+
+pub use report::{markdown_section, render_table};
+pub use scenario::{Engine, Method, Scenario, Variant};
+
+/// Errors of the harness (a migration that fails or does not converge is a result, not an error).
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// An OS-level operation failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What we were doing.
+        what: String,
+        /// Why it failed.
+        source: std::io::Error,
+    },
+    /// Something needed is missing or did not start.
+    #[error("{0}")]
+    Setup(String),
+    /// QMP said no.
+    #[error("QMP: {0}")]
+    Qmp(String),
+    /// A ferry process misbehaved.
+    #[error("ferry: {0}")]
+    Ferry(String),
+}
+
+impl BenchError {
+    fn io(what: impl Into<String>, source: std::io::Error) -> BenchError {
+        BenchError::Io {
+            what: what.into(),
+            source,
+        }
+    }
+}
+
+/// How a run ended.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub enum Outcome {
+    /// Migrated; the guest runs on the destination.
+    Completed,
+    /// Pre-copy still going after the timeout: cancelled, the guest stays on the source.
+    DidNotConverge {
+        /// The timeout, seconds.
+        after_s: f64,
+    },
+    /// The migration or the harness failed.
+    Failed(String),
+    /// The engine cannot do this (yet).
+    NotApplicable(String),
+}
+
+impl Outcome {
+    /// Short text for tables.
+    pub fn short(&self) -> String {
+        match self {
+            Outcome::Completed => "completed".into(),
+            Outcome::DidNotConverge { after_s } => format!("did not converge in {after_s:.0} s"),
+            Outcome::Failed(e) => format!("failed: {e}"),
+            Outcome::NotApplicable(why) => format!("n/a ({why})"),
+        }
+    }
+}
+
+/// The measurements of one run.
+#[derive(Clone, Debug, Serialize)]
+pub struct RunResult {
+    /// How it ended.
+    pub outcome: Outcome,
+    /// Total migration time, ms (engine's own; for a cancelled run: until the cancel).
+    pub total_ms: Option<f64>,
+    /// Downtime as the engine reports it, ms.
+    pub engine_downtime_ms: Option<f64>,
+    /// Largest heartbeat gap seen by the harness over the migration, ms.
+    pub guest_gap_ms: Option<f64>,
+    /// Whether the heartbeat sequence continued without a lost beat.
+    pub sequence_continues: Option<bool>,
+    /// Bytes on the wire (engine's counter).
+    pub wire_bytes: Option<u64>,
+    /// CPU time of the source process during the migration, ms.
+    pub source_cpu_ms: Option<f64>,
+    /// CPU time of the destination process during the migration, ms.
+    pub destination_cpu_ms: Option<f64>,
+    /// Engine-specific remarks (rounds, throttle, ...).
+    pub notes: Vec<String>,
+}
+
+impl RunResult {
+    /// An empty result with this outcome.
+    pub fn new(outcome: Outcome) -> RunResult {
+        RunResult {
+            outcome,
+            total_ms: None,
+            engine_downtime_ms: None,
+            guest_gap_ms: None,
+            sequence_continues: None,
+            wire_bytes: None,
+            source_cpu_ms: None,
+            destination_cpu_ms: None,
+            notes: vec![],
+        }
+    }
+}
+
+/// All runs of one variant.
+#[derive(Clone, Debug, Serialize)]
+pub struct VariantResult {
+    /// The variant's label.
+    pub label: String,
+    /// Engine.
+    pub engine: Engine,
+    /// Its settings, described.
+    pub settings: String,
+    /// One per repetition.
+    pub runs: Vec<RunResult>,
+}
+
+/// All variants of one scenario.
+#[derive(Clone, Debug, Serialize)]
+pub struct ScenarioResult {
+    /// Scenario id.
+    pub id: String,
+    /// Scenario title.
+    pub title: String,
+    /// The guest, described.
+    pub guest: String,
+    /// Why it was not run.
+    pub skipped: Option<String>,
+    /// Index of the ferry variant that QEMU rows are compared with.
+    pub reference: usize,
+    /// Per variant.
+    pub variants: Vec<VariantResult>,
+}
+
+/// A network between source and destination other than plain loopback: the hook for the network
+/// lab (scenario f). The destination always listens on loopback; `route` gives the address the
+/// source must send to so that the traffic crosses the shaped path (e.g. a proxy or a namespace).
+pub trait Network: Send + Sync {
+    /// Name for reports.
+    fn name(&self) -> String;
+    /// The address the source sends to, given where the destination listens (host:port).
+    fn route(&self, listen: &str) -> Result<String, BenchError>;
+}
+
+/// What to run.
+#[derive(Clone)]
+pub struct SuiteConfig {
+    /// The `ferry` binary.
+    pub ferry: PathBuf,
+    /// Scenarios, in order.
+    pub scenarios: Vec<Scenario>,
+    /// Runs per variant.
+    pub repeat: u32,
+    /// A pre-copy still running after this long is cancelled ("did not converge").
+    pub timeout: Duration,
+    /// Limit for a guest to boot (and fill its RAM).
+    pub boot_timeout: Duration,
+    /// Working directory (images, FIFOs, logs); created if missing.
+    pub work_dir: PathBuf,
+    /// Network between the two sides (None: loopback).
+    pub network: Option<Arc<dyn Network>>,
+    /// Print progress to stderr.
+    pub progress: bool,
+}
+
+impl SuiteConfig {
+    /// All scenarios, 3 repeats, 30 s timeout, work directory under $TMPDIR.
+    pub fn new(ferry: PathBuf) -> SuiteConfig {
+        SuiteConfig {
+            ferry,
+            scenarios: scenario::all(),
+            repeat: 3,
+            timeout: Duration::from_secs(30),
+            boot_timeout: Duration::from_secs(120),
+            work_dir: std::env::temp_dir().join(format!("ferry-bench-{}", std::process::id())),
+            network: None,
+            progress: true,
+        }
+    }
+}
+
+/// Everything one run needs.
+pub struct RunCtx<'a> {
+    /// The ferry binary.
+    pub ferry: &'a Path,
+    /// The guest image.
+    pub image: &'a Path,
+    /// The guest.
+    pub guest: &'a scenario::GuestSpec,
+    /// Directory for this run's FIFOs, sockets and logs.
+    pub dir: &'a Path,
+    /// Pre-copy timeout.
+    pub timeout: Duration,
+    /// Boot timeout.
+    pub boot_timeout: Duration,
+    /// Warm-up before migrating.
+    pub warmup: Duration,
+    /// Network hook.
+    pub network: Option<&'a dyn Network>,
+}
+
+impl RunCtx<'_> {
+    fn route(&self, listen: &str) -> Result<String, BenchError> {
+        match self.network {
+            Some(n) => n.route(listen),
+            None => Ok(listen.to_string()),
+        }
+    }
+}
+
+/// Checks that QEMU, /dev/kvm and the ferry binary are there.
+pub fn check_prerequisites(ferry: &Path) -> Result<String, BenchError> {
+    let v = qemu::version()
+        .ok_or_else(|| BenchError::Setup(format!("{} is not installed", qemu::QEMU)))?;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .map_err(|e| BenchError::io("cannot open /dev/kvm", e))?;
+    if !ferry.is_file() {
+        return Err(BenchError::Setup(format!(
+            "ferry binary {} not found (build it: cargo build -p ferry)",
+            ferry.display()
+        )));
+    }
+    Ok(v)
+}
+
+/// Runs one variant once.
+pub fn run_variant(ctx: &RunCtx, v: &Variant) -> RunResult {
+    let r = match &v.method {
+        Method::Ferry(s) => ferry::run(ctx, s),
+        Method::Qemu(s) => qemu::run(ctx, s),
+        Method::NotApplicable(why) => Ok(RunResult::new(Outcome::NotApplicable(why.clone()))),
+    };
+    r.unwrap_or_else(|e| RunResult::new(Outcome::Failed(e.to_string())))
+}
+
+/// Runs the scenarios; a failed run is recorded in its result, only set-up problems are errors.
+pub fn run_suite(cfg: &SuiteConfig) -> Result<Vec<ScenarioResult>, BenchError> {
+    check_prerequisites(&cfg.ferry)?;
+    std::fs::create_dir_all(&cfg.work_dir)
+        .map_err(|e| BenchError::io(format!("cannot create {}", cfg.work_dir.display()), e))?;
+    let mut out = vec![];
+    for sc in &cfg.scenarios {
+        let mut res = ScenarioResult {
+            id: sc.id.clone(),
+            title: sc.title.clone(),
+            guest: sc.guest.describe(),
+            skipped: sc.skip.clone(),
+            reference: sc.reference,
+            variants: sc
+                .variants
+                .iter()
+                .map(|v| VariantResult {
+                    label: v.label.clone(),
+                    engine: v.engine,
+                    settings: v.describe(),
+                    runs: vec![],
+                })
+                .collect(),
+        };
+        if sc.skip.is_some() {
+            out.push(res);
+            continue;
+        }
+        let dir = cfg.work_dir.join(format!("scenario-{}", sc.id));
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| BenchError::io(format!("cannot create {}", dir.display()), e))?;
+        let image = dir.join("guest.img");
+        let bytes = ferry_guest::build_image(&sc.guest.config())
+            .map_err(|e| BenchError::Setup(format!("cannot build the guest image: {e}")))?;
+        std::fs::write(&image, bytes)
+            .map_err(|e| BenchError::io(format!("cannot write {}", image.display()), e))?;
+        let ctx = RunCtx {
+            ferry: &cfg.ferry,
+            image: &image,
+            guest: &sc.guest,
+            dir: &dir,
+            timeout: cfg.timeout,
+            boot_timeout: cfg.boot_timeout,
+            warmup: Duration::from_secs_f64(sc.warmup_s),
+            network: cfg.network.as_deref(),
+        };
+        // Repetitions outermost: engines alternate, so slow drift of the machine hits both.
+        for rep in 0..cfg.repeat {
+            for (i, v) in sc.variants.iter().enumerate() {
+                let t = Instant::now();
+                let r = run_variant(&ctx, v);
+                if cfg.progress {
+                    eprintln!(
+                        "[{}] {} run {}/{}: {} (total {} ms, guest gap {} ms) in {:.1} s",
+                        sc.id,
+                        v.label,
+                        rep + 1,
+                        cfg.repeat,
+                        r.outcome.short(),
+                        r.total_ms.map_or("-".into(), |x| format!("{x:.0}")),
+                        r.guest_gap_ms.map_or("-".into(), |x| format!("{x:.1}")),
+                        t.elapsed().as_secs_f64()
+                    );
+                }
+                res.variants[i].runs.push(r);
+            }
+        }
+        let _ = std::fs::remove_file(&image);
+        out.push(res);
+    }
+    Ok(out)
+}
+
+/// `ferry bench qemu`: the flags.
+#[derive(clap::Args, Clone, Debug)]
+pub struct BenchQemuArgs {
+    /// The ferry binary to benchmark (default: the running executable).
+    #[arg(long)]
+    pub ferry: Option<PathBuf>,
+    /// Scenarios to run (a, b, c, d, d-zero, e, f); default all.
+    #[arg(long = "scenario", value_delimiter = ',')]
+    pub scenarios: Vec<String>,
+    /// Runs per engine configuration (median and min-max are reported).
+    #[arg(long, default_value_t = 3)]
+    pub repeat: u32,
+    /// Smaller guests (RAM and working sets / 4), 10 s timeout: a quick look, not for the record.
+    #[arg(long)]
+    pub quick: bool,
+    /// Seconds a pre-copy may run before it is cancelled and reported as not converging.
+    #[arg(long)]
+    pub timeout: Option<u64>,
+    /// Also write the results as a Markdown section (with the command, QEMU version, date) here.
+    #[arg(long)]
+    pub markdown: Option<PathBuf>,
+    /// Also write SVG plots of time and downtime per scenario into this directory.
+    #[arg(long)]
+    pub plots: Option<PathBuf>,
+    /// Also write all raw results as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+impl BenchQemuArgs {
+    /// The suite these flags describe.
+    pub fn config(&self) -> Result<SuiteConfig, BenchError> {
+        let ferry = match &self.ferry {
+            Some(p) => p.clone(),
+            None => std::env::current_exe()
+                .map_err(|e| BenchError::io("cannot find the running executable", e))?,
+        };
+        let mut cfg = SuiteConfig::new(ferry);
+        if !self.scenarios.is_empty() {
+            let all = std::mem::take(&mut cfg.scenarios);
+            for id in &self.scenarios {
+                let sc = all.iter().find(|s| &s.id == id).ok_or_else(|| {
+                    let ids: Vec<&str> = all.iter().map(|s| s.id.as_str()).collect();
+                    BenchError::Setup(format!(
+                        "unknown scenario '{id}' (known: {})",
+                        ids.join(", ")
+                    ))
+                })?;
+                cfg.scenarios.push(sc.clone());
+            }
+        }
+        if self.quick {
+            cfg.timeout = Duration::from_secs(10);
+            for sc in &mut cfg.scenarios {
+                sc.guest = sc.guest.scaled(4);
+                sc.warmup_s = sc.warmup_s.min(0.5);
+            }
+        }
+        if let Some(t) = self.timeout {
+            cfg.timeout = Duration::from_secs(t);
+        }
+        cfg.repeat = self.repeat.max(1);
+        Ok(cfg)
+    }
+}
+
+/// Runs `ferry bench qemu`: the suite, then the tables on stdout (and the optional files).
+pub fn run_cli(args: &BenchQemuArgs) -> Result<(), BenchError> {
+    let cfg = args.config()?;
+    let version = check_prerequisites(&cfg.ferry)?;
+    let results = run_suite(&cfg)?;
+    let _ = std::fs::remove_dir_all(&cfg.work_dir);
+    print!("{}", render_table(&results));
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    if let Some(p) = &args.markdown {
+        let md = markdown_section(&results, &command, &version, &cfg);
+        std::fs::write(p, md)
+            .map_err(|e| BenchError::io(format!("cannot write {}", p.display()), e))?;
+    }
+    if let Some(p) = &args.json {
+        let j = serde_json::to_string_pretty(&results)
+            .map_err(|e| BenchError::Setup(format!("JSON: {e}")))?;
+        std::fs::write(p, j)
+            .map_err(|e| BenchError::io(format!("cannot write {}", p.display()), e))?;
+    }
+    if let Some(d) = &args.plots {
+        plot::write_plots(&results, d)?;
+    }
+    Ok(())
+}

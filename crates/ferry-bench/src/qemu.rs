@@ -1,0 +1,301 @@
+//! One QEMU migration: a source and an `-incoming defer` destination (`qemu-system-x86_64 -accel kvm`),
+//! configured and driven over QMP.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ferry_guest::mailbox::{Mailbox, MAILBOX_ADDR, MAILBOX_SIZE, STATE_RUNNING};
+use serde_json::{json, Value};
+
+use crate::procs::{free_port, Proc};
+use crate::scenario::QemuSettings;
+use crate::tap::{guest_gap, SerialTap};
+use crate::{BenchError, Outcome, RunCtx, RunResult};
+
+/// The QEMU binary.
+pub const QEMU: &str = "qemu-system-x86_64";
+
+/// `qemu-system-x86_64 --version`, first line (None if QEMU is not installed).
+pub fn version() -> Option<String> {
+    let out = Command::new(QEMU).arg("--version").output().ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()
+        .map(str::to_string)
+}
+
+/// A QMP connection.
+pub struct Qmp {
+    r: BufReader<UnixStream>,
+}
+
+impl Qmp {
+    /// Connects (retrying while QEMU starts) and leaves capability negotiation mode.
+    pub fn connect(path: &Path, owner: &Proc) -> Result<Qmp, BenchError> {
+        let t = Instant::now();
+        let s = loop {
+            match UnixStream::connect(path) {
+                Ok(s) => break s,
+                Err(e) if t.elapsed() > Duration::from_secs(20) => {
+                    return Err(BenchError::io(format!("QMP {}", path.display()), e))
+                }
+                Err(_) => {
+                    owner.check_alive()?;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        };
+        s.set_read_timeout(Some(Duration::from_secs(60)))
+            .map_err(|e| BenchError::io("QMP timeout", e))?;
+        let mut q = Qmp {
+            r: BufReader::new(s),
+        };
+        let mut greeting = String::new();
+        q.r.read_line(&mut greeting)
+            .map_err(|e| BenchError::io("QMP greeting", e))?;
+        if !greeting.contains("QMP") {
+            return Err(BenchError::Qmp(format!("bad greeting {greeting:?}")));
+        }
+        q.exec("qmp_capabilities", None)?;
+        Ok(q)
+    }
+
+    /// Runs a command; its `return` value. Asynchronous events are skipped.
+    pub fn exec(&mut self, cmd: &str, args: Option<Value>) -> Result<Value, BenchError> {
+        let msg = match args {
+            Some(a) => json!({"execute": cmd, "arguments": a}),
+            None => json!({ "execute": cmd }),
+        };
+        let w = self.r.get_mut();
+        w.write_all(format!("{msg}\n").as_bytes())
+            .map_err(|e| BenchError::io(format!("QMP {cmd}"), e))?;
+        loop {
+            let mut line = String::new();
+            let n = self
+                .r
+                .read_line(&mut line)
+                .map_err(|e| BenchError::io(format!("QMP {cmd}"), e))?;
+            if n == 0 {
+                return Err(BenchError::Qmp(format!("QMP closed during {cmd}")));
+            }
+            let v: Value = serde_json::from_str(&line)
+                .map_err(|e| BenchError::Qmp(format!("bad QMP line {line:?}: {e}")))?;
+            if let Some(r) = v.get("return") {
+                return Ok(r.clone());
+            }
+            if let Some(e) = v.get("error") {
+                return Err(BenchError::Qmp(format!("{cmd}: {}", e["desc"])));
+            }
+        }
+    }
+
+    /// The guest's mailbox (via `pmemsave` into `file`), None until the guest has set it up.
+    pub fn mailbox(&mut self, file: &Path) -> Result<Option<Mailbox>, BenchError> {
+        self.exec(
+            "pmemsave",
+            Some(json!({"val": MAILBOX_ADDR, "size": MAILBOX_SIZE, "filename": file})),
+        )?;
+        let page = std::fs::read(file).map_err(|e| BenchError::io("pmemsave output", e))?;
+        Ok(Mailbox::parse(&page))
+    }
+}
+
+fn spawn(
+    ctx: &RunCtx,
+    name: &str,
+    qmp: &Path,
+    serial: &Path,
+    incoming: bool,
+) -> Result<Proc, BenchError> {
+    let mut cmd = Command::new(QEMU);
+    cmd.args(["-accel", "kvm", "-smp", "1", "-m"])
+        .arg(format!("{}M", ctx.guest.memory >> 20))
+        .arg("-kernel")
+        .arg(ctx.image)
+        .args(["-display", "none", "-nodefaults", "-no-reboot"])
+        .args(["-device", "isa-debug-exit,iobase=0x501", "-serial"])
+        .arg(format!("file:{}", serial.display()))
+        .arg("-qmp")
+        .arg(format!("unix:{},server=on,wait=off", qmp.display()));
+    if incoming {
+        cmd.args(["-incoming", "defer"]);
+    }
+    Proc::spawn(name, ctx.dir, cmd, Stdio::null())
+}
+
+fn capabilities(s: &QemuSettings, source: bool) -> Value {
+    let mut caps = vec![];
+    let mut on = |name: &str| caps.push(json!({"capability": name, "state": true}));
+    if s.postcopy {
+        on("postcopy-ram");
+    }
+    if s.multifd.is_some() {
+        on("multifd");
+    }
+    if source && s.auto_converge {
+        on("auto-converge");
+    }
+    if s.xbzrle {
+        on("xbzrle");
+    }
+    json!({ "capabilities": caps })
+}
+
+fn parameters(s: &QemuSettings, source: bool) -> Value {
+    let mut p = serde_json::Map::new();
+    if let Some((n, c)) = &s.multifd {
+        p.insert("multifd-channels".into(), json!(n));
+        p.insert("multifd-compression".into(), json!(c));
+    }
+    if source {
+        if let Some(b) = s.max_bandwidth {
+            p.insert("max-bandwidth".into(), json!(b));
+        }
+        if let Some(d) = s.downtime_limit_ms {
+            p.insert("downtime-limit".into(), json!(d));
+        }
+    }
+    Value::Object(p)
+}
+
+/// Runs one migration of the scenario's guest with `s`.
+pub fn run(ctx: &RunCtx, s: &QemuSettings) -> Result<RunResult, BenchError> {
+    let src_tap = SerialTap::new(&ctx.dir.join("qemu-src.fifo"))?;
+    let dst_tap = SerialTap::new(&ctx.dir.join("qemu-dst.fifo"))?;
+    let (src_qmp, dst_qmp) = (ctx.dir.join("qemu-src.qmp"), ctx.dir.join("qemu-dst.qmp"));
+    let mut dst = spawn(ctx, "qemu-destination", &dst_qmp, dst_tap.path(), true)?;
+    let mut src = spawn(ctx, "qemu-source", &src_qmp, src_tap.path(), false)?;
+    let mut dq = Qmp::connect(&dst_qmp, &dst)?;
+    let mut sq = Qmp::connect(&src_qmp, &src)?;
+
+    let pmem = ctx.dir.join("qemu-mailbox");
+    let t = Instant::now();
+    loop {
+        src.check_alive()?;
+        if let Some(m) = sq.mailbox(&pmem)? {
+            if m.state == STATE_RUNNING && m.heartbeats > 0 {
+                break;
+            }
+        }
+        if t.elapsed() > ctx.boot_timeout {
+            return Err(BenchError::Setup(format!(
+                "QEMU guest not running after {:?}: {}",
+                ctx.boot_timeout,
+                src.log_tail()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    let port = free_port()?;
+    dq.exec("migrate-set-capabilities", Some(capabilities(s, false)))?;
+    dq.exec("migrate-set-parameters", Some(parameters(s, false)))?;
+    dq.exec(
+        "migrate-incoming",
+        Some(json!({ "uri": format!("tcp:127.0.0.1:{port}") })),
+    )?;
+    let to = ctx.route(&format!("127.0.0.1:{port}"))?;
+    sq.exec("migrate-set-capabilities", Some(capabilities(s, true)))?;
+    sq.exec("migrate-set-parameters", Some(parameters(s, true)))?;
+    std::thread::sleep(ctx.warmup);
+
+    let (src_cpu0, dst_cpu0) = (src.cpu_ms(), dst.cpu_ms());
+    let t0 = Instant::now();
+    sq.exec("migrate", Some(json!({ "uri": format!("tcp:{to}") })))?;
+    let mut postcopy_started = false;
+    let mut cancelled_at: Option<Instant> = None;
+    let mut r = RunResult::new(Outcome::Completed);
+    let last = loop {
+        let v = sq.exec("query-migrate", None)?;
+        let status = v["status"].as_str().unwrap_or("").to_string();
+        match status.as_str() {
+            "completed" => break v,
+            "failed" => {
+                r.outcome = Outcome::Failed(format!(
+                    "QEMU migration failed: {}",
+                    v["error-desc"].as_str().unwrap_or("?")
+                ));
+                break v;
+            }
+            "cancelled" => {
+                r.outcome = Outcome::DidNotConverge {
+                    after_s: ctx.timeout.as_secs_f64(),
+                };
+                break v;
+            }
+            _ => {}
+        }
+        let syncs = v["ram"]["dirty-sync-count"].as_u64().unwrap_or(0);
+        if s.postcopy && !postcopy_started && status == "active" && syncs >= 2 {
+            sq.exec("migrate-start-postcopy", None)?;
+            postcopy_started = true;
+        }
+        let elapsed = t0.elapsed();
+        if elapsed > ctx.timeout && !status.starts_with("postcopy") && cancelled_at.is_none() {
+            sq.exec("migrate_cancel", None)?;
+            cancelled_at = Some(Instant::now());
+        }
+        if elapsed > ctx.timeout * 2 + Duration::from_secs(60) {
+            r.outcome = Outcome::Failed(format!("stuck in status {status}"));
+            break v;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let t1 = cancelled_at.unwrap_or_else(Instant::now);
+    let (src_cpu1, dst_cpu1) = (src.cpu_ms(), dst.cpu_ms());
+    r.source_cpu_ms = src_cpu1.zip(src_cpu0).map(|(a, b)| a - b);
+    r.destination_cpu_ms = dst_cpu1.zip(dst_cpu0).map(|(a, b)| a - b);
+    let ram = &last["ram"];
+    r.wire_bytes = ram["transferred"].as_u64();
+    match r.outcome {
+        Outcome::Completed => {
+            r.total_ms = last["total-time"].as_f64();
+            r.engine_downtime_ms = last["downtime"].as_f64();
+        }
+        _ => r.total_ms = Some((t1 - t0).as_secs_f64() * 1e3),
+    }
+    r.notes.push(format!(
+        "{} dirty syncs",
+        ram["dirty-sync-count"].as_u64().unwrap_or(0)
+    ));
+    if let Some(p) = last["cpu-throttle-percentage"].as_u64() {
+        r.notes.push(format!("throttle {p}%"));
+    }
+    if let Some(p) = ram["postcopy-requests"].as_u64().filter(|&p| p > 0) {
+        r.notes.push(format!("{p} postcopy page requests"));
+    }
+    if let Some(x) = last.get("xbzrle-cache") {
+        r.notes.push(format!(
+            "xbzrle {} pages, {} cache misses",
+            x["pages"], x["cache-miss"]
+        ));
+    }
+
+    // Completed: wait for the guest's first heartbeat on the destination. Not completed: the
+    // guest stays on the source; measure what the attempt did to it.
+    let end = if matches!(r.outcome, Outcome::Completed) {
+        dst_tap
+            .wait_heartbeat_after(t1, Duration::from_secs(5))
+            .unwrap_or_else(Instant::now)
+    } else {
+        t1
+    };
+    let _ = sq.exec("quit", None);
+    let _ = dq.exec("quit", None);
+    src.wait_exited(Duration::from_secs(5));
+    dst.wait_exited(Duration::from_secs(5));
+    src.kill();
+    dst.kill();
+    let (sb, db) = (src_tap.finish(), dst_tap.finish());
+    if let Some(g) = guest_gap(&sb, &db, t0, end) {
+        r.guest_gap_ms = Some(g.max_gap.as_secs_f64() * 1e3);
+        r.sequence_continues = Some(g.sequence_continues);
+    }
+    Ok(r)
+}
