@@ -209,6 +209,42 @@ impl Lab {
         Ok(lab)
     }
 
+    /// Takes hold of a running lab (e.g. one left by `up` with [`Lab::persist`]) to change or inspect it.
+    ///
+    /// Unlike [`Lab::up`], the returned value does not tear the lab down when dropped; call [`Lab::down`].
+    pub fn attach(name: &str) -> Result<Lab, LabError> {
+        let status = Lab::status(name)?;
+        let n = status.hosts.len();
+        let contiguous = status
+            .hosts
+            .iter()
+            .enumerate()
+            .all(|(i, h)| h.netns == host_name(name, i));
+        if !status.switch || n < 2 || !contiguous {
+            return Err(LabError::Config(format!(
+                "no complete lab `{name}` is running"
+            )));
+        }
+        let rate = status.hosts[0]
+            .qdisc
+            .split_whitespace()
+            .skip_while(|w| *w != "rate")
+            .nth(1)
+            .and_then(|r| crate::units::parse_rate(r).ok());
+        Ok(Lab {
+            config: LabConfig {
+                name: name.to_string(),
+                hosts: n as u8,
+                rate_bit: rate,
+                ..LabConfig::default()
+            },
+            switch: switch_name(name),
+            hosts: (0..n).map(|i| host_name(name, i)).collect(),
+            rate: Mutex::new(rate),
+            torn_down: true,
+        })
+    }
+
     fn build(&mut self) -> Result<(), LabError> {
         let sw = self.switch.as_str();
         run("ip", &["netns", "add", sw])?;
@@ -354,6 +390,7 @@ impl Lab {
 
     /// Tears the lab down now, reporting errors (Drop does the same silently).
     pub fn down(mut self) -> Result<(), LabError> {
+        // Also for attached labs, which Drop leaves alone.
         self.torn_down = true;
         Lab::teardown(&self.config.name).map(|_| ())
     }
