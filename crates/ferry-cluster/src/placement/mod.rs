@@ -50,6 +50,11 @@ impl PlacementIndex {
 
 /// PABFD host choice for `vm`: least power increase, ties to the lowest host index; hosts
 /// in `excluded` (indexed by host) are skipped. Returns `None` when nothing fits.
+///
+/// As in CloudSim 3.0.3, the utilisation *after* allocation starts from the host's live
+/// allocation (VMs placed or removed earlier in this round count), while the power it is
+/// compared with is the stale measured one; only hosts with a live allocation get the
+/// overload check.
 pub fn find_host(
     c: &Cluster,
     idx: &PlacementIndex,
@@ -63,33 +68,41 @@ pub fn find_host(
         None => true,
         Some((bd, bh)) => d < *bd || (d == *bd && h < *bh),
     };
-    for &h in &idx.active {
-        if excluded[h] || !c.is_suitable(h, vm) {
-            continue;
+    let consider = |h: HostId, best: &mut Option<(f64, HostId)>| {
+        let live = c.live_mips(h);
+        let d = idx.increase(c, h, live, demand);
+        if better(d, h, best) && (live == 0.0 || !det.is_overloaded(c, h, Some(vm))) {
+            *best = Some((d, h));
         }
-        let d = idx.increase(c, h, demand);
-        if better(d, h, &best) && !det.is_overloaded(c, h, Some(vm)) {
-            best = Some((d, h));
+    };
+    for &h in &idx.active {
+        if !excluded[h] && c.is_suitable(h, vm) {
+            consider(h, &mut best);
         }
     }
     for group in &idx.idle_groups {
-        if let Some(&h) = group
-            .iter()
-            .find(|&&h| !excluded[h] && c.is_suitable(h, vm))
-        {
-            let d = idx.increase(c, h, demand);
-            if better(d, h, &best) {
-                best = Some((d, h));
+        // Untouched idle hosts of one kind all cost the same: only the first suitable one
+        // matters. Idle hosts that received VMs this round are looked at one by one.
+        let mut untouched_seen = false;
+        for &h in group {
+            if excluded[h] {
+                continue;
             }
+            let fresh = !c.hosts[h].vms.is_empty();
+            if (!fresh && untouched_seen) || !c.is_suitable(h, vm) {
+                continue;
+            }
+            untouched_seen |= !fresh;
+            consider(h, &mut best);
         }
     }
     best.map(|(_, h)| h)
 }
 
 impl PlacementIndex {
-    fn increase(&self, c: &Cluster, host: HostId, demand: f64) -> f64 {
+    fn increase(&self, c: &Cluster, host: HostId, live: f64, demand: f64) -> f64 {
         let h = &c.hosts[host];
-        let after = ((h.measured_mips + demand) / h.total_mips).min(1.0);
+        let after = ((live + demand) / h.total_mips).min(1.0);
         c.power_at(host, after) - self.base_power[host]
     }
 }

@@ -156,6 +156,18 @@ impl Cluster {
         self.hosts[host].avail_mips = avail;
     }
 
+    /// MIPS allocated on a host by its scheduler right now, including VMs placed or removed
+    /// while planning (CloudSim's `PowerVmAllocationPolicyMigrationAbstract
+    /// .getUtilizationOfCpuMips`); floors of an over-subscribed host are ignored.
+    pub fn live_mips(&self, host: HostId) -> f64 {
+        let h = &self.hosts[host];
+        if h.vms.is_empty() {
+            0.0
+        } else {
+            h.total_mips - h.avail_mips
+        }
+    }
+
     /// Measured utilisation of a host (fraction), CloudSim's `getUtilizationOfCpu`.
     pub fn measured_util(&self, host: HostId) -> f64 {
         let u = self.hosts[host].measured_mips / self.hosts[host].total_mips;

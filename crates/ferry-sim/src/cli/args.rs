@@ -126,6 +126,10 @@ pub struct SimArgs {
     #[arg(long, global = true)]
     pub enforce_ram: bool,
 
+    /// Keep VMs whose load drops to 0 % (CloudSim deletes them as completed).
+    #[arg(long, global = true)]
+    pub keep_idle_vms: bool,
+
     /// Maintenance drain: empty host HOST by time SECONDS (repeatable), e.g. --drain 17@3600.
     #[arg(long, global = true, value_name = "HOST@SECONDS", value_parser = super::parse_host_at)]
     pub drain: Vec<HostAt>,

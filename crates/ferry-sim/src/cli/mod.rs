@@ -39,6 +39,7 @@ pub fn run_one(
     let mut cfg = EngineConfig::new(policy, spec);
     cfg.seed = args.seed;
     cfg.enforce_ram = args.enforce_ram;
+    cfg.drop_idle_vms = !args.keep_idle_vms;
     cfg.migration = match args.migration {
         MigrationArg::Cloudsim => MigrationModel::CloudSim,
         MigrationArg::Precopy => MigrationModel::PreCopy(PreCopy {

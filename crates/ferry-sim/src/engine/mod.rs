@@ -54,6 +54,9 @@ pub struct EngineConfig {
     pub failures: Vec<HostAt>,
     /// How long before a failure it is predicted, s.
     pub failure_warning_s: f64,
+    /// Drop a VM for good once it requests 0 MIPS at a measurement (CloudSim's
+    /// `PowerDatacenter` treats it as completed and deallocates it).
+    pub drop_idle_vms: bool,
 }
 
 impl EngineConfig {
@@ -68,6 +71,7 @@ impl EngineConfig {
             drains: Vec::new(),
             failures: Vec::new(),
             failure_warning_s: 1800.0,
+            drop_idle_vms: true,
         }
     }
 }
@@ -117,6 +121,9 @@ pub(crate) struct Sim<'a> {
     seq: u64,
     full_updates: bool,
     failed: Vec<bool>,
+    gone: Vec<bool>,
+    vms_dropped: u64,
+    vms_not_created: u64,
     pub(crate) ops: Vec<OpOutcome>,
 }
 
@@ -210,13 +217,23 @@ impl<'a> Sim<'a> {
             seq: 0,
             full_updates: matches!(cfg.migration, MigrationModel::CloudSim),
             failed: vec![false; n_h],
+            gone: vec![false; n_v],
+            vms_dropped: 0,
+            vms_not_created: 0,
             ops: Vec::new(),
         };
         let pabfd = matches!(
             cfg.policy,
             PolicySpec::Dynamic { .. } | PolicySpec::Balance { .. }
         );
-        ops::initial_placement(&mut sim.c, scn, pabfd)?;
+        let det = match &cfg.policy {
+            PolicySpec::Dynamic { detector, .. } => Some(detector),
+            _ => None,
+        };
+        for v in ops::initial_placement(&mut sim.c, scn, pabfd, det)? {
+            sim.gone[v] = true;
+            sim.vms_not_created += 1;
+        }
         sim.c.enforce_ram = cfg.enforce_ram;
         Ok(sim)
     }
@@ -228,6 +245,9 @@ impl<'a> Sim<'a> {
     /// Re-measures every host at `t` (and records VM history at scheduling events).
     fn update_all(&mut self, t: f64, scheduling: bool) {
         for v in 0..self.c.vms.len() {
+            if self.gone[v] {
+                continue;
+            }
             let u = self.util(v, t);
             let vm = &mut self.c.vms[v];
             vm.demand_mips = u * vm.mips;
@@ -237,6 +257,18 @@ impl<'a> Sim<'a> {
         }
         for h in 0..self.c.hosts.len() {
             self.measure(h, t);
+        }
+        if self.cfg.drop_idle_vms {
+            for v in 0..self.c.vms.len() {
+                let vm = &self.c.vms[v];
+                if vm.demand_mips == 0.0 && !vm.in_migration {
+                    if let Some(h) = vm.host {
+                        self.c.vm_destroy(h, v);
+                        self.gone[v] = true;
+                        self.vms_dropped += 1;
+                    }
+                }
+            }
         }
     }
 
@@ -480,6 +512,8 @@ impl<'a> Sim<'a> {
             moved_gb: self.moved_mb / 1024.0,
             downtime_s: self.downtime_s,
             vms_lost: self.vms_lost,
+            vms_not_created: self.vms_not_created,
+            vms_dropped: self.vms_dropped,
             operations: self.ops,
             wall_s,
             raw: [active, viol, req, lost],

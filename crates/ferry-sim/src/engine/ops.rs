@@ -4,18 +4,62 @@ use super::{HostAt, Sim};
 use crate::error::SimError;
 use crate::report::OpOutcome;
 use crate::setup::Scenario;
+use ferry_cluster::overload::Detector;
+use ferry_cluster::placement::{find_host, PlacementIndex};
 use ferry_cluster::state::Cluster;
 use ferry_cluster::{drain, evacuate, HostId, VmId};
 
-/// Places every VM at its full requested size, in VM order: PABFD (least power increase,
-/// ties to the lowest index) or first fit. Host bandwidth is checked; RAM only when
-/// `c.enforce_ram` (CloudSim's reference runs pack by CPU alone: their DVFS host count
-/// only matches without the RAM check).
+/// Places every VM at its full requested size, in VM order, checking CPU, RAM (unless
+/// over-committing) and bandwidth like CloudSim's `Host.isSuitableForVm` for a VM being
+/// instantiated. With `det` (a dynamic policy, no over-commit) this is CloudSim's
+/// `PowerVmAllocationPolicyMigrationAbstract.findHostForVm`: least power increase from the
+/// live allocation, hosts that already carry VMs skipped when `det` flags them (their VMs
+/// request nothing yet, so only the new VM counts), and a VM that fits nowhere is not
+/// created (returned). Otherwise PABFD over idle hosts (`pabfd`) or first
+/// fit, and a VM that fits nowhere is an error.
 pub(super) fn initial_placement(
     c: &mut Cluster,
     scn: &Scenario,
     pabfd: bool,
-) -> Result<(), SimError> {
+    det: Option<&Detector>,
+) -> Result<Vec<VmId>, SimError> {
+    let saved_ram = c.enforce_ram;
+    c.enforce_ram = saved_ram || !scn.overcommit;
+    let r = match det {
+        Some(det) if !scn.overcommit => Ok(cloudsim_pabfd(c, scn, det)),
+        _ => simple_placement(c, scn, pabfd).map(|()| Vec::new()),
+    };
+    c.enforce_ram = saved_ram;
+    r
+}
+
+fn cloudsim_pabfd(c: &mut Cluster, scn: &Scenario, det: &Detector) -> Vec<VmId> {
+    let n_h = c.hosts.len();
+    let idx = PlacementIndex::new(c);
+    let mut bw_used = vec![0.0; n_h];
+    let mut excluded = vec![false; n_h];
+    let mut not_created = Vec::new();
+    for v in 0..c.vms.len() {
+        let bw = scn.vm_types[scn.vms[v].0].bw_mbps;
+        c.vms[v].demand_mips = c.vms[v].mips;
+        for h in 0..n_h {
+            excluded[h] = bw_used[h] + bw > c.hosts[h].bw_mbps;
+        }
+        match find_host(c, &idx, det, v, &excluded) {
+            Some(h) => {
+                c.vm_create(h, v);
+                bw_used[h] += bw;
+                // Created VMs keep their full allocation but request nothing until their
+                // cloudlets arrive (at 0.1 s): the overload check only sees the new VM.
+                c.vms[v].demand_mips = 0.0;
+            }
+            None => not_created.push(v),
+        }
+    }
+    not_created
+}
+
+fn simple_placement(c: &mut Cluster, scn: &Scenario, pabfd: bool) -> Result<(), SimError> {
     let n_h = c.hosts.len();
     let check_ram = c.enforce_ram;
     let mut bw_used = vec![0.0; n_h];

@@ -51,6 +51,10 @@ pub struct Report {
     pub downtime_s: f64,
     /// VMs lost to host failures (not evacuated in time).
     pub vms_lost: u64,
+    /// VMs that found no host at start (CloudSim does not create them).
+    pub vms_not_created: u64,
+    /// VMs dropped after requesting 0 MIPS at a measurement (CloudSim's completed VMs).
+    pub vms_dropped: u64,
     /// Drains and evacuations.
     pub operations: Vec<OpOutcome>,
     /// Wall time of the run, s.
@@ -74,6 +78,8 @@ impl Report {
             m.moved_gb += r.moved_gb;
             m.downtime_s += r.downtime_s;
             m.vms_lost += r.vms_lost;
+            m.vms_not_created += r.vms_not_created;
+            m.vms_dropped += r.vms_dropped;
             m.operations.extend(r.operations);
             m.wall_s = m.wall_s.max(r.wall_s);
             for i in 0..4 {
