@@ -68,9 +68,8 @@ fn max_correlation(c: &Cluster, vms: &[VmId]) -> Option<VmId> {
     let data: Vec<&[f64]> = vms.iter().map(|&v| &c.vms[v].history[..m]).collect();
     let mut best = 0;
     let mut max = f64::MIN_POSITIVE;
-    for i in 0..n {
-        let xs: Vec<&[f64]> = (0..n).filter(|&j| j != i).map(|j| data[j]).collect();
-        let r2 = stats::r_squared(&xs, data[i]).unwrap_or(f64::NAN);
+    for (i, r2) in stats::r_squared_each(&data).into_iter().enumerate() {
+        let r2 = r2.unwrap_or(f64::NAN);
         if r2 > max {
             max = r2;
             best = i;

@@ -3,7 +3,7 @@
 
 mod regression;
 
-pub use regression::{r_squared, SimpleRegression};
+pub use regression::{r_squared, r_squared_each, SimpleRegression};
 
 /// Percentile `p` (0..100) with Apache Commons Math's default estimator; `NaN` when empty.
 pub fn percentile(data: &[f64], p: f64) -> f64 {
