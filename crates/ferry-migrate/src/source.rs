@@ -26,6 +26,8 @@ use crate::MigrateError;
 
 /// Pages per Pages frame.
 pub const BATCH_PAGES: usize = 256;
+/// Pages per Pages frame in post-copy while the guest is faulting.
+const POSTCOPY_URGENT_BATCH: usize = 32;
 /// Pages in one shard: a page always travels on channel `(page / SHARD_PAGES) % channels`, so pages
 /// never overtake their own older copies on another channel.
 pub const SHARD_PAGES: u64 = 512;
@@ -218,7 +220,7 @@ fn copy_phases<S: MigrationSource>(
     report: &mut Report,
     paused: &mut bool,
     events: &mut dyn FnMut(Event),
-) -> Result<(Instant, Option<DirtyBitmap>), MigrateError> {
+) -> Result<(Instant, Option<PostcopyPlan>), MigrateError> {
     let pages = mem.pages();
     let mut dirty = DirtyBitmap::full(pages);
     let mut round = 0u32;
@@ -289,8 +291,9 @@ fn copy_phases<S: MigrationSource>(
     src.pause()?;
     *paused = true;
     if opts.strategy != Strategy::StopAndCopy {
+        // Dirty logging stays on: turning it off rewrites the memory slots (milliseconds, inside
+        // the pause). On success this VM is done; on failure the error path turns it off.
         src.collect_dirty(&mut dirty)?;
-        src.stop_dirty_log()?;
         src.set_throttle(0)?;
     }
     let stats = send_round(mem, link, round, &dirty, report, events)?;
@@ -311,6 +314,14 @@ fn copy_phases<S: MigrationSource>(
     Ok((t_pause, None))
 }
 
+/// What post-copy must still send once the destination runs.
+struct PostcopyPlan {
+    /// Every page the destination lacks.
+    needed: DirtyBitmap,
+    /// The subset the guest wrote just before the pause: pushed first.
+    hot: DirtyBitmap,
+}
+
 /// Pauses, tells the destination which pages it still lacks, and hands it the device state. Returns
 /// the pages to push once the destination runs.
 #[allow(clippy::too_many_arguments)]
@@ -324,15 +335,15 @@ fn postcopy_switch<S: MigrationSource>(
     round: u32,
     mut dirty: DirtyBitmap,
     events: &mut dyn FnMut(Event),
-) -> Result<(Instant, Option<DirtyBitmap>), MigrateError> {
+) -> Result<(Instant, Option<PostcopyPlan>), MigrateError> {
+    let mut data = None;
     let final_round = if round == 0 {
         // Nothing copied yet: every page with data is needed, the rest are zero at the destination.
         // Work that out while the guest still runs (dirty logging covers pages written meanwhile),
         // and let the destination finish building its VM (an empty round, acknowledged) first.
         src.start_dirty_log()?;
-        dirty = mem
-            .data_pages()
-            .unwrap_or_else(|| DirtyBitmap::full(mem.pages()));
+        data = mem.data_pages();
+        dirty = DirtyBitmap::new(mem.pages());
         send_round(mem, link, 0, &DirtyBitmap::new(mem.pages()), report, events)?;
         await_round_ack(link, 0)?;
         0
@@ -345,10 +356,19 @@ fn postcopy_switch<S: MigrationSource>(
     let t_pause = Instant::now();
     src.pause()?;
     *paused = true;
+    // Dirty logging stays on (see copy_phases): turning it off would lengthen the pause.
     src.collect_dirty(&mut dirty)?;
-    src.stop_dirty_log()?;
     src.set_throttle(0)?;
-    let needed = dirty;
+    // Pages written since the last round are the ones the guest is using now: pushed first.
+    let hot = dirty;
+    let needed = match data {
+        Some(mut d) => {
+            d.or(&hot);
+            d
+        }
+        None if round == 0 => DirtyBitmap::full(mem.pages()),
+        None => hot.clone(),
+    };
     let state = src.save_state()?;
     link.writers[0].send(
         FrameType::PostcopyStart,
@@ -366,7 +386,7 @@ fn postcopy_switch<S: MigrationSource>(
     }
     .to_string();
     report.postcopy_pages = needed.count();
-    Ok((t_pause, Some(needed)))
+    Ok((t_pause, Some(PostcopyPlan { needed, hot })))
 }
 
 /// Pages and bytes the sender threads of one round have put on the wire so far.
@@ -517,7 +537,7 @@ fn commit(
     report: &mut Report,
     t0: Instant,
     t_pause: Instant,
-    postcopy: Option<DirtyBitmap>,
+    postcopy: Option<PostcopyPlan>,
     events: &mut dyn FnMut(Event),
 ) -> Result<(), MigrateError> {
     let unknown = |e: MigrateError| MigrateError::OutcomeUnknown(e.to_string());
@@ -539,14 +559,14 @@ fn commit(
     } else {
         0.0
     };
-    if let Some(needed) = postcopy {
+    if let Some(plan) = postcopy {
         // The VM runs on the destination and waits for these pages: we keep every one of them
         // until the destination confirms it has them all.
         events(Event::Phase {
             phase: Phase::Postcopy,
         });
         let t = Instant::now();
-        push_pages(mem, link, &needed, opts, report, events)
+        push_pages(mem, link, &plan, opts, report, events)
             .map_err(|e| MigrateError::PostcopyInterrupted(e.to_string()))?;
         report.postcopy_ms = t.elapsed().as_secs_f64() * 1e3;
         report.total_ms = t0.elapsed().as_secs_f64() * 1e3;
@@ -603,7 +623,7 @@ fn commit(
 fn push_pages(
     mem: &Arc<dyn GuestMemory>,
     link: &mut Link,
-    needed: &DirtyBitmap,
+    plan: &PostcopyPlan,
     opts: &SourceOptions,
     report: &mut Report,
     events: &mut dyn FnMut(Event),
@@ -611,8 +631,15 @@ fn push_pages(
     use std::collections::VecDeque;
     use std::sync::{Condvar, Mutex};
 
-    let requests = (Mutex::new(VecDeque::<u64>::new()), Condvar::new());
+    let needed = &plan.needed;
+    // The hot pages go first, exactly as if the guest had asked for them.
+    let requests = (
+        Mutex::new(plan.hot.iter().collect::<VecDeque<u64>>()),
+        Condvar::new(),
+    );
+    let mut last_request = Instant::now();
     let stop = AtomicBool::new(false);
+    let asked = AtomicU64::new(0);
     let total = needed.count();
     let Link {
         control,
@@ -630,6 +657,7 @@ fn push_pages(
                 match h.kind {
                     FrameType::PageRequest => {
                         let pages = message::decode_page_request(p)?;
+                        asked.fetch_add(pages.len() as u64, Ordering::Relaxed);
                         if let Ok(mut q) = requests.0.lock() {
                             q.extend(pages);
                         }
@@ -657,17 +685,21 @@ fn push_pages(
             if stop.load(Ordering::SeqCst) {
                 break Err(MigrateError::PeerClosed("post-copy"));
             }
-            let (batch, urgent) = {
+            let batch = {
                 let Ok(mut q) = requests.0.lock() else {
                     break Err(MigrateError::Config("lock poisoned".into()));
                 };
-                let urgent = q.len() as u64;
-                (
-                    next_push_batch(needed, &mut sent, &mut cursor, &mut q, BATCH_PAGES),
-                    urgent,
-                )
+                if !q.is_empty() {
+                    last_request = Instant::now();
+                }
+                // While the guest is faulting, small batches: a request never waits long behind one.
+                let max = if last_request.elapsed() < Duration::from_millis(20) {
+                    POSTCOPY_URGENT_BATCH
+                } else {
+                    BATCH_PAGES
+                };
+                next_push_batch(needed, &mut sent, &mut cursor, &mut q, max)
             };
-            report.postcopy_requests += urgent;
             if batch.is_empty() {
                 break Ok(());
             }
@@ -699,6 +731,7 @@ fn push_pages(
             }
         };
         report.pages_sent += pushed;
+        report.postcopy_requests = asked.load(Ordering::Relaxed);
         if let Err(e) = result {
             w.stream().shutdown();
             let _ = reader.join();

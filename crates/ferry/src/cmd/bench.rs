@@ -30,9 +30,9 @@ pub struct StopAndCopyArgs {
     /// Parallel channels.
     #[arg(long, default_value_t = 1)]
     pub channels: u16,
-    /// Fault the destination's RAM in ahead of the copy.
+    /// Do not fault the destination's RAM in ahead of the copy.
     #[arg(long)]
-    pub prefault: bool,
+    pub no_prefault: bool,
 }
 
 /// Runs a benchmark.
@@ -91,7 +91,7 @@ fn stop_and_copy(a: &StopAndCopyArgs) -> anyhow::Result<ExitCode> {
     };
     let image = dir.join("full.img");
     std::fs::write(&image, ferry_guest::build_image(&cfg)?)?;
-    let (mut dst, addr) = Host::destination(&dir, a.prefault)?;
+    let (mut dst, addr) = Host::destination(&dir, !a.no_prefault)?;
     let mut src = Host::source(&dir, &image, a.memory)?;
     let t = Instant::now();
     println!("filling {} of guest RAM with random data ...", human(ws));

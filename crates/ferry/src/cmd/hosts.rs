@@ -42,8 +42,8 @@ impl Host {
     /// Starts `ferry vm receive` on a free loopback port; returns it and the address it listens on.
     pub(crate) fn destination(dir: &Path, prefault: bool) -> anyhow::Result<(Host, String)> {
         let mut args = vec!["vm", "receive", "--listen", "127.0.0.1:0", "--once"];
-        if prefault {
-            args.push("--prefault");
+        if !prefault {
+            args.push("--no-prefault");
         }
         let mut host = Host::spawn(
             "destination",

@@ -21,7 +21,9 @@ pub struct MigrateArgs {
     /// Destination address, as printed by `ferry vm receive` (host:port).
     #[arg(long)]
     pub to: String,
-    /// stop-and-copy, precopy, or auto (pre-copy that throttles the guest when rounds stop shrinking).
+    /// stop-and-copy; precopy; postcopy (run on the destination at once, pages follow); hybrid
+    /// (a few pre-copy rounds, then post-copy); auto (pre-copy, switching to post-copy when rounds stop
+    /// shrinking).
     #[arg(long, default_value = "auto")]
     pub strategy: Strategy,
     /// Pause the guest may see at switch-over (ms); pre-copy keeps copying until the rest fits.
@@ -138,6 +140,12 @@ pub fn print_report(r: &Report) {
         r.bytes_sent as f64 / r.ram_bytes.max(1) as f64
     );
     println!("throughput          {:.0} MB/s", r.throughput_mbps);
+    if r.postcopy_pages > 0 {
+        println!(
+            "post-copy           {} pages after the switch, {} on demand, done in {:.1} ms",
+            r.postcopy_pages, r.postcopy_requests, r.postcopy_ms
+        );
+    }
     if r.max_throttle > 0 {
         println!("max throttle        {}%", r.max_throttle);
     }

@@ -68,10 +68,10 @@ pub struct ReceiveArgs {
     /// Seconds the source may stay silent before the incoming migration is dropped.
     #[arg(long, default_value_t = 30)]
     pub timeout: u64,
-    /// Fault all guest RAM in ahead of the incoming pages (helps bulk copies of large, full guests;
-    /// hurts when it is still running at switch-over, so it is off by default).
+    /// Do not fault guest RAM in when the VM is created (saves memory for mostly empty guests; makes
+    /// the copy slower, since first-touch faults are expensive on nested KVM).
     #[arg(long)]
-    pub prefault: bool,
+    pub no_prefault: bool,
     /// Exit after one failed incoming migration instead of waiting for another.
     #[arg(long)]
     pub once: bool,
@@ -143,7 +143,7 @@ fn receive_vm(a: ReceiveArgs) -> anyhow::Result<ExitCode> {
         console: Box::new(move || {
             console(&serial).unwrap_or_else(|_| Console::new(None, false, HeartbeatLog::default()))
         }),
-        prefault: a.prefault,
+        prefault: !a.no_prefault,
     };
     let opts = ReceiveOptions {
         timeout: Duration::from_secs(a.timeout),
@@ -162,6 +162,9 @@ fn receive_vm(a: ReceiveArgs) -> anyhow::Result<ExitCode> {
                     },
                     control.1.display()
                 );
+                if let Some(why) = &incoming.postcopy_incomplete {
+                    eprintln!("ferry: WARNING: {why}");
+                }
                 return serve(incoming.sink.vm, control);
             }
             Err(e) => {
@@ -256,7 +259,10 @@ fn serve(mut vm: Vm, control: ControlSocket) -> anyhow::Result<ExitCode> {
                     return Ok(ExitCode::SUCCESS);
                 }
                 Err(e) => {
-                    paused_unknown |= matches!(e, MigrateError::OutcomeUnknown(_));
+                    paused_unknown |= matches!(
+                        e,
+                        MigrateError::OutcomeUnknown(_) | MigrateError::PostcopyInterrupted(_)
+                    );
                     json!({"ok": false, "error": chain(&e)})
                 }
             },
