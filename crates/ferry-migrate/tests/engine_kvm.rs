@@ -154,3 +154,27 @@ fn hybrid_moves_a_running_guest_intact() {
         migrate(Strategy::Hybrid, Pattern::HotCold, 96 << 20);
     }
 }
+
+/// Every strategy, working sets from 1% to (nearly) 100% of RAM, random and hot/cold writes.
+#[test]
+fn every_strategy_across_working_sets_and_patterns() {
+    if !require_kvm() {
+        return;
+    }
+    // 1% of 128 MiB rounded up to 2 MiB; and all RAM above the first 4 MiB, which hold the guest's
+    // page tables, image and version table (97%).
+    let full = MEM - (4 << 20);
+    for strategy in [
+        Strategy::StopAndCopy,
+        Strategy::Precopy,
+        Strategy::Postcopy,
+        Strategy::Hybrid,
+        Strategy::Auto,
+    ] {
+        for ws in [2 << 20, full] {
+            for pattern in [Pattern::Random, Pattern::HotCold] {
+                migrate(strategy, pattern, ws);
+            }
+        }
+    }
+}
