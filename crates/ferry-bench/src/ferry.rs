@@ -93,7 +93,13 @@ pub fn run(ctx: &RunCtx, s: &FerrySettings) -> Result<RunResult, BenchError> {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+    let iterations = || -> Option<(Instant, u64)> {
+        let v = control(&src_sock, r#"{"op":"status"}"#).ok()?;
+        Some((Instant::now(), v["guest"]["iterations"].as_u64()?))
+    };
+    let before = iterations();
     std::thread::sleep(ctx.warmup);
+    let rate = crate::rate(before, iterations());
 
     let (src_cpu0, dst_cpu0) = (src.cpu_ms(), dst.cpu_ms());
     let t0 = Instant::now();
@@ -131,6 +137,7 @@ pub fn run(ctx: &RunCtx, s: &FerrySettings) -> Result<RunResult, BenchError> {
     let text = reader.join().unwrap_or_default();
 
     let mut r = RunResult::new(Outcome::Completed);
+    r.guest_writes_per_s = rate;
     let report: Option<Value> = serde_json::from_str(&text).ok();
     match (&status, &report) {
         (None, _) => {

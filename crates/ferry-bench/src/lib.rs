@@ -112,6 +112,8 @@ pub struct RunResult {
     pub source_cpu_ms: Option<f64>,
     /// CPU time of the destination process during the migration, ms.
     pub destination_cpu_ms: Option<f64>,
+    /// Page writes per second the guest did during the warm-up (before the migration).
+    pub guest_writes_per_s: Option<f64>,
     /// Engine-specific remarks (rounds, throttle, ...).
     pub notes: Vec<String>,
 }
@@ -128,6 +130,7 @@ impl RunResult {
             wire_bytes: None,
             source_cpu_ms: None,
             destination_cpu_ms: None,
+            guest_writes_per_s: None,
             notes: vec![],
         }
     }
@@ -237,6 +240,13 @@ impl RunCtx<'_> {
             None => Ok(listen.to_string()),
         }
     }
+}
+
+/// Page writes per second between two readings of the guest's `iterations` counter.
+fn rate(a: Option<(Instant, u64)>, b: Option<(Instant, u64)>) -> Option<f64> {
+    let ((ta, ia), (tb, ib)) = (a?, b?);
+    let dt = (tb - ta).as_secs_f64();
+    (dt > 0.0).then(|| ib.saturating_sub(ia) as f64 / dt)
 }
 
 /// Checks that QEMU, /dev/kvm and the ferry binary are there.

@@ -203,7 +203,13 @@ pub fn run(ctx: &RunCtx, s: &QemuSettings) -> Result<RunResult, BenchError> {
     let to = ctx.route(&format!("127.0.0.1:{port}"))?;
     sq.exec("migrate-set-capabilities", Some(capabilities(s, true)))?;
     sq.exec("migrate-set-parameters", Some(parameters(s, true)))?;
+    let mut iterations = || -> Option<(Instant, u64)> {
+        let m = sq.mailbox(&pmem).ok()??;
+        Some((Instant::now(), m.iterations))
+    };
+    let before = iterations();
     std::thread::sleep(ctx.warmup);
+    let rate = crate::rate(before, iterations());
 
     let (src_cpu0, dst_cpu0) = (src.cpu_ms(), dst.cpu_ms());
     let t0 = Instant::now();
@@ -211,6 +217,8 @@ pub fn run(ctx: &RunCtx, s: &QemuSettings) -> Result<RunResult, BenchError> {
     let mut postcopy_started = false;
     let mut cancelled_at: Option<Instant> = None;
     let mut r = RunResult::new(Outcome::Completed);
+    r.guest_writes_per_s = rate;
+    let mut postcopy_seen: Option<Instant> = None;
     let last = loop {
         let v = sq.exec("query-migrate", None)?;
         let status = v["status"].as_str().unwrap_or("").to_string();
@@ -229,6 +237,7 @@ pub fn run(ctx: &RunCtx, s: &QemuSettings) -> Result<RunResult, BenchError> {
                 };
                 break v;
             }
+            "postcopy-active" if postcopy_seen.is_none() => postcopy_seen = Some(Instant::now()),
             _ => {}
         }
         let syncs = v["ram"]["dirty-sync-count"].as_u64().unwrap_or(0);
@@ -264,6 +273,13 @@ pub fn run(ctx: &RunCtx, s: &QemuSettings) -> Result<RunResult, BenchError> {
         "{} dirty syncs",
         ram["dirty-sync-count"].as_u64().unwrap_or(0)
     ));
+    if s.postcopy {
+        r.notes.push(match postcopy_seen {
+            Some(t) => format!("post-copy from {:.0} ms", (t - t0).as_secs_f64() * 1e3),
+            None if postcopy_started => "post-copy requested, never entered".into(),
+            None => "finished before the post-copy switch".into(),
+        });
+    }
     if let Some(p) = last["cpu-throttle-percentage"].as_u64() {
         r.notes.push(format!("throttle {p}%"));
     }

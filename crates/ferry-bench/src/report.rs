@@ -93,7 +93,12 @@ fn outcome_cell(v: &VariantResult) -> String {
 }
 
 fn notes(v: &VariantResult) -> String {
-    let mut n: Vec<String> = v.runs.first().map(|r| r.notes.clone()).unwrap_or_default();
+    let mut n = vec![];
+    let rates: Vec<f64> = v.runs.iter().filter_map(|r| r.guest_writes_per_s).collect();
+    if let Some((m, _, _)) = stats(&rates) {
+        n.push(format!("guest {:.0}k writes/s", m / 1e3));
+    }
+    n.extend(v.runs.first().map(|r| r.notes.clone()).unwrap_or_default());
     if v.runs.iter().any(|r| r.sequence_continues == Some(false)) {
         n.push("heartbeat sequence broken (beats lost)".into());
     }

@@ -283,13 +283,9 @@ pub struct Scenario {
 pub fn all() -> Vec<Scenario> {
     let ferry_auto = || Variant::ferry("ferry auto (default)", FerrySettings::default());
     let ferry_precopy = || Variant::ferry("ferry precopy", FerrySettings::strategy("precopy"));
-    let no_postcopy = || {
-        Variant::not_applicable(
-            "ferry postcopy",
-            Engine::Ferry,
-            "ferry has no post-copy yet",
-        )
-    };
+    // QEMU's "postcopy" row is one pre-copy round, then post-copy: ferry's hybrid is the match.
+    let ferry_hybrid = || Variant::ferry("ferry hybrid", FerrySettings::strategy("hybrid"));
+    let ferry_postcopy = || Variant::ferry("ferry postcopy", FerrySettings::strategy("postcopy"));
     let postcopy = || QemuSettings {
         postcopy: true,
         ..QemuSettings::unlimited()
@@ -331,7 +327,8 @@ pub fn all() -> Vec<Scenario> {
             variants: vec![
                 ferry_auto(),
                 ferry_precopy(),
-                no_postcopy(),
+                ferry_hybrid(),
+                ferry_postcopy(),
                 Variant::qemu("QEMU precopy", QemuSettings::unlimited()),
                 Variant::qemu("QEMU postcopy", postcopy()),
                 Variant::qemu("QEMU auto-converge", auto_converge()),
@@ -411,7 +408,8 @@ pub fn all() -> Vec<Scenario> {
             variants: vec![
                 ferry_auto(),
                 ferry_precopy(),
-                no_postcopy(),
+                ferry_hybrid(),
+                ferry_postcopy(),
                 Variant::qemu("QEMU precopy", QemuSettings::unlimited()),
                 Variant::qemu("QEMU auto-converge", auto_converge()),
                 Variant::qemu("QEMU postcopy", postcopy()),
