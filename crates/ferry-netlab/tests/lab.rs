@@ -1,6 +1,6 @@
 //! Lab integration tests: need root and `ip netns`; skipped with a notice otherwise (failed if CI=true).
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::os::unix::fs::MetadataExt;
 use std::process::Stdio;
@@ -22,7 +22,9 @@ fn lab_or_skip(config: &LabConfig) -> Option<Lab> {
             panic!("lab `{}` cannot be built under CI: {e}", config.name)
         }
         Err(e) => {
-            eprintln!(
+            // Straight to stderr: libtest would hide eprintln! output of a passing test.
+            let _ = writeln!(
+                std::io::stderr(),
                 "SKIPPED: lab `{}` needs root and `ip netns`: {e}",
                 config.name
             );
