@@ -36,6 +36,9 @@ pub enum MigrateError {
         /// What we were doing.
         during: &'static str,
     },
+    /// TLS set-up, handshake or authorisation failed.
+    #[error("TLS")]
+    Tls(#[from] crate::tls::TlsError),
     /// The VM itself failed (KVM, state).
     #[error("VM error")]
     Vm(#[from] ferry_vmm::VmmError),

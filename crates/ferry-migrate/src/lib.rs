@@ -17,6 +17,7 @@ pub mod report;
 pub mod sink;
 pub mod source;
 pub mod synthetic;
+pub mod tls;
 mod vm;
 
 pub use error::MigrateError;

@@ -167,6 +167,8 @@ pub struct Report {
     pub rounds: Vec<RoundStats>,
     /// Channels used.
     pub channels: u16,
+    /// Transport and its protection (TLS version and cipher suite, or plaintext).
+    pub transport: String,
     /// RAM digest of the source at switch-over (hex).
     pub source_digest: String,
     /// Whether the destination's RAM digest matched the source's.

@@ -209,6 +209,9 @@ fn accept_channel(
 ) -> Result<(FrameReader, FrameWriter, Hello), MigrateError> {
     let stream = accept().map_err(MigrateError::io("accepting a migration connection"))?;
     stream
+        .set_nodelay()
+        .map_err(MigrateError::io("socket option"))?;
+    stream
         .set_read_timeout(Some(opts.timeout))
         .map_err(MigrateError::io("socket option"))?;
     stream

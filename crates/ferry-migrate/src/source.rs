@@ -170,6 +170,9 @@ fn handshake(
     for ch in 0..opts.channels {
         let stream = connect().map_err(MigrateError::io("cannot connect to the destination"))?;
         stream
+            .set_nodelay()
+            .map_err(MigrateError::io("socket option"))?;
+        stream
             .set_read_timeout(Some(opts.timeout))
             .map_err(MigrateError::io("socket option"))?;
         stream

@@ -41,6 +41,9 @@ pub struct MigrateRequest {
     pub verify: bool,
     /// Live rounds at most.
     pub max_rounds: u32,
+    /// Name the destination's certificate must carry (default: the host part of `to`).
+    #[serde(default)]
+    pub tls_name: Option<String>,
 }
 
 /// Sends a request and calls `on_event` for each event line; returns the final line.

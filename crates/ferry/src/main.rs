@@ -34,6 +34,9 @@ enum Command {
     Bench(cmd::bench::BenchCommand),
     /// Simulate a data centre over workload traces and compare planner policies.
     Sim(Box<ferry_sim::cli::SimArgs>),
+    /// Create the cluster CA and host certificates that authenticate every migration.
+    #[command(subcommand)]
+    Certs(cmd::certs::CertsCommand),
     /// Build workload guest images.
     #[command(subcommand)]
     Guest(cmd::guest::GuestCommand),
@@ -46,6 +49,7 @@ fn main() -> ExitCode {
         Command::Vm(c) => cmd::vm::run(c),
         Command::Migrate(a) => cmd::migrate::run(a),
         Command::Guest(c) => cmd::guest::run(c),
+        Command::Certs(c) => cmd::certs::run(c),
         Command::Bench(c) => cmd::bench::run(c),
         Command::Sim(a) => ferry_sim::cli::run(&a)
             .map(|()| ExitCode::SUCCESS)

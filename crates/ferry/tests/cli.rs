@@ -104,6 +104,7 @@ fn garbage_image_is_refused() {
         "64M",
         "--control",
         &tmp("b.sock").to_string_lossy(),
+        "--insecure",
     ]);
     assert!(!o.status.success());
     assert!(
@@ -183,6 +184,7 @@ fn migrating_to_a_dead_destination_keeps_the_vm_running() {
                 "64M",
                 "--control",
                 &sock.to_string_lossy(),
+                "--insecure",
             ])
             .stderr(Stdio::null())
             .spawn()
@@ -220,4 +222,55 @@ fn migrating_to_a_dead_destination_keeps_the_vm_running() {
         "the VM must keep running on the source"
     );
     assert_eq!(status(&sock).unwrap()["vm"]["running"], true);
+}
+
+#[test]
+fn migrations_need_certificates_or_an_explicit_insecure() {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    drop(l);
+    let o = run(&[
+        "vm",
+        "receive",
+        "--listen",
+        "127.0.0.1:0",
+        "--control",
+        &tmp("d.sock").to_string_lossy(),
+    ]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("need TLS certificates"),
+        "{}",
+        stderr(&o)
+    );
+    let o = run(&[
+        "vm",
+        "receive",
+        "--listen",
+        "127.0.0.1:0",
+        "--certs",
+        "/nonexistent",
+        "--name",
+        "x",
+    ]);
+    assert!(
+        stderr(&o).contains("cannot load the TLS identity x"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn certs_commands_create_a_ca_and_host_certificates() {
+    let d = tmp("certs-cmd");
+    let _ = std::fs::remove_dir_all(&d);
+    let ds = d.to_string_lossy().into_owned();
+    assert!(run(&["certs", "init", "--dir", &ds]).status.success());
+    let o = run(&["certs", "issue", "hostb", "--san", "10.0.0.2", "--dir", &ds]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(d.join("hostb.pem").exists() && d.join("hostb.key").exists());
+    let again = run(&["certs", "init", "--dir", &ds]);
+    assert!(
+        !again.status.success(),
+        "an existing CA must not be overwritten"
+    );
 }

@@ -30,6 +30,9 @@ pub struct StopAndCopyArgs {
     /// Parallel channels.
     #[arg(long, default_value_t = 1)]
     pub channels: u16,
+    /// Migrate over TLS 1.3 with mutual authentication (default: plaintext, to measure the link).
+    #[arg(long)]
+    pub tls: bool,
     /// Do not fault the destination's RAM in ahead of the copy.
     #[arg(long)]
     pub no_prefault: bool,
@@ -91,8 +94,13 @@ fn stop_and_copy(a: &StopAndCopyArgs) -> anyhow::Result<ExitCode> {
     };
     let image = dir.join("full.img");
     std::fs::write(&image, ferry_guest::build_image(&cfg)?)?;
-    let (mut dst, addr) = Host::destination(&dir, !a.no_prefault)?;
-    let mut src = Host::source(&dir, &image, a.memory)?;
+    let certs = if a.tls {
+        Some(Host::make_certs(&dir)?)
+    } else {
+        None
+    };
+    let (mut dst, addr) = Host::destination(&dir, !a.no_prefault, certs.as_deref())?;
+    let mut src = Host::source(&dir, &image, a.memory, certs.as_deref())?;
     let t = Instant::now();
     println!("filling {} of guest RAM with random data ...", human(ws));
     src.wait_guest("the guest to fill its RAM", Duration::from_secs(300), |g| {
@@ -111,6 +119,7 @@ fn stop_and_copy(a: &StopAndCopyArgs) -> anyhow::Result<ExitCode> {
         compression: "off".into(),
         verify: true,
         max_rounds: 0,
+        tls_name: None,
     };
     let r = request_migration(&src.socket, req, true)?;
     let _ = src.wait(Duration::from_secs(10));
@@ -129,6 +138,7 @@ fn stop_and_copy(a: &StopAndCopyArgs) -> anyhow::Result<ExitCode> {
         limit / 1e9
     );
     println!("ratio                 {:.2}", tput / limit);
+    println!("transport             {}", r.transport);
     println!(
         "RAM digest            {}",
         if r.digest_match == Some(true) {

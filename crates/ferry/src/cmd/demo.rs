@@ -78,12 +78,14 @@ fn demo(a: &DemoArgs, dir: &Path) -> anyhow::Result<ExitCode> {
         human(a.working_set)
     ));
 
-    let (mut dst, addr) = Host::destination(dir, false)?;
+    // Like a real cluster: a CA, one certificate per host, mutual TLS on every channel.
+    let certs = Host::make_certs(dir)?;
+    let (mut dst, addr) = Host::destination(dir, true, Some(&certs))?;
     say(format!(
         "destination host: process {} listening on {addr}",
         dst.child.id()
     ));
-    let mut src = Host::source(dir, &image, a.memory)?;
+    let mut src = Host::source(dir, &image, a.memory, Some(&certs))?;
     let t = Instant::now();
     let booted = src.wait_guest("the guest to start", Duration::from_secs(60), |g| {
         g.ferry_guest && g.iterations > 0 && g.heartbeats > 0
@@ -105,6 +107,7 @@ fn demo(a: &DemoArgs, dir: &Path) -> anyhow::Result<ExitCode> {
         compression: "adaptive".into(),
         verify: true,
         max_rounds: 30,
+        tls_name: None,
     };
     let report = request_migration(&src.socket, req, !a.json)?;
     match src.wait(Duration::from_secs(10)) {

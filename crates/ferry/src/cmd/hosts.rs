@@ -39,9 +39,29 @@ impl Host {
         Ok(Host { child, log, socket })
     }
 
+    /// Creates a cluster CA in `dir/certs` with certificates for "destination" (valid for
+    /// 127.0.0.1) and "source"; returns the directory.
+    pub(crate) fn make_certs(dir: &Path) -> anyhow::Result<PathBuf> {
+        let certs = dir.join("certs");
+        ferry_migrate::tls::certs::init_ca(&certs, 1)?;
+        ferry_migrate::tls::certs::issue(&certs, &["destination".into(), "127.0.0.1".into()], 1)?;
+        ferry_migrate::tls::certs::issue(&certs, &["source".into()], 1)?;
+        Ok(certs)
+    }
+
     /// Starts `ferry vm receive` on a free loopback port; returns it and the address it listens on.
-    pub(crate) fn destination(dir: &Path, prefault: bool) -> anyhow::Result<(Host, String)> {
+    /// With `certs` it accepts only TLS peers of that CA, else plaintext (--insecure).
+    pub(crate) fn destination(
+        dir: &Path,
+        prefault: bool,
+        certs: Option<&Path>,
+    ) -> anyhow::Result<(Host, String)> {
+        let certs_arg = certs.map(|c| c.to_string_lossy().into_owned());
         let mut args = vec!["vm", "receive", "--listen", "127.0.0.1:0", "--once"];
+        match &certs_arg {
+            Some(c) => args.extend(["--certs", c.as_str(), "--name", "destination"]),
+            None => args.push("--insecure"),
+        }
         if !prefault {
             args.push("--no-prefault");
         }
@@ -61,10 +81,20 @@ impl Host {
         }
     }
 
-    /// Starts `ferry vm run` booting `image` with `memory` bytes of RAM.
-    pub(crate) fn source(dir: &Path, image: &Path, memory: u64) -> anyhow::Result<Host> {
+    /// Starts `ferry vm run` booting `image` with `memory` bytes of RAM (TLS with `certs`).
+    pub(crate) fn source(
+        dir: &Path,
+        image: &Path,
+        memory: u64,
+        certs: Option<&Path>,
+    ) -> anyhow::Result<Host> {
         let (image, memory) = (image.to_string_lossy(), memory.to_string());
-        let args = ["vm", "run", "--kernel", &image, "--memory", &memory];
+        let certs_arg = certs.map(|c| c.to_string_lossy().into_owned());
+        let mut args = vec!["vm", "run", "--kernel", &image, "--memory", &memory];
+        match &certs_arg {
+            Some(c) => args.extend(["--certs", c.as_str(), "--name", "source"]),
+            None => args.push("--insecure"),
+        }
         Host::spawn("source", dir, &args, Stdio::null(), dir.join("source.sock"))
     }
 

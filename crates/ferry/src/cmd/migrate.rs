@@ -41,6 +41,9 @@ pub struct MigrateArgs {
     /// Skip the RAM digest comparison after switch-over.
     #[arg(long)]
     pub no_verify: bool,
+    /// Name the destination's certificate must carry (default: the host part of --to).
+    #[arg(long)]
+    pub tls_name: Option<String>,
     /// Print the final report as JSON (no progress bar).
     #[arg(long)]
     pub json: bool,
@@ -57,6 +60,7 @@ impl MigrateArgs {
             compression: self.compression.clone(),
             verify: !self.no_verify,
             max_rounds: self.max_rounds,
+            tls_name: self.tls_name.clone(),
         }
     }
 }
@@ -126,6 +130,7 @@ pub fn print_report(r: &Report) {
         r.strategy, r.strategy_used
     );
     println!("guest RAM           {}", human(r.ram_bytes));
+    println!("transport           {}", r.transport);
     println!("total time          {:.1} ms", r.total_ms);
     println!("downtime (engine)   {:.2} ms", r.downtime_ms);
     println!("downtime (guest)    {guest}");

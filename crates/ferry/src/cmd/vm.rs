@@ -5,11 +5,13 @@ use std::net::{TcpListener, TcpStream, ToSocketAddrs};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use ferry_migrate::channel::Stream;
+use ferry_migrate::tls;
 use ferry_migrate::{
     migrate_out, receive, KvmSinkFactory, MigrateError, ReceiveOptions, SourceOptions, Strategy,
 };
@@ -41,6 +43,61 @@ pub struct HostArgs {
     /// (0x80-0xFF) are passed through too, except when stdout is a terminal.
     #[arg(long)]
     pub serial: Option<String>,
+    /// Directory with the cluster CA and this host's certificate (from `ferry certs`). Every
+    /// migration runs over TLS 1.3 with mutual authentication unless --insecure is given.
+    #[arg(long)]
+    pub certs: Option<PathBuf>,
+    /// This host's name: its certificate is CERTS/NAME.pem with key CERTS/NAME.key.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Migrate in plaintext, without authentication: anyone on the network can read guest memory
+    /// and anyone can send this host a VM. For isolated test networks only.
+    #[arg(long, conflicts_with_all = ["certs", "name"])]
+    pub insecure: bool,
+}
+
+/// How this host protects migrations.
+pub enum Security {
+    /// Plaintext (--insecure).
+    Insecure,
+    /// TLS 1.3, mutual authentication.
+    Tls {
+        /// For migrating out.
+        client: Arc<rustls::ClientConfig>,
+        /// For migrations coming in.
+        server: Arc<rustls::ServerConfig>,
+        /// Who may send us a VM.
+        policy: tls::Policy,
+    },
+}
+
+impl HostArgs {
+    /// Loads certificates (or accepts --insecure, loudly).
+    pub fn security(&self, allow: &[String]) -> anyhow::Result<Security> {
+        if self.insecure {
+            eprintln!(
+                "ferry: WARNING: --insecure: migrations to and from this host are plaintext and unauthenticated; \
+                 guest memory crosses the network readable by anyone"
+            );
+            return Ok(Security::Insecure);
+        }
+        let (Some(dir), Some(name)) = (&self.certs, &self.name) else {
+            bail!(
+                "migrations need TLS certificates: pass --certs DIR --name NAME (create them with \
+                 `ferry certs init` and `ferry certs issue NAME`), or --insecure for a plaintext test setup"
+            );
+        };
+        let id = tls::Identity::from_dir(dir, name).with_context(|| {
+            format!("cannot load the TLS identity {name} from {}", dir.display())
+        })?;
+        Ok(Security::Tls {
+            client: tls::client_config(&id)?,
+            server: tls::server_config(&id)?,
+            policy: tls::Policy {
+                allowed: allow.to_vec(),
+            },
+        })
+    }
 }
 
 /// `ferry vm run`.
@@ -75,6 +132,10 @@ pub struct ReceiveArgs {
     /// Exit after one failed incoming migration instead of waiting for another.
     #[arg(long)]
     pub once: bool,
+    /// Accept VMs only from peers whose certificate carries one of these names (repeatable; default:
+    /// any peer the cluster CA signed).
+    #[arg(long = "allow")]
+    pub allow: Vec<String>,
     #[command(flatten)]
     pub host: HostArgs,
 }
@@ -112,6 +173,7 @@ fn control_path(host: &HostArgs) -> PathBuf {
 fn run_vm(a: RunArgs) -> anyhow::Result<ExitCode> {
     let image = std::fs::read(&a.kernel)
         .with_context(|| format!("cannot read kernel image {}", a.kernel.display()))?;
+    let security = a.host.security(&[])?;
     let control = bind_control(&control_path(&a.host))?;
     let mut vm = Vm::new(
         VmConfig {
@@ -129,12 +191,13 @@ fn run_vm(a: RunArgs) -> anyhow::Result<ExitCode> {
         a.memory >> 20,
         control.1.display()
     );
-    serve(vm, control)
+    serve(vm, control, &security)
 }
 
 fn receive_vm(a: ReceiveArgs) -> anyhow::Result<ExitCode> {
     let listener =
         TcpListener::bind(&a.listen).with_context(|| format!("cannot listen on {}", a.listen))?;
+    let security = a.host.security(&a.allow)?;
     let control = bind_control(&control_path(&a.host))?;
     println!("listening on {}", listener.local_addr()?);
     std::io::stdout().flush()?;
@@ -149,7 +212,16 @@ fn receive_vm(a: ReceiveArgs) -> anyhow::Result<ExitCode> {
         timeout: Duration::from_secs(a.timeout),
     };
     loop {
-        let mut accept = || listener.accept().map(|(s, _)| Stream::Tcp(s));
+        let mut accept = || -> std::io::Result<Stream> {
+            let (s, _) = listener.accept()?;
+            match &security {
+                Security::Insecure => Ok(Stream::Tcp(s)),
+                Security::Tls { server, policy, .. } => {
+                    tls::accept(s, server, policy, opts.timeout)
+                        .map_err(|e| std::io::Error::other(chain(&e)))
+                }
+            }
+        };
         match receive(&mut accept, &mut factory, &opts) {
             Ok(incoming) => {
                 eprintln!(
@@ -165,7 +237,7 @@ fn receive_vm(a: ReceiveArgs) -> anyhow::Result<ExitCode> {
                 if let Some(why) = &incoming.postcopy_incomplete {
                     eprintln!("ferry: WARNING: {why}");
                 }
-                return serve(incoming.sink.vm, control);
+                return serve(incoming.sink.vm, control, &security);
             }
             Err(e) => {
                 eprintln!("ferry: incoming migration failed: {}", chain(&e));
@@ -214,7 +286,7 @@ fn bind_control(path: &Path) -> anyhow::Result<ControlSocket> {
     Ok(ControlSocket(l, path.to_path_buf()))
 }
 
-fn serve(mut vm: Vm, control: ControlSocket) -> anyhow::Result<ExitCode> {
+fn serve(mut vm: Vm, control: ControlSocket, security: &Security) -> anyhow::Result<ExitCode> {
     let mut paused_unknown = false;
     loop {
         if let Some(reason) = vm.exit_reason() {
@@ -250,7 +322,7 @@ fn serve(mut vm: Vm, control: ControlSocket) -> anyhow::Result<ExitCode> {
                 eprintln!("ferry: VM stopped on request");
                 return Ok(ExitCode::SUCCESS);
             }
-            Ok(Request::Migrate(req)) => match migrate(&mut vm, &req, &mut out) {
+            Ok(Request::Migrate(req)) => match migrate(&mut vm, &req, &mut out, security) {
                 Ok(report) => {
                     let _ = writeln!(out, "{}", json!({"ok": true, "report": report}));
                     // The VM lives on the destination now: scrub our copy before we go.
@@ -296,6 +368,7 @@ fn migrate(
     vm: &mut Vm,
     req: &MigrateRequest,
     out: &mut UnixStream,
+    security: &Security,
 ) -> Result<ferry_migrate::Report, MigrateError> {
     let strategy: Strategy = req.strategy.parse().map_err(MigrateError::Config)?;
     let compression = req
@@ -320,7 +393,22 @@ fn migrate(
         verify: req.verify,
         ..SourceOptions::default()
     };
-    let connect = || TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map(Stream::Tcp);
+    let server_name = req.tls_name.clone().unwrap_or_else(|| host_part(&req.to));
+    let transport = std::sync::Mutex::new(String::from("tcp, plaintext (--insecure)"));
+    let connect = || -> std::io::Result<Stream> {
+        let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+        match security {
+            Security::Insecure => Ok(Stream::Tcp(s)),
+            Security::Tls { client, .. } => {
+                let stream = tls::connect(s, client, &server_name, Duration::from_secs(10))
+                    .map_err(|e| std::io::Error::other(chain(&e)))?;
+                if let (Ok(mut t), Some(suite)) = (transport.lock(), tls::cipher_suite(&stream)) {
+                    *t = format!("TLS 1.3, {suite}, mutual authentication ({server_name})");
+                }
+                Ok(stream)
+            }
+        }
+    };
     let start_ns = monotonic_ns();
     let mut events = |e: ferry_migrate::Event| {
         let _ = writeln!(out, "{}", json!({ "event": e }));
@@ -328,6 +416,7 @@ fn migrate(
     let result = migrate_out(vm, &connect, &opts, &mut events);
     let hb = vm.heartbeats();
     result.map(|mut r| {
+        r.transport = transport.lock().map(|t| t.clone()).unwrap_or_default();
         r.source_max_gap_ms = hb
             .lock()
             .ok()
@@ -335,4 +424,12 @@ fn migrate(
             .map(|g| g as f64 / 1e6);
         r
     })
+}
+
+/// The host part of `host:port` (brackets of an IPv6 literal removed): the name TLS checks.
+fn host_part(addr: &str) -> String {
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+    host.trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string()
 }

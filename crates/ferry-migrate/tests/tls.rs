@@ -1,0 +1,315 @@
+//! Migration over TLS 1.3 with mutual authentication, and every way a TLS peer can be wrong.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use ferry_migrate::synthetic::{DirtyScript, SyntheticFactory, SyntheticVm};
+use ferry_migrate::tls::{self, certs, Identity, Policy};
+use ferry_migrate::{
+    migrate_out, receive, MigrateError, MigrationSource, ReceiveOptions, SourceOptions, Strategy,
+};
+use ferry_wire::codec::Compression;
+
+const PAGES: u64 = 1024;
+const T: Duration = Duration::from_secs(5);
+
+fn dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("ferry-tls-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+/// A CA with a destination (valid for 127.0.0.1) and a source certificate.
+fn cluster(name: &str) -> PathBuf {
+    let d = dir(name);
+    certs::init_ca(&d, 30).unwrap();
+    certs::issue(&d, &["destination".into(), "127.0.0.1".into()], 30).unwrap();
+    certs::issue(&d, &["source".into()], 30).unwrap();
+    d
+}
+
+fn idle() -> DirtyScript {
+    DirtyScript {
+        pages_per_sec: 0,
+        working_set: 1,
+        random: false,
+    }
+}
+
+fn source_vm() -> SyntheticVm {
+    let mut vm = SyntheticVm::new(PAGES, idle());
+    vm.fill();
+    vm.resume().unwrap();
+    vm
+}
+
+fn opts() -> SourceOptions {
+    let mut o = SourceOptions {
+        strategy: Strategy::StopAndCopy,
+        timeout: T,
+        ..SourceOptions::default()
+    };
+    o.encoder.compression = Compression::Off;
+    o
+}
+
+/// A TLS destination on a fresh port; returns its address and the outcome of the receive.
+fn tls_destination(
+    id: Identity,
+    policy: Policy,
+) -> (
+    std::net::SocketAddr,
+    thread::JoinHandle<Result<ferry_migrate::Incoming<SyntheticVm>, MigrateError>>,
+) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let cfg = tls::server_config(&id).unwrap();
+    let h = thread::spawn(move || {
+        let mut accept = || -> std::io::Result<ferry_migrate::channel::Stream> {
+            let (s, _) = l.accept()?;
+            tls::accept(s, &cfg, &policy, T).map_err(|e| std::io::Error::other(chain(&e)))
+        };
+        receive(
+            &mut accept,
+            &mut SyntheticFactory { script: idle() },
+            &ReceiveOptions { timeout: T },
+        )
+    });
+    (addr, h)
+}
+
+/// Forwards TCP to `to`, counting the bytes the source sends.
+fn counting_proxy(to: std::net::SocketAddr) -> (std::net::SocketAddr, Arc<AtomicU64>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let count = Arc::new(AtomicU64::new(0));
+    let c = count.clone();
+    thread::spawn(move || {
+        while let Ok((mut a, _)) = l.accept() {
+            let Ok(mut b) = TcpStream::connect(to) else {
+                return;
+            };
+            let (mut a2, mut b2) = (a.try_clone().unwrap(), b.try_clone().unwrap());
+            thread::spawn(move || {
+                let _ = std::io::copy(&mut b2, &mut a2);
+                let _ = a2.shutdown(std::net::Shutdown::Both);
+            });
+            let c = c.clone();
+            thread::spawn(move || {
+                let mut buf = [0u8; 65536];
+                while let Ok(n) = a.read(&mut buf) {
+                    if n == 0 || b.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                    c.fetch_add(n as u64, Ordering::SeqCst);
+                }
+                let _ = b.shutdown(std::net::Shutdown::Both);
+            });
+        }
+    });
+    (addr, count)
+}
+
+fn tls_source(
+    src: &mut SyntheticVm,
+    to: std::net::SocketAddr,
+    id: &Identity,
+    name: &str,
+) -> Result<ferry_migrate::Report, MigrateError> {
+    let cfg = tls::client_config(id).unwrap();
+    let connect = || -> std::io::Result<ferry_migrate::channel::Stream> {
+        let s = TcpStream::connect(to)?;
+        tls::connect(s, &cfg, name, T).map_err(|e| std::io::Error::other(chain(&e)))
+    };
+    migrate_out(src, &connect, &opts(), &mut |_| {})
+}
+
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut c = e.source();
+    while let Some(x) = c {
+        s += &format!(": {x}");
+        c = x.source();
+    }
+    s
+}
+
+/// Asserts a refused migration: the source runs on, and no more than a handshake crossed the wire.
+fn assert_refused(src: &SyntheticVm, err: &MigrateError, sent: u64) {
+    assert!(src.is_running(), "source must keep running after {err}");
+    assert!(
+        sent < 8 * 1024,
+        "{sent} bytes left the source: more than a handshake ({err})"
+    );
+}
+
+#[test]
+fn migrates_over_mutually_authenticated_tls() {
+    let d = cluster("ok");
+    let (addr, dst) = tls_destination(
+        Identity::from_dir(&d, "destination").unwrap(),
+        Policy::default(),
+    );
+    let mut src = source_vm();
+    let r = tls_source(
+        &mut src,
+        addr,
+        &Identity::from_dir(&d, "source").unwrap(),
+        "127.0.0.1",
+    )
+    .unwrap();
+    assert_eq!(r.digest_match, Some(true));
+    assert!(dst.join().unwrap().is_ok());
+    assert!(!src.is_running());
+}
+
+fn refused_case(
+    src_id: Identity,
+    dst_id: Identity,
+    policy: Policy,
+    name: &str,
+) -> (MigrateError, String) {
+    let (addr, dst) = tls_destination(dst_id, policy);
+    let (proxy, sent) = counting_proxy(addr);
+    let mut src = source_vm();
+    let err = tls_source(&mut src, proxy, &src_id, name).unwrap_err();
+    let dst_err = dst.join().unwrap().err().expect("destination must refuse");
+    thread::sleep(Duration::from_millis(50));
+    assert_refused(&src, &err, sent.load(Ordering::SeqCst));
+    (err, chain(&dst_err))
+}
+
+#[test]
+fn unknown_ca_is_refused_on_both_sides() {
+    let (a, b) = (cluster("ca-a"), cluster("ca-b"));
+    let (err, dst_err) = refused_case(
+        Identity::from_dir(&b, "source").unwrap(),
+        Identity::from_dir(&a, "destination").unwrap(),
+        Policy::default(),
+        "127.0.0.1",
+    );
+    let e = chain(&err);
+    assert!(
+        e.contains("UnknownIssuer") || e.contains("certificate"),
+        "source: {e}"
+    );
+    assert!(
+        dst_err.contains("certificate") || dst_err.contains("alert") || dst_err.contains("TLS"),
+        "destination: {dst_err}"
+    );
+}
+
+#[test]
+fn expired_certificate_is_refused() {
+    let d = cluster("expired");
+    certs::issue(&d, &["old".into()], -2).unwrap();
+    let (err, dst_err) = refused_case(
+        Identity::from_dir(&d, "old").unwrap(),
+        Identity::from_dir(&d, "destination").unwrap(),
+        Policy::default(),
+        "127.0.0.1",
+    );
+    assert!(
+        dst_err.contains("certificate expired"),
+        "destination: {dst_err}"
+    );
+    let _ = err;
+}
+
+#[test]
+fn wrong_host_name_is_refused() {
+    let d = cluster("name");
+    let (err, _) = refused_case(
+        Identity::from_dir(&d, "source").unwrap(),
+        Identity::from_dir(&d, "destination").unwrap(),
+        Policy::default(),
+        "elsewhere.example",
+    );
+    assert!(
+        chain(&err).contains("not valid for name"),
+        "{}",
+        chain(&err)
+    );
+}
+
+#[test]
+fn peer_outside_the_policy_is_refused() {
+    let d = cluster("policy");
+    let (_, dst_err) = refused_case(
+        Identity::from_dir(&d, "source").unwrap(),
+        Identity::from_dir(&d, "destination").unwrap(),
+        Policy {
+            allowed: vec!["trusted-host".into()],
+        },
+        "127.0.0.1",
+    );
+    assert!(dst_err.contains("not allowed"), "{dst_err}");
+}
+
+#[test]
+fn plaintext_source_on_a_tls_port_is_refused() {
+    let d = cluster("plain");
+    let (addr, dst) = tls_destination(
+        Identity::from_dir(&d, "destination").unwrap(),
+        Policy::default(),
+    );
+    let (proxy, sent) = counting_proxy(addr);
+    let mut src = source_vm();
+    let connect = || TcpStream::connect(proxy).map(ferry_migrate::channel::Stream::Tcp);
+    let err = migrate_out(&mut src, &connect, &opts(), &mut |_| {}).unwrap_err();
+    assert!(dst.join().unwrap().is_err());
+    assert_refused(&src, &err, sent.load(Ordering::SeqCst));
+}
+
+#[test]
+fn truncated_handshake_fails_cleanly_and_the_source_runs_on() {
+    let d = cluster("trunc");
+    // A "destination" that takes the connection, reads the ClientHello and hangs up.
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let t = thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        let mut b = [0u8; 100];
+        let _ = s.read(&mut b);
+    });
+    let mut src = source_vm();
+    let err = tls_source(
+        &mut src,
+        addr,
+        &Identity::from_dir(&d, "source").unwrap(),
+        "127.0.0.1",
+    )
+    .unwrap_err();
+    t.join().unwrap();
+    assert!(src.is_running(), "{err}");
+    assert!(chain(&err).contains("handshake"), "{}", chain(&err));
+    // And a destination that is sent half a handshake refuses and is not stuck.
+    let (addr, dst) = tls_destination(
+        Identity::from_dir(&d, "destination").unwrap(),
+        Policy::default(),
+    );
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01]).unwrap();
+    drop(s);
+    assert!(dst.join().unwrap().is_err());
+}
+
+#[test]
+fn certificate_files_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let d = cluster("perm");
+    for f in ["ca.key", "ca.pem", "source.key", "source.pem"] {
+        let mode = std::fs::metadata(d.join(f)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{f}");
+    }
+    assert!(
+        certs::init_ca(&d, 30).is_err(),
+        "an existing CA must not be replaced"
+    );
+    let _ = Path::new("");
+}
