@@ -313,3 +313,111 @@ fn certificate_files_are_private() {
     );
     let _ = Path::new("");
 }
+
+/// Captures one migration's traffic with tcpdump and reports whether `pattern` appears on the wire.
+fn capture_contains(pattern: &[u8], use_tls: bool) -> Option<bool> {
+    use std::process::{Command, Stdio};
+    let d = cluster(if use_tls { "cap-tls" } else { "cap-plain" });
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let pcap = d.join("capture.pcap");
+    let mut dump = Command::new("tcpdump")
+        .args(["-i", "lo", "-U", "-s", "0", "-Z", "root", "-w"])
+        .arg(&pcap)
+        .arg(format!("tcp port {}", addr.port()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .ok()?;
+    // Wait until tcpdump says it is listening.
+    let mut err = std::io::BufReader::new(dump.stderr.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut err, &mut line).unwrap();
+    assert!(line.contains("listening"), "tcpdump: {line}");
+    thread::sleep(Duration::from_millis(300)); // "listening" comes a moment before capture starts
+    let dst_id = Identity::from_dir(&d, "destination").unwrap();
+    let server = tls::server_config(&dst_id).unwrap();
+    let h = thread::spawn(move || {
+        let mut accept = || -> std::io::Result<ferry_migrate::channel::Stream> {
+            let (s, _) = l.accept()?;
+            if use_tls {
+                tls::accept(s, &server, &Policy::default(), T)
+                    .map_err(|e| std::io::Error::other(chain(&e)))
+            } else {
+                Ok(ferry_migrate::channel::Stream::Tcp(s))
+            }
+        };
+        receive(
+            &mut accept,
+            &mut SyntheticFactory { script: idle() },
+            &ReceiveOptions { timeout: T },
+        )
+    });
+    let mut src = SyntheticVm::new(PAGES, idle());
+    let mem = MigrationSource::memory(&src);
+    for p in 0..64 {
+        // SAFETY: the synthetic guest is not running yet and nothing else touches its memory.
+        let page = unsafe { mem.page_mut(p) };
+        for (i, b) in page.iter_mut().enumerate() {
+            *b = pattern[i % pattern.len()];
+        }
+        page[..8].copy_from_slice(&p.to_le_bytes()); // distinct pages: dedup must not hide them
+    }
+    src.resume().unwrap();
+    let r = if use_tls {
+        tls_source(
+            &mut src,
+            addr,
+            &Identity::from_dir(&d, "source").unwrap(),
+            "127.0.0.1",
+        )
+    } else {
+        let connect = || TcpStream::connect(addr).map(ferry_migrate::channel::Stream::Tcp);
+        migrate_out(&mut src, &connect, &opts(), &mut |_| {})
+    };
+    r.unwrap();
+    h.join().unwrap().unwrap();
+    thread::sleep(Duration::from_millis(300));
+    // SAFETY: plain kill(2) of the child we spawned (SIGINT makes tcpdump flush and exit).
+    unsafe { libc_kill(dump.id() as i32, 2) };
+    let _ = dump.wait();
+    let bytes = std::fs::read(&pcap).unwrap();
+    assert!(
+        bytes.len() > 100_000,
+        "the capture holds the migration ({} bytes)",
+        bytes.len()
+    );
+    Some(bytes.windows(pattern.len()).any(|w| w == pattern))
+}
+
+extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+
+#[test]
+fn capture_shows_guest_memory_only_without_tls() {
+    let have = std::process::Command::new("tcpdump")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !have {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI=true but tcpdump is missing"
+        );
+        eprintln!("SKIP: tcpdump not installed");
+        return;
+    }
+    let pattern = b"FERRY-GUEST-SECRET-7f3a9c";
+    assert_eq!(
+        capture_contains(pattern, false),
+        Some(true),
+        "--insecure: the guest's bytes cross the wire in the clear"
+    );
+    assert_eq!(
+        capture_contains(pattern, true),
+        Some(false),
+        "TLS: the guest's bytes must not appear on the wire"
+    );
+}
