@@ -6,7 +6,6 @@
 //! encrypts under the lock and writes outside it (one writer thread per channel keeps records in
 //! order), so a blocked write never keeps the reader from draining the socket.
 
-use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::sync::{Arc, Mutex};
@@ -16,15 +15,16 @@ use rustls::Connection;
 /// Shared TLS state of one connection.
 struct Shared {
     conn: Connection,
-    /// Decrypted bytes not yet handed to a reader.
-    plain: VecDeque<u8>,
 }
 
 /// One handle on a TLS connection (clone it with [`TlsStream::try_clone`]).
 pub struct TlsStream {
     sock: TcpStream,
     shared: Arc<Mutex<Shared>>,
+    /// Ciphertext read from the socket and not yet fed to rustls: `raw[start..end]`.
     raw: Vec<u8>,
+    start: usize,
+    end: usize,
     out: Vec<u8>,
 }
 
@@ -43,25 +43,23 @@ fn poisoned() -> std::io::Error {
 impl TlsStream {
     /// Wraps a connection whose handshake is complete.
     pub fn new(sock: TcpStream, conn: Connection) -> Self {
+        Self::handle(sock, Arc::new(Mutex::new(Shared { conn })))
+    }
+
+    fn handle(sock: TcpStream, shared: Arc<Mutex<Shared>>) -> Self {
         Self {
             sock,
-            shared: Arc::new(Mutex::new(Shared {
-                conn,
-                plain: VecDeque::new(),
-            })),
-            raw: vec![0; 64 << 10],
+            shared,
+            raw: vec![0; 256 << 10],
+            start: 0,
+            end: 0,
             out: Vec::new(),
         }
     }
 
     /// Another handle on the same connection.
     pub fn try_clone(&self) -> std::io::Result<Self> {
-        Ok(Self {
-            sock: self.sock.try_clone()?,
-            shared: self.shared.clone(),
-            raw: vec![0; 64 << 10],
-            out: Vec::new(),
-        })
+        Ok(Self::handle(self.sock.try_clone()?, self.shared.clone()))
     }
 
     /// The TCP socket underneath (timeouts, shutdown).
@@ -84,58 +82,36 @@ impl Read for TlsStream {
             return Ok(0);
         }
         loop {
+            // Serve plaintext straight out of rustls's buffer: no copy of our own.
             {
                 let mut s = self.shared.lock().map_err(|_| poisoned())?;
-                if !s.plain.is_empty() {
-                    let n = buf.len().min(s.plain.len());
-                    for (d, b) in buf.iter_mut().zip(s.plain.drain(..n)) {
-                        *d = b;
-                    }
-                    return Ok(n);
-                }
-                // Plaintext rustls decrypted on its own (data that came with the last handshake
-                // flight) is only in its buffer: serve it before waiting on the socket.
                 match s.conn.reader().read(buf) {
-                    Ok(n) => return Ok(n),
+                    Ok(n) => return Ok(n), // 0: the peer closed cleanly
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                     Err(e) => return Err(e),
                 }
+                // Feed ciphertext we already hold (rustls decrypts it on processing).
+                if self.start < self.end {
+                    let mut input = &self.raw[self.start..self.end];
+                    let fed = s.conn.read_tls(&mut input)?;
+                    self.start += fed;
+                    s.conn
+                        .process_new_packets()
+                        .map_err(std::io::Error::other)?;
+                    // Replies rustls owes the peer (rare after the handshake): write under the lock.
+                    while s.conn.wants_write() {
+                        let mut sock = &self.sock;
+                        s.conn.write_tls(&mut sock)?;
+                    }
+                    continue;
+                }
             }
-            // No plaintext: read ciphertext without holding the lock.
+            // Nothing buffered anywhere: read ciphertext without holding the lock.
             let n = self.sock.read(&mut self.raw)?;
             if n == 0 {
                 return Err(std::io::ErrorKind::UnexpectedEof.into());
             }
-            let mut s = self.shared.lock().map_err(|_| poisoned())?;
-            let mut input = &self.raw[..n];
-            while !input.is_empty() {
-                s.conn.read_tls(&mut input)?;
-                let state = s
-                    .conn
-                    .process_new_packets()
-                    .map_err(std::io::Error::other)?;
-                let avail = state.plaintext_bytes_to_read();
-                if avail > 0 {
-                    let start = s.plain.len();
-                    s.plain.resize(start + avail, 0);
-                    let Shared { conn, plain } = &mut *s;
-                    let (a, b) = plain.as_mut_slices();
-                    let tail: &mut [u8] = if b.is_empty() {
-                        &mut a[start..]
-                    } else {
-                        &mut b[start - a.len()..]
-                    };
-                    conn.reader().read_exact(tail)?;
-                }
-                if state.peer_has_closed() && s.plain.is_empty() {
-                    return Ok(0);
-                }
-            }
-            // Handshake-era replies (rare after the handshake): write them under the lock.
-            while s.conn.wants_write() {
-                let mut sock = &self.sock;
-                s.conn.write_tls(&mut sock)?;
-            }
+            (self.start, self.end) = (0, n);
         }
     }
 }

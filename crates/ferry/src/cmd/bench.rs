@@ -33,6 +33,9 @@ pub struct StopAndCopyArgs {
     /// Migrate over TLS 1.3 with mutual authentication (default: plaintext, to measure the link).
     #[arg(long)]
     pub tls: bool,
+    /// Migrate twice in one run, plaintext then TLS, and print the TLS/plaintext ratio.
+    #[arg(long, conflicts_with = "tls")]
+    pub compare_tls: bool,
     /// Do not fault the destination's RAM in ahead of the copy.
     #[arg(long)]
     pub no_prefault: bool,
@@ -94,23 +97,76 @@ fn stop_and_copy(a: &StopAndCopyArgs) -> anyhow::Result<ExitCode> {
     };
     let image = dir.join("full.img");
     std::fs::write(&image, ferry_guest::build_image(&cfg)?)?;
-    let certs = if a.tls {
-        Some(Host::make_certs(&dir)?)
+    let certs = Host::make_certs(&dir)?;
+    let runs: Vec<bool> = if a.compare_tls {
+        vec![false, true]
     } else {
-        None
+        vec![a.tls]
     };
-    let (mut dst, addr) = Host::destination(&dir, !a.no_prefault, certs.as_deref())?;
-    let mut src = Host::source(&dir, &image, a.memory, certs.as_deref())?;
+    let mut limit = 0.0;
+    let mut results = Vec::new();
+    for tls in runs {
+        let certs = tls.then_some(certs.as_path());
+        let r = migrate_full_guest(a, &dir, &image, ws, certs, &mut limit)?;
+        let tput = r.ram_bytes as f64 / (r.downtime_ms / 1e3);
+        println!("transport             {}", r.transport);
+        println!("guest RAM             {}", human(r.ram_bytes));
+        println!(
+            "stop-and-copy         {:.1} ms paused, {} on the wire",
+            r.downtime_ms,
+            human(r.bytes_sent)
+        );
+        println!("ferry throughput      {:.2} GB/s (RAM / pause)", tput / 1e9);
+        println!(
+            "loopback TCP limit    {:.2} GB/s (one stream, same run)",
+            limit / 1e9
+        );
+        println!("ratio                 {:.2}", tput / limit);
+        println!(
+            "RAM digest            {}",
+            if r.digest_match == Some(true) {
+                "equal"
+            } else {
+                "NOT EQUAL"
+            }
+        );
+        println!();
+        results.push((tput, r.digest_match == Some(true)));
+    }
+    if let [(plain, _), (tls, _)] = results[..] {
+        println!("TLS / plaintext throughput: {:.2}", tls / plain);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::io::stdout().flush();
+    Ok(if results.iter().all(|r| r.1) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(3)
+    })
+}
+
+/// Boots a guest that fills its RAM with random data, then moves it with stop-and-copy. Measures the
+/// loopback limit (once, into `limit`) while the guest is filled and idle.
+fn migrate_full_guest(
+    a: &StopAndCopyArgs,
+    dir: &std::path::Path,
+    image: &std::path::Path,
+    ws: u64,
+    certs: Option<&std::path::Path>,
+    limit: &mut f64,
+) -> anyhow::Result<ferry_migrate::Report> {
+    let (mut dst, addr) = Host::destination(dir, !a.no_prefault, certs)?;
+    let mut src = Host::source(dir, image, a.memory, certs)?;
     let t = Instant::now();
     println!("filling {} of guest RAM with random data ...", human(ws));
     src.wait_guest("the guest to fill its RAM", Duration::from_secs(300), |g| {
         g.state == 1 && g.iterations >= ws / 4096
     })?;
-    println!(
-        "filled in {:.1} s; measuring loopback TCP (one stream) ...",
-        t.elapsed().as_secs_f64()
-    );
-    let limit = loopback_limit(4 << 30)?;
+    println!("filled in {:.1} s", t.elapsed().as_secs_f64());
+    if *limit == 0.0 {
+        println!("measuring loopback TCP (one stream) ...");
+        *limit = loopback_limit(4 << 30)?;
+    }
     let req = MigrateRequest {
         to: addr,
         strategy: "stop-and-copy".into(),
@@ -124,33 +180,5 @@ fn stop_and_copy(a: &StopAndCopyArgs) -> anyhow::Result<ExitCode> {
     let r = request_migration(&src.socket, req, true)?;
     let _ = src.wait(Duration::from_secs(10));
     dst.stop();
-    let _ = std::fs::remove_dir_all(&dir);
-    let tput = r.ram_bytes as f64 / (r.downtime_ms / 1e3);
-    println!("guest RAM             {}", human(r.ram_bytes));
-    println!(
-        "stop-and-copy         {:.1} ms paused, {} on the wire",
-        r.downtime_ms,
-        human(r.bytes_sent)
-    );
-    println!("ferry throughput      {:.2} GB/s (RAM / pause)", tput / 1e9);
-    println!(
-        "loopback TCP limit    {:.2} GB/s (one stream, same run)",
-        limit / 1e9
-    );
-    println!("ratio                 {:.2}", tput / limit);
-    println!("transport             {}", r.transport);
-    println!(
-        "RAM digest            {}",
-        if r.digest_match == Some(true) {
-            "equal"
-        } else {
-            "NOT EQUAL"
-        }
-    );
-    let _ = std::io::stdout().flush();
-    Ok(if r.digest_match == Some(true) {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(3)
-    })
+    Ok(r)
 }
