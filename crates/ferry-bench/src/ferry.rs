@@ -43,11 +43,19 @@ pub fn run(ctx: &RunCtx, s: &FerrySettings) -> Result<RunResult, BenchError> {
     );
 
     let mut cmd = Command::new(ctx.ferry);
-    cmd.args(["vm", "receive", "--listen", "127.0.0.1:0", "--once"])
-        .arg("--control")
-        .arg(&dst_sock)
-        .arg("--serial")
-        .arg(dst_tap.path());
+    // QEMU migrates in plaintext: compare like for like.
+    cmd.args([
+        "vm",
+        "receive",
+        "--listen",
+        "127.0.0.1:0",
+        "--once",
+        "--insecure",
+    ])
+    .arg("--control")
+    .arg(&dst_sock)
+    .arg("--serial")
+    .arg(dst_tap.path());
     let mut dst = Proc::spawn("ferry-destination", ctx.dir, cmd, Stdio::piped())?;
     let mut first = String::new();
     let out = dst.child.stdout.take();
@@ -66,7 +74,7 @@ pub fn run(ctx: &RunCtx, s: &FerrySettings) -> Result<RunResult, BenchError> {
     let to = ctx.route(&listen)?;
 
     let mut cmd = Command::new(ctx.ferry);
-    cmd.args(["vm", "run", "--vcpus", "1", "--kernel"])
+    cmd.args(["vm", "run", "--insecure", "--vcpus", "1", "--kernel"])
         .arg(ctx.image)
         .args(["--memory", &ctx.guest.memory.to_string(), "--control"])
         .arg(&src_sock)

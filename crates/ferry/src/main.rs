@@ -37,6 +37,9 @@ enum Command {
     /// Create the cluster CA and host certificates that authenticate every migration.
     #[command(subcommand)]
     Certs(cmd::certs::CertsCommand),
+    /// A network lab: hosts as namespaces on shaped links (root needed).
+    #[command(subcommand)]
+    Netlab(cmd::netlab::NetlabCommand),
     /// Build workload guest images.
     #[command(subcommand)]
     Guest(cmd::guest::GuestCommand),
@@ -49,6 +52,7 @@ fn main() -> ExitCode {
         Command::Vm(c) => cmd::vm::run(c),
         Command::Migrate(a) => cmd::migrate::run(a),
         Command::Guest(c) => cmd::guest::run(c),
+        Command::Netlab(c) => cmd::netlab::run(c),
         Command::Certs(c) => cmd::certs::run(c),
         Command::Bench(c) => cmd::bench::run(c),
         Command::Sim(a) => ferry_sim::cli::run(&a)

@@ -19,6 +19,8 @@ use crate::size::{human, parse_size};
 pub enum BenchCommand {
     /// Stop-and-copy of a guest whose RAM is full of random data, against the loopback TCP limit.
     StopAndCopy(StopAndCopyArgs),
+    /// The same guest image and scenarios on ferry and on QEMU, side by side (ratios ferry/QEMU).
+    Qemu(Box<ferry_bench::BenchQemuArgs>),
 }
 
 /// `ferry bench stop-and-copy`.
@@ -45,6 +47,10 @@ pub struct StopAndCopyArgs {
 pub fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         BenchCommand::StopAndCopy(a) => stop_and_copy(&a),
+        BenchCommand::Qemu(a) => {
+            ferry_bench::run_cli(&a)?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

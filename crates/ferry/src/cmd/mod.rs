@@ -6,4 +6,5 @@ pub mod demo;
 pub mod guest;
 mod hosts;
 pub mod migrate;
+pub mod netlab;
 pub mod vm;
