@@ -107,7 +107,9 @@ impl SinkFactory for KvmSinkFactory {
             },
             console,
         )?;
-        if self.prefault {
+        // Not for pure post-copy: every page with data is punched out again at switch-over (inside
+        // the pause), so populating it first only adds to the downtime.
+        if self.prefault && cfg.strategy != crate::Strategy::Postcopy.code() {
             // Before the VM counts as created (the source waits for that before anything pauses):
             // first-touch faults here cost far more than the copy itself on nested KVM.
             vm.ram().populate()?;

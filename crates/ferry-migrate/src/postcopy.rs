@@ -25,13 +25,15 @@ pub trait PostcopyTarget: Send + Sync {
     fn place(&self, page: u64, data: &[u8]) -> Result<(), MigrateError>;
 }
 
-/// Picks the next pages to push: pages the guest asked for first, then needed pages from the push
-/// cursor on (wrapping), skipping what was already sent. Marks them sent and moves the cursor.
+/// Picks the next pages to push: pages the guest asked for first, then the hot pages (written just
+/// before the pause), then needed pages from the push cursor on (wrapping), skipping what was
+/// already sent. Marks them sent and moves the cursor.
 pub fn next_push_batch(
     needed: &DirtyBitmap,
     sent: &mut DirtyBitmap,
     cursor: &mut u64,
     urgent: &mut VecDeque<u64>,
+    hot: &mut VecDeque<u64>,
     max: usize,
 ) -> Vec<u64> {
     let mut batch = Vec::with_capacity(max);
@@ -50,6 +52,15 @@ pub fn next_push_batch(
     } else {
         batch.len() + 8.min(max - batch.len())
     };
+    if batch.is_empty() {
+        while batch.len() < fill {
+            let Some(p) = hot.pop_front() else { break };
+            if needed.get(p) && !sent.get(p) {
+                sent.set(p);
+                batch.push(p);
+            }
+        }
+    }
     let mut wrapped = false;
     while batch.len() < fill {
         match needed.next_set_from(*cursor) {
@@ -127,10 +138,30 @@ mod tests {
         let needed = DirtyBitmap::full(1000);
         let mut sent = DirtyBitmap::new(1000);
         let (mut cursor, mut urgent) = (0, VecDeque::from([500, 7]));
-        let b = next_push_batch(&needed, &mut sent, &mut cursor, &mut urgent, 64);
+        let b = next_push_batch(
+            &needed,
+            &mut sent,
+            &mut cursor,
+            &mut urgent,
+            &mut VecDeque::new(),
+            64,
+        );
         assert_eq!(&b[..2], &[500, 7]);
         assert_eq!(&b[2..4], &[8, 9], "push continues after the latest fault");
         assert_eq!(b.len(), 10, "a batch answering a fault stays small");
+    }
+
+    #[test]
+    fn faults_overtake_hot_pages() {
+        let needed = DirtyBitmap::full(100);
+        let mut sent = DirtyBitmap::new(100);
+        let (mut cursor, mut urgent) = (0, VecDeque::new());
+        let mut hot = VecDeque::from([10, 11, 12]);
+        let b = next_push_batch(&needed, &mut sent, &mut cursor, &mut urgent, &mut hot, 2);
+        assert_eq!(b, vec![10, 11]);
+        urgent.push_back(50);
+        let b = next_push_batch(&needed, &mut sent, &mut cursor, &mut urgent, &mut hot, 2);
+        assert_eq!(b[0], 50, "a fault goes before the remaining hot page");
     }
 
     #[test]
@@ -140,7 +171,14 @@ mod tests {
         let (mut cursor, mut urgent) = (150, VecDeque::from([2, 2, 5]));
         let mut all = vec![];
         loop {
-            let b = next_push_batch(&needed, &mut sent, &mut cursor, &mut urgent, 2);
+            let b = next_push_batch(
+                &needed,
+                &mut sent,
+                &mut cursor,
+                &mut urgent,
+                &mut VecDeque::new(),
+                2,
+            );
             if b.is_empty() {
                 break;
             }

@@ -578,7 +578,13 @@ impl<K: MigrationSink> SwitchOver<'_, K> {
                     if last_round.iter().all(|l| l.is_some_and(|l| l >= *r)) {
                         if let Some(needed) = needed {
                             let target = self.sink.postcopy_target()?;
-                            target.discard(needed)?;
+                            // Only pages this host actually holds need dropping (in pure post-copy,
+                            // none): punching holes page run by page run is what costs here.
+                            let mut stale = needed.clone();
+                            if let Some(present) = self.shared.mem.data_pages() {
+                                stale.and(&present);
+                            }
+                            target.discard(&stale)?;
                             target.arm()?;
                             let pc = Postcopy {
                                 target,

@@ -635,11 +635,9 @@ fn push_pages(
     use std::sync::{Condvar, Mutex};
 
     let needed = &plan.needed;
-    // The hot pages go first, exactly as if the guest had asked for them.
-    let requests = (
-        Mutex::new(plan.hot.iter().collect::<VecDeque<u64>>()),
-        Condvar::new(),
-    );
+    // Faults the destination reports go first; then the hot pages; then the rest.
+    let requests = (Mutex::new(VecDeque::<u64>::new()), Condvar::new());
+    let mut hot: VecDeque<u64> = plan.hot.iter().collect();
     let mut last_request = Instant::now();
     let stop = AtomicBool::new(false);
     let asked = AtomicU64::new(0);
@@ -701,7 +699,7 @@ fn push_pages(
                 } else {
                     BATCH_PAGES
                 };
-                next_push_batch(needed, &mut sent, &mut cursor, &mut q, max)
+                next_push_batch(needed, &mut sent, &mut cursor, &mut q, &mut hot, max)
             };
             if batch.is_empty() {
                 break Ok(());

@@ -85,6 +85,13 @@ impl DirtyBitmap {
         self.trim();
     }
 
+    /// Keeps only the pages also set in `other`.
+    pub fn and(&mut self, other: &DirtyBitmap) {
+        for (dst, src) in self.words.iter_mut().zip(&other.words) {
+            *dst &= *src;
+        }
+    }
+
     /// ORs another bitmap in.
     pub fn or(&mut self, other: &DirtyBitmap) {
         self.or_words_at(0, &other.words);
