@@ -1,4 +1,9 @@
-//! RAM digests: one xxh3 hash per page, combined into one 128-bit digest.
+//! RAM digests: one CRC32C per page, combined with xxh3 into one 128-bit digest.
+//!
+//! The check is against mistakes (a page missed by dirty tracking, a page applied out of order), not
+//! against an adversary (TLS covers that): a wrong page goes unnoticed with probability 2^-32.
+//! CRC32C runs in hardware at several times xxh3's speed here, and the destination computes it on
+//! the receive path, so the cheaper function is measurably better for migration time.
 //!
 //! The destination keeps per-page hashes as pages land, so its digest at switch-over costs a pass
 //! over 8 bytes per page instead of over all of RAM; the source hashes its frozen RAM after the
@@ -6,9 +11,14 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use xxhash_rust::xxh3::{xxh3_128, xxh3_64};
+use xxhash_rust::xxh3::xxh3_128;
 
 use crate::memory::GuestMemory;
+
+/// The per-page check value.
+fn page_hash(page: &[u8]) -> u64 {
+    u64::from(crc32c::crc32c(page))
+}
 
 /// Per-page hashes, updatable from several threads (each owns distinct pages).
 pub struct PageHashes {
@@ -18,7 +28,7 @@ pub struct PageHashes {
 impl PageHashes {
     /// Hashes for `pages` pages, all initialised to the hash of a zero page (fresh RAM).
     pub fn new(pages: u64) -> Self {
-        let zero = xxh3_64(&[0u8; ferry_vmm::PAGE_SIZE]);
+        let zero = page_hash(&[0u8; ferry_vmm::PAGE_SIZE]);
         Self {
             hashes: (0..pages).map(|_| AtomicU64::new(zero)).collect(),
         }
@@ -27,7 +37,7 @@ impl PageHashes {
     /// Records page `index`'s content.
     pub fn set(&self, index: u64, page: &[u8]) {
         if let Some(h) = self.hashes.get(index as usize) {
-            h.store(xxh3_64(page), Ordering::Relaxed);
+            h.store(page_hash(page), Ordering::Relaxed);
         }
     }
 
@@ -47,7 +57,7 @@ pub fn digest_memory(mem: &dyn GuestMemory) -> [u8; 16] {
     let mut bytes = Vec::with_capacity(mem.pages() as usize * 8);
     for p in 0..mem.pages() {
         mem.read_page(p, &mut page);
-        bytes.extend_from_slice(&xxh3_64(&page).to_le_bytes());
+        bytes.extend_from_slice(&page_hash(&page).to_le_bytes());
     }
     xxh3_128(&bytes).to_le_bytes()
 }

@@ -24,6 +24,11 @@ pub trait GuestMemory: Send + Sync {
     unsafe fn page_mut(&self, index: u64) -> &mut [u8];
     /// Pages that may hold data; the rest are known to be zero without reading them.
     fn data_pages(&self) -> Option<DirtyBitmap>;
+    /// A view of page `index`, read in place (no copy).
+    ///
+    /// # Safety
+    /// Nothing may write the page while the slice lives: the guest is paused.
+    unsafe fn page(&self, index: u64) -> &[u8];
 }
 
 impl GuestMemory for GuestRam {
@@ -46,6 +51,14 @@ impl GuestMemory for GuestRam {
     }
     fn data_pages(&self) -> Option<DirtyBitmap> {
         Some(GuestRam::data_pages(self))
+    }
+    unsafe fn page(&self, index: u64) -> &[u8] {
+        assert!(index < GuestRam::pages(self));
+        // SAFETY: in bounds of the live mapping (checked); no writer while it lives is the caller's
+        // contract.
+        unsafe {
+            std::slice::from_raw_parts(self.host_base().add(index as usize * PAGE_SIZE), PAGE_SIZE)
+        }
     }
 }
 

@@ -251,7 +251,7 @@ fn copy_phases<S: MigrationSource>(
             if opts.cancel.load(Ordering::SeqCst) {
                 return Err(MigrateError::Cancelled);
             }
-            let mut stats = send_round(mem, link, round, &dirty, report, events)?;
+            let mut stats = send_round(mem, link, round, &dirty, false, report, events)?;
             // Count the round as done when the destination has applied it: bandwidth is then
             // measured end to end, and no backlog sits in socket buffers when the guest pauses.
             let t_ack = Instant::now();
@@ -299,7 +299,7 @@ fn copy_phases<S: MigrationSource>(
         src.collect_dirty(&mut dirty)?;
         src.set_throttle(0)?;
     }
-    let stats = send_round(mem, link, round, &dirty, report, events)?;
+    let stats = send_round(mem, link, round, &dirty, true, report, events)?;
     report.rounds.push(stats);
     let state = src.save_state()?;
     let mut payload = round.to_le_bytes().to_vec();
@@ -347,7 +347,15 @@ fn postcopy_switch<S: MigrationSource>(
         src.start_dirty_log()?;
         data = mem.data_pages();
         dirty = DirtyBitmap::new(mem.pages());
-        send_round(mem, link, 0, &DirtyBitmap::new(mem.pages()), report, events)?;
+        send_round(
+            mem,
+            link,
+            0,
+            &DirtyBitmap::new(mem.pages()),
+            false,
+            report,
+            events,
+        )?;
         await_round_ack(link, 0)?;
         0
     } else {
@@ -405,6 +413,7 @@ fn send_round(
     link: &mut Link,
     round: u32,
     dirty: &DirtyBitmap,
+    paused: bool,
     report: &mut Report,
     events: &mut dyn FnMut(Event),
 ) -> Result<RoundStats, MigrateError> {
@@ -426,7 +435,9 @@ fn send_round(
             .map(|(ch, (w, enc))| {
                 let (mem, done, finished_tx) = (mem.clone(), &done, finished_tx.clone());
                 s.spawn(move || {
-                    let r = send_shard(&*mem, w, enc, round, dirty, data, ch as u64, n, done);
+                    let r = send_shard(
+                        &*mem, w, enc, round, dirty, data, paused, ch as u64, n, done,
+                    );
                     let _ = finished_tx.send(());
                     r
                 })
@@ -478,6 +489,7 @@ fn send_shard(
     round: u32,
     dirty: &DirtyBitmap,
     data: Option<&DirtyBitmap>,
+    paused: bool,
     ch: u64,
     channels: u64,
     done: &RoundProgress,
@@ -485,17 +497,34 @@ fn send_shard(
     let mut buf = vec![0u8; BATCH_PAGES * PAGE_SIZE];
     let mut gfns = Vec::with_capacity(BATCH_PAGES);
     let mut out = Vec::with_capacity(BATCH_PAGES * PAGE_SIZE + 4096);
+    let zero = [0u8; PAGE_SIZE];
     let mut flush =
-        |gfns: &mut Vec<u64>, buf: &[u8], out: &mut Vec<u8>| -> Result<(), MigrateError> {
+        |gfns: &mut Vec<u64>, buf: &mut [u8], out: &mut Vec<u8>| -> Result<(), MigrateError> {
             if gfns.is_empty() {
                 return Ok(());
+            }
+            if !paused {
+                // The guest runs: take a copy, so the encoder sees one consistent version of each page.
+                for (i, &gfn) in gfns.iter().enumerate() {
+                    if !data.is_some_and(|d| !d.get(gfn)) {
+                        mem.read_page(gfn, &mut buf[i * PAGE_SIZE..(i + 1) * PAGE_SIZE]);
+                    }
+                }
             }
             let refs: Vec<PageRef<'_>> = gfns
                 .iter()
                 .enumerate()
-                .map(|(i, &gfn)| PageRef {
-                    gfn,
-                    data: &buf[i * PAGE_SIZE..(i + 1) * PAGE_SIZE],
+                .map(|(i, &gfn)| {
+                    let data = if data.is_some_and(|d| !d.get(gfn)) {
+                        &zero[..]
+                    } else if paused {
+                        // SAFETY: the guest is paused for the whole send, so nothing writes this page
+                        // while the encoder reads it (no copy needed).
+                        unsafe { mem.page(gfn) }
+                    } else {
+                        &buf[i * PAGE_SIZE..(i + 1) * PAGE_SIZE]
+                    };
+                    PageRef { gfn, data }
                 })
                 .collect();
             out.clear();
@@ -510,19 +539,12 @@ fn send_shard(
             Ok(())
         };
     for p in dirty.iter().filter(|p| (p / SHARD_PAGES) % channels == ch) {
-        let i = gfns.len();
-        let slot = &mut buf[i * PAGE_SIZE..(i + 1) * PAGE_SIZE];
-        if data.is_some_and(|d| !d.get(p)) {
-            slot.fill(0);
-        } else {
-            mem.read_page(p, slot);
-        }
         gfns.push(p);
         if gfns.len() == BATCH_PAGES {
-            flush(&mut gfns, &buf, &mut out)?;
+            flush(&mut gfns, &mut buf, &mut out)?;
         }
     }
-    flush(&mut gfns, &buf, &mut out)?;
+    flush(&mut gfns, &mut buf, &mut out)?;
     let end = RoundSummary {
         round,
         pages: 0,

@@ -90,6 +90,11 @@ impl GuestMemory for SyntheticMemory {
     fn data_pages(&self) -> Option<DirtyBitmap> {
         None
     }
+    unsafe fn page(&self, index: u64) -> &[u8] {
+        assert!(index < self.pages);
+        // SAFETY: in bounds (checked); no writer while it lives is the caller's contract.
+        unsafe { std::slice::from_raw_parts(self.ptr.add(index as usize * PAGE_SIZE), PAGE_SIZE) }
+    }
 }
 
 /// How the synthetic guest writes.
