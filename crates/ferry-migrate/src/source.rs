@@ -506,7 +506,7 @@ fn send_shard(
             if !paused {
                 // The guest runs: take a copy, so the encoder sees one consistent version of each page.
                 for (i, &gfn) in gfns.iter().enumerate() {
-                    if !data.is_some_and(|d| !d.get(gfn)) {
+                    if data.is_none_or(|d| d.get(gfn)) {
                         mem.read_page(gfn, &mut buf[i * PAGE_SIZE..(i + 1) * PAGE_SIZE]);
                     }
                 }
