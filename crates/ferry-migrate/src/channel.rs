@@ -104,6 +104,7 @@ pub struct FrameWriter {
     stream: Stream,
     key: u32,
     seq: u32,
+    limit: Option<std::sync::Arc<crate::rate::RateLimit>>,
     /// Bytes written, headers included.
     pub bytes: u64,
 }
@@ -136,6 +137,7 @@ pub fn split(stream: Stream, key: u32) -> Result<(FrameReader, FrameWriter), Mig
             stream: w,
             key,
             seq: 0,
+            limit: None,
             bytes: 0,
         },
     ))
@@ -145,6 +147,9 @@ impl FrameWriter {
     /// Sends one frame.
     pub fn send(&mut self, kind: FrameType, flags: u8, payload: &[u8]) -> Result<(), MigrateError> {
         let h = encode_header(kind, flags, self.seq, payload, self.key)?;
+        if let Some(limit) = &self.limit {
+            limit.acquire(HEADER_LEN + payload.len());
+        }
         write_all_vectored(&mut self.stream, &h, payload).map_err(|e| match e.kind() {
             std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset => {
                 MigrateError::PeerClosed("sending")
@@ -162,6 +167,11 @@ impl FrameWriter {
     /// Switches to the migration's channel key (after the handshake frames).
     pub fn set_key(&mut self, key: u32) {
         self.key = key;
+    }
+
+    /// Holds this channel to a (shared) bandwidth limit.
+    pub fn set_rate_limit(&mut self, limit: std::sync::Arc<crate::rate::RateLimit>) {
+        self.limit = Some(limit);
     }
 
     /// The underlying stream.

@@ -172,7 +172,7 @@ pub fn receive<F: SinkFactory>(
         t0,
         total_ms: 0.0,
     };
-    let outcome = state.run(&rx, channels, opts);
+    let outcome = state.run(&rx, channels);
     let total_ms = state.total_ms;
     match outcome {
         Ok(end) => {
@@ -458,12 +458,7 @@ impl<K: MigrationSink> SwitchOver<'_, K> {
             .send(kind, 0, payload)
     }
 
-    fn run(
-        &mut self,
-        rx: &Receiver<Msg>,
-        channels: usize,
-        opts: &ReceiveOptions,
-    ) -> Result<Finish, MigrateError> {
+    fn run(&mut self, rx: &Receiver<Msg>, channels: usize) -> Result<Finish, MigrateError> {
         let mut last_round: Vec<Option<u32>> = vec![None; channels];
         let mut pending: Option<(u32, Vec<u8>, Option<DirtyBitmap>)> = None;
         let mut loaded = false;
@@ -472,11 +467,11 @@ impl<K: MigrationSink> SwitchOver<'_, K> {
         let _stop_on_exit = StopOnDrop(faults_stop.clone());
         let running = || self.shared.running.load(Ordering::SeqCst);
         loop {
+            // No timeout here: each channel's socket times out on a silent source and reports it;
+            // a long round (a slow or rate-limited link) sends nothing to this loop for a while.
             let msg = rx
-                .recv_timeout(opts.timeout + Duration::from_secs(1))
-                .unwrap_or(Msg::Failed(MigrateError::PeerClosed(
-                    "transfer (source silent)",
-                )));
+                .recv()
+                .unwrap_or(Msg::Failed(MigrateError::PeerClosed("transfer")));
             match msg {
                 Msg::RoundEnd(ch, r) => {
                     last_round[ch] = Some(r);

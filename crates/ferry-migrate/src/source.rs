@@ -53,6 +53,8 @@ pub struct SourceOptions {
     pub cancel: Arc<AtomicBool>,
     /// Pre-copy rounds before a hybrid migration switches to post-copy.
     pub hybrid_rounds: u32,
+    /// Bandwidth limit over all channels together (changeable while the migration runs).
+    pub max_bandwidth: Arc<crate::rate::RateLimit>,
 }
 
 impl Default for SourceOptions {
@@ -67,6 +69,7 @@ impl Default for SourceOptions {
             timeout: Duration::from_secs(30),
             cancel: Arc::new(AtomicBool::new(false)),
             hybrid_rounds: 2,
+            max_bandwidth: Arc::new(crate::rate::RateLimit::new(0)),
         }
     }
 }
@@ -74,6 +77,8 @@ impl Default for SourceOptions {
 struct Link {
     /// Whether the destination accepted post-copy.
     postcopy: bool,
+    /// Set to cancel; checked between batches too, so a long round stops promptly.
+    cancel: Arc<AtomicBool>,
     control: FrameReader,
     writers: Vec<FrameWriter>,
     encoders: Vec<BatchEncoder>,
@@ -195,6 +200,7 @@ fn handshake(
         let key = channel_key(&id, ch);
         r.set_key(key);
         w.set_key(key);
+        w.set_rate_limit(opts.max_bandwidth.clone());
         writers.push(w);
         if ch == 0 {
             control = Some(r);
@@ -207,6 +213,7 @@ fn handshake(
         .collect();
     Ok(Link {
         postcopy,
+        cancel: opts.cancel.clone(),
         control,
         writers,
         encoders,
@@ -425,6 +432,7 @@ fn send_round(
     // The bulk round skips pages the memory knows to be zero (never touched) without reading them.
     let data = if round == 0 { mem.data_pages() } else { None };
     let data = data.as_ref();
+    let cancel = link.cancel.clone();
     let results: Vec<Result<(), MigrateError>> = std::thread::scope(|s| {
         let (finished_tx, finished) = std::sync::mpsc::channel::<()>();
         let handles: Vec<_> = link
@@ -434,9 +442,10 @@ fn send_round(
             .enumerate()
             .map(|(ch, (w, enc))| {
                 let (mem, done, finished_tx) = (mem.clone(), &done, finished_tx.clone());
+                let cancel = cancel.clone();
                 s.spawn(move || {
                     let r = send_shard(
-                        &*mem, w, enc, round, dirty, data, paused, ch as u64, n, done,
+                        &*mem, w, enc, round, dirty, data, paused, ch as u64, n, done, &cancel,
                     );
                     let _ = finished_tx.send(());
                     r
@@ -493,6 +502,7 @@ fn send_shard(
     ch: u64,
     channels: u64,
     done: &RoundProgress,
+    cancel: &AtomicBool,
 ) -> Result<(), MigrateError> {
     let mut buf = vec![0u8; BATCH_PAGES * PAGE_SIZE];
     let mut gfns = Vec::with_capacity(BATCH_PAGES);
@@ -541,6 +551,9 @@ fn send_shard(
     for p in dirty.iter().filter(|p| (p / SHARD_PAGES) % channels == ch) {
         gfns.push(p);
         if gfns.len() == BATCH_PAGES {
+            if cancel.load(Ordering::SeqCst) {
+                return Err(MigrateError::Cancelled);
+            }
             flush(&mut gfns, &mut buf, &mut out)?;
         }
     }

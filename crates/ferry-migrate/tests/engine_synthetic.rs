@@ -355,3 +355,51 @@ fn postcopy_link_loss_keeps_the_vm_paused_on_the_destination() {
     assert!(!incoming.sink.is_running(), "the destination pauses the VM");
     let _ = proxy.join();
 }
+
+/// The bandwidth limit holds over the copy, and a change while it runs takes effect.
+#[test]
+fn bandwidth_limit_is_honoured_and_changeable() {
+    let run_limited = |limit: u64, change_to: Option<u64>| {
+        let (l, addr) = listener();
+        let rx = spawn_receiver(l, script(0, 1));
+        let mut src = SyntheticVm::new(2048, script(0, 1)); // 8 MiB of distinct pages
+        src.fill();
+        src.resume().unwrap();
+        let mut o = opts(Strategy::StopAndCopy, 2);
+        o.encoder.compression = ferry_wire::codec::Compression::Off;
+        o.max_bandwidth.set(limit);
+        let knob = o.max_bandwidth.clone();
+        let changer = change_to.map(|to| {
+            thread::spawn(move || {
+                thread::sleep(Duration::from_millis(300));
+                knob.set(to);
+            })
+        });
+        let connect = || TcpStream::connect(addr).map(Stream::Tcp);
+        let r = migrate_out(&mut src, &connect, &o, &mut |_| {}).unwrap();
+        rx.join().unwrap().unwrap();
+        if let Some(c) = changer {
+            c.join().unwrap();
+        }
+        // The copy itself: the one round of stop-and-copy, on both channels together.
+        let copy = &r.rounds[0];
+        (copy.bytes as f64, copy.seconds)
+    };
+    // 8 MB/s over about 8.4 MB: about a second.
+    let (bytes, secs) = run_limited(8_000_000, None);
+    let rate = bytes / secs;
+    assert!(
+        rate <= 8_000_000.0 * 1.05,
+        "{rate} B/s exceeds the limit by more than 5%"
+    );
+    assert!(
+        rate >= 8_000_000.0 * 0.9,
+        "{rate} B/s: the limit should not slow the copy below it"
+    );
+    // Raised to unlimited after 0.3 s: the copy ends soon after.
+    let (_, secs_raised) = run_limited(8_000_000, Some(0));
+    assert!(
+        secs_raised < secs * 0.6,
+        "raising the limit mid-copy took effect ({secs_raised} s vs {secs} s)"
+    );
+}

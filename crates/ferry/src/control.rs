@@ -22,6 +22,13 @@ pub enum Request {
     Verify,
     /// Stop the VM and the host process.
     Stop,
+    /// Cancel the migration in progress (before its point of no return).
+    Cancel,
+    /// Change the bandwidth limit of the migration in progress (bytes/s, 0 = unlimited).
+    SetBandwidth {
+        /// New limit.
+        bytes_per_sec: u64,
+    },
 }
 
 /// Parameters of a migration request.
@@ -44,6 +51,9 @@ pub struct MigrateRequest {
     /// Name the destination's certificate must carry (default: the host part of `to`).
     #[serde(default)]
     pub tls_name: Option<String>,
+    /// Bandwidth limit in bytes/s over all channels (0 = unlimited).
+    #[serde(default)]
+    pub max_bandwidth: u64,
 }
 
 /// Sends a request and calls `on_event` for each event line; returns the final line.

@@ -15,6 +15,28 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("'{s}' is not a size (examples: 512M, 1G, 4096)"))
 }
 
+/// Parses a bandwidth: `N[K|M|G]` bytes per second (binary units), or `N[k|m|g]bit` bits per second
+/// (decimal units, as network links are sold); `0` or `unlimited` means no limit.
+pub fn parse_rate(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    if t == "unlimited" {
+        return Ok(0);
+    }
+    if let Some(bits) = t.strip_suffix("bit") {
+        let (num, mul) = match bits.chars().last() {
+            Some('k' | 'K') => (&bits[..bits.len() - 1], 1e3),
+            Some('m' | 'M') => (&bits[..bits.len() - 1], 1e6),
+            Some('g' | 'G') => (&bits[..bits.len() - 1], 1e9),
+            _ => (bits, 1.0),
+        };
+        let n: f64 = num
+            .parse()
+            .map_err(|_| format!("'{s}' is not a rate (examples: 100M, 1gbit, 800mbit)"))?;
+        return Ok((n * mul / 8.0) as u64);
+    }
+    parse_size(t).map_err(|_| format!("'{s}' is not a rate (examples: 100M, 1gbit, 800mbit)"))
+}
+
 /// Human form of a byte count.
 pub fn human(bytes: u64) -> String {
     let b = bytes as f64;
@@ -38,5 +60,9 @@ mod tests {
         assert_eq!(parse_size("4096").unwrap(), 4096);
         assert!(parse_size("lots").is_err());
         assert!(parse_size("99999999999G").is_err());
+        assert_eq!(parse_rate("1gbit").unwrap(), 125_000_000);
+        assert_eq!(parse_rate("100M").unwrap(), 100 << 20);
+        assert_eq!(parse_rate("unlimited").unwrap(), 0);
+        assert!(parse_rate("fast").is_err());
     }
 }

@@ -182,6 +182,7 @@ fn migrate_full_guest(
         verify: true,
         max_rounds: 0,
         tls_name: None,
+        max_bandwidth: 0,
     };
     let r = request_migration(&src.socket, req, true)?;
     let _ = src.wait(Duration::from_secs(10));

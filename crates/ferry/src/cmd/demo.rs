@@ -108,6 +108,7 @@ fn demo(a: &DemoArgs, dir: &Path) -> anyhow::Result<ExitCode> {
         verify: true,
         max_rounds: 30,
         tls_name: None,
+        max_bandwidth: 0,
     };
     let report = request_migration(&src.socket, req, !a.json)?;
     match src.wait(Duration::from_secs(10)) {

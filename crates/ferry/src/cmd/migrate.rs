@@ -41,6 +41,10 @@ pub struct MigrateArgs {
     /// Skip the RAM digest comparison after switch-over.
     #[arg(long)]
     pub no_verify: bool,
+    /// Bandwidth limit over all channels: bytes/s like 100M, or bits/s like 1gbit (default: none).
+    /// Change it while the migration runs with `ferry vm bandwidth`.
+    #[arg(long, value_parser = crate::size::parse_rate, default_value = "unlimited")]
+    pub max_bandwidth: u64,
     /// Name the destination's certificate must carry (default: the host part of --to).
     #[arg(long)]
     pub tls_name: Option<String>,
@@ -61,6 +65,7 @@ impl MigrateArgs {
             verify: !self.no_verify,
             max_rounds: self.max_rounds,
             tls_name: self.tls_name.clone(),
+            max_bandwidth: self.max_bandwidth,
         }
     }
 }

@@ -5,12 +5,14 @@ use std::net::{TcpListener, TcpStream, ToSocketAddrs};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use ferry_migrate::channel::Stream;
+use ferry_migrate::rate::RateLimit;
 use ferry_migrate::tls;
 use ferry_migrate::{
     migrate_out, receive, KvmSinkFactory, MigrateError, ReceiveOptions, SourceOptions, Strategy,
@@ -31,6 +33,26 @@ pub enum VmCommand {
     Run(RunArgs),
     /// Wait for a VM to arrive by migration, run it, and serve its control socket.
     Receive(ReceiveArgs),
+    /// Show a VM's status (VM, guest, migration in progress).
+    Status(ControlArg),
+    /// Cancel the migration in progress; the VM runs on at the source.
+    Cancel(ControlArg),
+    /// Change the bandwidth limit of the migration in progress (bytes/s like 100M, or 1gbit; 0 = none).
+    Bandwidth {
+        #[command(flatten)]
+        control: ControlArg,
+        /// New limit.
+        #[arg(value_parser = crate::size::parse_rate)]
+        rate: u64,
+    },
+}
+
+/// A VM host's control socket.
+#[derive(Args, Clone, Debug)]
+pub struct ControlArg {
+    /// The control socket (as printed by `ferry vm run` or `ferry vm receive`).
+    #[arg(long)]
+    pub control: PathBuf,
 }
 
 /// Where the guest's COM1 goes and where the host listens for commands.
@@ -145,6 +167,14 @@ pub fn run(cmd: VmCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         VmCommand::Run(a) => run_vm(a),
         VmCommand::Receive(a) => receive_vm(a),
+        VmCommand::Status(c) => ask(&c.control, &Request::Status),
+        VmCommand::Cancel(c) => ask(&c.control, &Request::Cancel),
+        VmCommand::Bandwidth { control, rate } => ask(
+            &control.control,
+            &Request::SetBandwidth {
+                bytes_per_sec: rate,
+            },
+        ),
     }
 }
 
@@ -322,22 +352,27 @@ fn serve(mut vm: Vm, control: ControlSocket, security: &Security) -> anyhow::Res
                 eprintln!("ferry: VM stopped on request");
                 return Ok(ExitCode::SUCCESS);
             }
-            Ok(Request::Migrate(req)) => match migrate(&mut vm, &req, &mut out, security) {
-                Ok(report) => {
-                    let _ = writeln!(out, "{}", json!({"ok": true, "report": report}));
-                    // The VM lives on the destination now: scrub our copy before we go.
-                    let _ = vm.ram().scrub();
-                    eprintln!("ferry: VM migrated to {}; source exits", req.to);
-                    return Ok(ExitCode::SUCCESS);
+            Ok(Request::Cancel | Request::SetBandwidth { .. }) => {
+                json!({"ok": false, "error": "no migration in progress"})
+            }
+            Ok(Request::Migrate(req)) => {
+                match migrate_serving_control(&mut vm, &req, &mut out, security, &control.0) {
+                    Ok(report) => {
+                        let _ = writeln!(out, "{}", json!({"ok": true, "report": report}));
+                        // The VM lives on the destination now: scrub our copy before we go.
+                        let _ = vm.ram().scrub();
+                        eprintln!("ferry: VM migrated to {}; source exits", req.to);
+                        return Ok(ExitCode::SUCCESS);
+                    }
+                    Err(e) => {
+                        paused_unknown |= matches!(
+                            e,
+                            MigrateError::OutcomeUnknown(_) | MigrateError::PostcopyInterrupted(_)
+                        );
+                        json!({"ok": false, "error": chain(&e)})
+                    }
                 }
-                Err(e) => {
-                    paused_unknown |= matches!(
-                        e,
-                        MigrateError::OutcomeUnknown(_) | MigrateError::PostcopyInterrupted(_)
-                    );
-                    json!({"ok": false, "error": chain(&e)})
-                }
-            },
+            }
         };
         let _ = writeln!(out, "{reply}");
     }
@@ -364,11 +399,67 @@ fn status(vm: &Vm, paused_unknown: bool) -> serde_json::Value {
     })
 }
 
+/// Runs a migration while a second thread keeps answering the control socket, so a user can cancel
+/// it or change its bandwidth limit.
+fn migrate_serving_control(
+    vm: &mut Vm,
+    req: &MigrateRequest,
+    out: &mut UnixStream,
+    security: &Security,
+    listener: &UnixListener,
+) -> Result<ferry_migrate::Report, MigrateError> {
+    let cancel = Arc::new(AtomicBool::new(false));
+    let limit = Arc::new(RateLimit::new(req.max_bandwidth));
+    let done = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            while !done.load(Ordering::SeqCst) {
+                match listener.accept() {
+                    Ok((stream, _)) => answer_during_migration(stream, &cancel, &limit),
+                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+        });
+        let r = migrate(vm, req, out, security, cancel.clone(), limit.clone());
+        done.store(true, Ordering::SeqCst);
+        r
+    })
+}
+
+fn answer_during_migration(stream: UnixStream, cancel: &AtomicBool, limit: &RateLimit) {
+    let _ = stream.set_nonblocking(false);
+    let Ok(mut out) = stream.try_clone() else {
+        return;
+    };
+    let mut line = String::new();
+    if BufReader::new(stream).read_line(&mut line).is_err() {
+        return;
+    }
+    let reply = match serde_json::from_str::<Request>(&line) {
+        Ok(Request::Cancel) => {
+            cancel.store(true, Ordering::SeqCst);
+            json!({"ok": true, "cancel": "requested (honoured until the point of no return)"})
+        }
+        Ok(Request::SetBandwidth { bytes_per_sec }) => {
+            limit.set(bytes_per_sec);
+            json!({"ok": true, "max_bandwidth": bytes_per_sec})
+        }
+        Ok(Request::Status) => json!({"ok": true, "migrating": true, "max_bandwidth": limit.get()}),
+        Ok(_) => {
+            json!({"ok": false, "error": "a migration is in progress; only status, cancel and bandwidth changes are possible"})
+        }
+        Err(e) => json!({"ok": false, "error": format!("bad request: {e}")}),
+    };
+    let _ = writeln!(out, "{reply}");
+}
+
 fn migrate(
     vm: &mut Vm,
     req: &MigrateRequest,
     out: &mut UnixStream,
     security: &Security,
+    cancel: Arc<AtomicBool>,
+    limit: Arc<RateLimit>,
 ) -> Result<ferry_migrate::Report, MigrateError> {
     let strategy: Strategy = req.strategy.parse().map_err(MigrateError::Config)?;
     let compression = req
@@ -382,6 +473,8 @@ fn migrate(
         .next()
         .ok_or_else(|| MigrateError::Config(format!("{} resolves to no address", req.to)))?;
     let opts = SourceOptions {
+        cancel,
+        max_bandwidth: limit,
         strategy,
         downtime_target: Duration::from_millis(req.downtime_ms),
         max_rounds: req.max_rounds,
@@ -432,4 +525,11 @@ fn host_part(addr: &str) -> String {
     host.trim_start_matches('[')
         .trim_end_matches(']')
         .to_string()
+}
+
+/// Sends one request to a VM host and prints its answer.
+fn ask(socket: &Path, req: &Request) -> anyhow::Result<ExitCode> {
+    let reply = crate::control::call(socket, req, |_| {})?;
+    println!("{}", serde_json::to_string_pretty(&reply)?);
+    Ok(ExitCode::SUCCESS)
 }
