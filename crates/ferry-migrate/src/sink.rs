@@ -516,8 +516,15 @@ impl<K: MigrationSink> SwitchOver<'_, K> {
                         });
                     }
                     if let Some(pc) = self.shared.postcopy.get() {
-                        let (got, want) =
-                            (pc.arrived_count.load(Ordering::SeqCst), pc.needed.count());
+                        // Pages pushed on another channel may still be landing: wait for them.
+                        let want = pc.needed.count();
+                        let deadline = Instant::now() + Duration::from_secs(30);
+                        while pc.arrived_count.load(Ordering::SeqCst) < want
+                            && Instant::now() < deadline
+                        {
+                            std::thread::sleep(Duration::from_millis(1));
+                        }
+                        let got = pc.arrived_count.load(Ordering::SeqCst);
                         if got != want {
                             return Err(MigrateError::Config(format!(
                                 "post-copy ended with {got} of {want} pages"

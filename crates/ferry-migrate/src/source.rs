@@ -26,6 +26,8 @@ use crate::MigrateError;
 
 /// Pages per Pages frame.
 pub const BATCH_PAGES: usize = 256;
+/// Low guest memory pushed first in post-copy (4 MiB).
+const LOW_MEMORY_PAGES: u64 = 1024;
 /// Pages per Pages frame in post-copy while the guest is faulting.
 const POSTCOPY_URGENT_BATCH: usize = 32;
 /// Pages in one shard: a page always travels on channel `(page / SHARD_PAGES) % channels`, so pages
@@ -656,8 +658,13 @@ fn commit(
     Ok(())
 }
 
-/// Post-copy push: serves the destination's fault requests first, pushes the rest in between, then
-/// sends the digest and waits for the destination to confirm it has every page.
+/// Post-copy push: serves the destination's fault requests first, pushes the rest, then sends the
+/// digest and waits for the destination to confirm it has every page.
+///
+/// With two or more channels, requested pages travel on channel 0 by themselves (sent at once, by
+/// their own thread, even if the push already sent them), and the background push on channel 1: a
+/// request never queues behind megabytes of pushed pages in the same connection (QEMU's "postcopy
+/// preempt" does the same).
 fn push_pages(
     mem: &Arc<dyn GuestMemory>,
     link: &mut Link,
@@ -670,12 +677,19 @@ fn push_pages(
     use std::sync::{Condvar, Mutex};
 
     let needed = &plan.needed;
-    // Faults the destination reports go first; then the hot pages; then the rest.
     let requests = (Mutex::new(VecDeque::<u64>::new()), Condvar::new());
-    let mut hot: VecDeque<u64> = plan.hot.iter().collect();
-    let mut last_request = Instant::now();
+    // Likely-first accesses: low memory (page tables, boot structures, most kernels' text: the
+    // MMU and the first instructions after resuming need them, and they were written long ago, so
+    // the dirty log does not show them), then the pages written just before the pause.
+    let mut hot: VecDeque<u64> = (0..LOW_MEMORY_PAGES.min(needed.pages()))
+        .filter(|&p| needed.get(p))
+        .chain(plan.hot.iter())
+        .collect();
+    let sent = Mutex::new(DirtyBitmap::new(needed.pages()));
     let stop = AtomicBool::new(false);
+    let push_done = AtomicBool::new(false);
     let asked = AtomicU64::new(0);
+    let urgent_sent = AtomicU64::new(0);
     let total = needed.count();
     let Link {
         control,
@@ -683,10 +697,17 @@ fn push_pages(
         encoders,
         ..
     } = link;
-    let (w, enc) = (&mut writers[0], &mut encoders[0]);
-    // The destination's content of these pages is gone: deltas against it would be wrong.
-    enc.disable_xbzrle();
-    std::thread::scope(|s| {
+    for enc in encoders.iter_mut() {
+        // The destination's content of these pages is gone: deltas against it would be wrong.
+        enc.disable_xbzrle();
+    }
+    let (urgent_w, push_w) = writers.split_at_mut(1);
+    let (urgent_enc, push_enc) = encoders.split_at_mut(1);
+    // Channel 0 serves requests (its own thread), carries the push too when it is the only channel,
+    // and sends Complete at the end: one lock orders those uses.
+    let urgent_ch = Mutex::new((&mut urgent_w[0], &mut urgent_enc[0]));
+    let dedicated = !push_w.is_empty();
+    let result = std::thread::scope(|s| -> Result<(), MigrateError> {
         let reader = s.spawn(|| -> Result<DoneReport, MigrateError> {
             let r = (|| loop {
                 let (h, p) = control.recv("post-copy")?;
@@ -697,7 +718,7 @@ fn push_pages(
                         if let Ok(mut q) = requests.0.lock() {
                             q.extend(pages);
                         }
-                        requests.1.notify_one();
+                        requests.1.notify_all();
                     }
                     FrameType::Done => return Ok(DoneReport::decode(p)?),
                     other => {
@@ -709,15 +730,67 @@ fn push_pages(
                 }
             })();
             stop.store(true, Ordering::SeqCst);
+            requests.1.notify_all();
             r
         });
-        let mut sent = DirtyBitmap::new(needed.pages());
+        // Channel 0's own thread: requested pages, the moment they are asked for.
+        let urgent = dedicated.then(|| {
+            let (requests, sent, stop, push_done, urgent_sent, urgent_ch) = (
+                &requests,
+                &sent,
+                &stop,
+                &push_done,
+                &urgent_sent,
+                &urgent_ch,
+            );
+            s.spawn(move || -> Result<(), MigrateError> {
+                let mut buf = vec![0u8; POSTCOPY_URGENT_BATCH * PAGE_SIZE];
+                let mut out = Vec::new();
+                loop {
+                    let pages: Vec<u64> = {
+                        let q = requests
+                            .0
+                            .lock()
+                            .map_err(|_| MigrateError::Config("lock poisoned".into()))?;
+                        let mut q = requests
+                            .1
+                            .wait_while(q, |q| {
+                                q.is_empty()
+                                    && !stop.load(Ordering::SeqCst)
+                                    && !push_done.load(Ordering::SeqCst)
+                            })
+                            .map_err(|_| MigrateError::Config("lock poisoned".into()))?;
+                        if q.is_empty() {
+                            return Ok(());
+                        }
+                        let n = q.len().min(POSTCOPY_URGENT_BATCH);
+                        let mut v: Vec<u64> = q.drain(..n).filter(|&p| needed.get(p)).collect();
+                        v.sort_unstable();
+                        v.dedup();
+                        v
+                    };
+                    if let Ok(mut sent) = sent.lock() {
+                        pages.iter().for_each(|&p| sent.set(p));
+                    }
+                    let mut ch = urgent_ch
+                        .lock()
+                        .map_err(|_| MigrateError::Config("lock poisoned".into()))?;
+                    let (w, enc) = &mut *ch;
+                    send_pages(&**mem, w, enc, &pages, &mut buf, &mut out)?;
+                    urgent_sent.fetch_add(pages.len() as u64, Ordering::Relaxed);
+                }
+            })
+        });
+        // The background push: channel 1 when there is one, else channel 0 shared with requests.
+        let mut push_ch = push_w.first_mut().zip(push_enc.first_mut());
         let mut cursor = 0u64;
         let mut buf = vec![0u8; BATCH_PAGES * PAGE_SIZE];
         let mut out = Vec::with_capacity(BATCH_PAGES * PAGE_SIZE + 4096);
         let mut pushed = 0u64;
+        let mut last_request = Instant::now() - Duration::from_secs(1);
         let mut last_event = Instant::now();
-        let result = loop {
+        let mut no_requests = VecDeque::new();
+        let pushed_result = loop {
             if stop.load(Ordering::SeqCst) {
                 break Err(MigrateError::PeerClosed("post-copy"));
             }
@@ -725,51 +798,76 @@ fn push_pages(
                 let Ok(mut q) = requests.0.lock() else {
                     break Err(MigrateError::Config("lock poisoned".into()));
                 };
-                if !q.is_empty() {
-                    last_request = Instant::now();
-                }
-                // While the guest is faulting, small batches: a request never waits long behind one.
-                let max = if last_request.elapsed() < Duration::from_millis(20) {
-                    POSTCOPY_URGENT_BATCH
-                } else {
-                    BATCH_PAGES
+                let Ok(mut sent) = sent.lock() else {
+                    break Err(MigrateError::Config("lock poisoned".into()));
                 };
-                next_push_batch(needed, &mut sent, &mut cursor, &mut q, &mut hot, max)
+                if dedicated {
+                    next_push_batch(
+                        needed,
+                        &mut sent,
+                        &mut cursor,
+                        &mut no_requests,
+                        &mut hot,
+                        BATCH_PAGES,
+                    )
+                } else {
+                    if !q.is_empty() {
+                        last_request = Instant::now();
+                    }
+                    // Sharing the channel with requests: small batches while the guest is faulting.
+                    let max = if last_request.elapsed() < Duration::from_millis(20) {
+                        POSTCOPY_URGENT_BATCH
+                    } else {
+                        BATCH_PAGES
+                    };
+                    next_push_batch(needed, &mut sent, &mut cursor, &mut q, &mut hot, max)
+                }
             };
             if batch.is_empty() {
                 break Ok(());
             }
-            for (i, &p) in batch.iter().enumerate() {
-                mem.read_page(p, &mut buf[i * PAGE_SIZE..(i + 1) * PAGE_SIZE]);
-            }
-            let refs: Vec<PageRef<'_>> = batch
-                .iter()
-                .enumerate()
-                .map(|(i, &gfn)| PageRef {
-                    gfn,
-                    data: &buf[i * PAGE_SIZE..(i + 1) * PAGE_SIZE],
-                })
-                .collect();
-            out.clear();
-            enc.encode(&refs, &mut out);
-            if let Err(e) = w.send(FrameType::Pages, 0, &out) {
-                break Err(e);
-            }
+            let sent_now = match push_ch.as_mut() {
+                Some((w, enc)) => {
+                    send_pages(&**mem, w, enc, &batch, &mut buf, &mut out).map(|_| w.bytes)
+                }
+                None => match urgent_ch.lock() {
+                    Ok(mut ch) => {
+                        let (w, enc) = &mut *ch;
+                        send_pages(&**mem, w, enc, &batch, &mut buf, &mut out).map(|_| w.bytes)
+                    }
+                    Err(_) => Err(MigrateError::Config("lock poisoned".into())),
+                },
+            };
+            let bytes = match sent_now {
+                Ok(b) => b,
+                Err(e) => break Err(e),
+            };
             pushed += batch.len() as u64;
             if last_event.elapsed() > Duration::from_millis(100) {
                 events(Event::Progress {
                     round: u32::MAX,
                     done: pushed,
                     total,
-                    bytes: w.bytes,
+                    bytes,
                 });
                 last_event = Instant::now();
             }
         };
-        report.pages_sent += pushed;
+        push_done.store(true, Ordering::SeqCst);
+        requests.1.notify_all();
+        let urgent_result = urgent.map(|h| {
+            h.join().unwrap_or(Err(MigrateError::Config(
+                "post-copy sender panicked".into(),
+            )))
+        });
+        report.pages_sent += pushed + urgent_sent.load(Ordering::Relaxed);
         report.postcopy_requests = asked.load(Ordering::Relaxed);
-        if let Err(e) = result {
-            w.stream().shutdown();
+        let mut ch = urgent_ch
+            .lock()
+            .map_err(|_| MigrateError::Config("lock poisoned".into()))?;
+        let (urgent_w, _) = &mut *ch;
+        if let Err(e) = pushed_result.and(urgent_result.unwrap_or(Ok(()))) {
+            urgent_w.stream().shutdown();
             let _ = reader.join();
             return Err(e);
         }
@@ -791,7 +889,7 @@ fn push_pages(
             pages: report.pages_sent,
             digest,
         };
-        w.send(
+        urgent_w.send(
             FrameType::Complete,
             u8::from(opts.verify),
             &summary.encode(),
@@ -802,13 +900,44 @@ fn push_pages(
         report.digest_match = done.digest_match;
         report.guest_observed = done.guest_observed;
         Ok(())
-    })?;
+    });
+    result?;
     report.bytes_sent = link.bytes();
     for w in &link.writers {
         w.stream().shutdown();
     }
     events(Event::Phase { phase: Phase::Done });
     Ok(())
+}
+
+/// Reads `pages` from guest memory (a copy: the source is paused, but this keeps one code path),
+/// encodes them as one batch and sends it.
+fn send_pages(
+    mem: &dyn GuestMemory,
+    w: &mut FrameWriter,
+    enc: &mut BatchEncoder,
+    pages: &[u64],
+    buf: &mut Vec<u8>,
+    out: &mut Vec<u8>,
+) -> Result<(), MigrateError> {
+    if pages.is_empty() {
+        return Ok(());
+    }
+    buf.resize(pages.len() * PAGE_SIZE, 0);
+    for (i, &p) in pages.iter().enumerate() {
+        mem.read_page(p, &mut buf[i * PAGE_SIZE..(i + 1) * PAGE_SIZE]);
+    }
+    let refs: Vec<PageRef<'_>> = pages
+        .iter()
+        .enumerate()
+        .map(|(i, &gfn)| PageRef {
+            gfn,
+            data: &buf[i * PAGE_SIZE..(i + 1) * PAGE_SIZE],
+        })
+        .collect();
+    out.clear();
+    enc.encode(&refs, out);
+    w.send(FrameType::Pages, 0, out)
 }
 
 /// Waits for the destination to say it has applied round `round` on every channel.

@@ -71,8 +71,18 @@ fn migrate(strategy: Strategy, pattern: Pattern, ws: u64) {
         )
     });
     std::thread::sleep(Duration::from_millis(200));
+    // Two channels where post-copy may happen (requested pages get one of their own), as the CLI does.
+    let channels = if matches!(
+        strategy,
+        Strategy::Postcopy | Strategy::Hybrid | Strategy::Auto
+    ) {
+        2
+    } else {
+        1
+    };
     let opts = SourceOptions {
         strategy,
+        channels,
         ..SourceOptions::default()
     };
     let connect = || TcpStream::connect(addr).map(Stream::Tcp);

@@ -28,9 +28,9 @@ pub struct DemoArgs {
     /// Strategy (auto is ferry's best: pre-copy that throttles a guest that will not converge).
     #[arg(long, default_value = "auto")]
     pub strategy: Strategy,
-    /// Parallel channels.
-    #[arg(long, default_value_t = 1)]
-    pub channels: u16,
+    /// Parallel channels (default: 2 for strategies that may end in post-copy, else 1).
+    #[arg(long)]
+    pub channels: Option<u16>,
     /// Seconds the guest runs before the migration starts.
     #[arg(long, default_value_t = 1.0)]
     pub warmup: f64,
@@ -103,7 +103,9 @@ fn demo(a: &DemoArgs, dir: &Path) -> anyhow::Result<ExitCode> {
         to: addr.clone(),
         strategy: a.strategy.to_string(),
         downtime_ms: 10,
-        channels: a.channels,
+        channels: a
+            .channels
+            .unwrap_or_else(|| crate::cmd::migrate::default_channels(a.strategy)),
         compression: "adaptive".into(),
         verify: true,
         max_rounds: 30,

@@ -29,9 +29,10 @@ pub struct MigrateArgs {
     /// Pause the guest may see at switch-over (ms); pre-copy keeps copying until the rest fits.
     #[arg(long, default_value_t = 10)]
     pub downtime: u64,
-    /// Parallel TCP connections.
-    #[arg(long, default_value_t = 1)]
-    pub channels: u16,
+    /// Parallel connections (default: 2 for strategies that may end in post-copy, so requested pages
+    /// get a connection of their own; 1 otherwise).
+    #[arg(long)]
+    pub channels: Option<u16>,
     /// Page compression: off, lz4, zstd, zstd:LEVEL, adaptive.
     #[arg(long, default_value = "adaptive")]
     pub compression: String,
@@ -60,7 +61,9 @@ impl MigrateArgs {
             to: self.to.clone(),
             strategy: self.strategy.to_string(),
             downtime_ms: self.downtime,
-            channels: self.channels,
+            channels: self
+                .channels
+                .unwrap_or_else(|| default_channels(self.strategy)),
             compression: self.compression.clone(),
             verify: !self.no_verify,
             max_rounds: self.max_rounds,
@@ -182,4 +185,12 @@ pub fn run(a: MigrateArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// Channels when the user names none: post-copy serves requested pages on a connection of their own.
+pub fn default_channels(strategy: Strategy) -> u16 {
+    match strategy {
+        Strategy::Postcopy | Strategy::Hybrid | Strategy::Auto => 2,
+        Strategy::StopAndCopy | Strategy::Precopy => 1,
+    }
 }
