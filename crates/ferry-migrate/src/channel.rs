@@ -58,6 +58,95 @@ impl Stream {
         }
     }
 
+    /// Whether this is a same-host (Unix) connection, over which RAM can be handed over as a file.
+    pub fn is_unix(&self) -> bool {
+        matches!(self, Stream::Unix(_))
+    }
+
+    /// Sends a file descriptor (and one byte) over a Unix connection.
+    pub fn send_fd(&self, fd: std::os::fd::BorrowedFd<'_>) -> std::io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let Stream::Unix(s) = self else {
+            return Err(std::io::Error::other(
+                "file descriptors travel only over Unix sockets",
+            ));
+        };
+        let mut byte = [b'F'];
+        let mut iov = libc::iovec {
+            iov_base: byte.as_mut_ptr().cast(),
+            iov_len: 1,
+        };
+        // SAFETY: CMSG_SPACE is a pure size computation.
+        let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<libc::c_int>() as u32) } as usize;
+        let mut control = vec![0u8; space];
+        // SAFETY: an all-zero msghdr is a valid empty value; the pointers set below outlive the call.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = space as _;
+        // SAFETY: msg_control points at CMSG_SPACE(int) bytes, so the first header and its one-int
+        // payload fit; CMSG_FIRSTHDR and CMSG_DATA only compute addresses inside that buffer.
+        unsafe {
+            let c = libc::CMSG_FIRSTHDR(&msg);
+            (*c).cmsg_level = libc::SOL_SOCKET;
+            (*c).cmsg_type = libc::SCM_RIGHTS;
+            (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<libc::c_int>() as u32) as _;
+            std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<libc::c_int>(), fd.as_raw_fd());
+        }
+        // SAFETY: a valid socket and a fully initialised msghdr whose buffers live across the call.
+        if unsafe { libc::sendmsg(s.as_raw_fd(), &msg, 0) } != 1 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Receives a file descriptor sent with [`Stream::send_fd`].
+    pub fn recv_fd(&self) -> std::io::Result<std::fs::File> {
+        use std::os::fd::{AsRawFd, FromRawFd};
+        let Stream::Unix(s) = self else {
+            return Err(std::io::Error::other(
+                "file descriptors travel only over Unix sockets",
+            ));
+        };
+        let mut byte = [0u8; 1];
+        let mut iov = libc::iovec {
+            iov_base: byte.as_mut_ptr().cast(),
+            iov_len: 1,
+        };
+        // SAFETY: pure size computation.
+        let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<libc::c_int>() as u32) } as usize;
+        let mut control = vec![0u8; space];
+        // SAFETY: as in send_fd.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = space as _;
+        // SAFETY: valid socket and initialised msghdr; MSG_CMSG_CLOEXEC keeps the fd from children.
+        let n = unsafe { libc::recvmsg(s.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
+        if n != 1 {
+            return Err(if n == 0 {
+                std::io::ErrorKind::UnexpectedEof.into()
+            } else {
+                std::io::Error::last_os_error()
+            });
+        }
+        // SAFETY: the kernel filled `control`; CMSG_FIRSTHDR returns null when there is no header
+        // (checked), and the payload of an SCM_RIGHTS header is the descriptor we now own.
+        unsafe {
+            let c = libc::CMSG_FIRSTHDR(&msg);
+            if c.is_null()
+                || (*c).cmsg_level != libc::SOL_SOCKET
+                || (*c).cmsg_type != libc::SCM_RIGHTS
+            {
+                return Err(std::io::Error::other("the peer sent no file descriptor"));
+            }
+            let fd = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::c_int>());
+            Ok(std::fs::File::from_raw_fd(fd))
+        }
+    }
+
     /// Closes both directions (wakes a thread blocked reading the other handle).
     pub fn shutdown(&self) {
         let _ = match self {

@@ -43,6 +43,9 @@ impl MigrationSource for Vm {
         self.set_throttle_percent(percent);
         Ok(())
     }
+    fn memory_file(&self) -> Option<std::fs::File> {
+        self.ram().file().try_clone().ok()
+    }
     fn save_state(&mut self) -> Result<Vec<u8>, MigrateError> {
         let state = Vm::save_state(self)?;
         bincode::serialize(&state).map_err(|e| MigrateError::State(e.to_string()))
@@ -115,6 +118,17 @@ impl SinkFactory for KvmSinkFactory {
             vm.ram().populate()?;
         }
         Ok(KvmSink { vm })
+    }
+
+    fn create_shared(
+        &mut self,
+        cfg: &VmConfig,
+        memory: std::fs::File,
+    ) -> Result<KvmSink, MigrateError> {
+        let ram = ferry_vmm::GuestRam::from_file(memory, cfg.memory)?;
+        Ok(KvmSink {
+            vm: Vm::with_ram(ram, cfg.vcpus, (self.console)())?,
+        })
     }
 }
 

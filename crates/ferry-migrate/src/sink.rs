@@ -140,8 +140,24 @@ pub fn receive<F: SinkFactory>(
         readers.push(r);
     }
     let t0 = Instant::now();
-    let cfg = VmConfig::decode(r0.expect(FrameType::VmConfig, "configuration")?)?;
-    let mut sink = factory.create(&cfg)?;
+    let (h, p) = r0.recv("configuration")?;
+    if h.kind != FrameType::VmConfig {
+        return Err(MigrateError::Unexpected {
+            got: h.kind,
+            during: "configuration",
+        });
+    }
+    let cfg = VmConfig::decode(p)?;
+    let mut sink = if h.flags & 1 != 0 {
+        // Same host: the source hands its RAM over as a file; nothing will be copied.
+        let memory = r0
+            .stream()
+            .recv_fd()
+            .map_err(MigrateError::io("receiving guest memory"))?;
+        factory.create_shared(&cfg, memory)?
+    } else {
+        factory.create(&cfg)?
+    };
     w0.send(FrameType::VmConfig, 0, &cfg.encode())?; // built: the source may start copying
     let mem = sink.memory();
     let shared = Arc::new(Shared {
@@ -217,6 +233,7 @@ fn accept_channel(
     stream
         .set_write_timeout(Some(opts.timeout))
         .map_err(MigrateError::io("socket option"))?;
+    let unix = stream.is_unix();
     let (mut r, mut w) = split(stream, 0)?;
     let hello = match r
         .expect(FrameType::Hello, "handshake")
@@ -242,7 +259,14 @@ fn accept_channel(
     }
     let ack = HelloAck {
         version: PROTOCOL_VERSION,
-        features: hello.features & features::ALL,
+        // RAM travels as a file only between processes on one host.
+        features: hello.features
+            & features::ALL
+            & if unix {
+                u64::MAX
+            } else {
+                !features::FD_HANDOVER
+            },
         refusal: None,
     };
     w.send(FrameType::HelloAck, 0, &ack.encode())?;

@@ -79,6 +79,8 @@ impl Default for SourceOptions {
 struct Link {
     /// Whether the destination accepted post-copy.
     postcopy: bool,
+    /// Same host (Unix socket) and the destination accepts guest RAM as a file descriptor.
+    handover: bool,
     /// Set to cancel; checked between batches too, so a long round stops promptly.
     cancel: Arc<AtomicBool>,
     control: FrameReader,
@@ -121,7 +123,26 @@ pub fn migrate_out<S: MigrationSource>(
         vcpus: src.vcpus(),
         strategy: opts.strategy.code(),
     };
-    link.writers[0].send(FrameType::VmConfig, 0, &cfg.encode())?;
+    // Same host: hand the guest's RAM over as a file instead of copying it. The destination builds
+    // its VM on the very same memory while the guest still runs here; only device state is left
+    // for the pause.
+    let shared = if link.handover {
+        src.memory_file()
+    } else {
+        None
+    };
+    link.writers[0].send(
+        FrameType::VmConfig,
+        u8::from(shared.is_some()),
+        &cfg.encode(),
+    )?;
+    if let Some(file) = &shared {
+        use std::os::fd::AsFd;
+        link.writers[0]
+            .stream()
+            .send_fd(file.as_fd())
+            .map_err(MigrateError::io("handing guest memory over"))?;
+    }
     // The destination builds its VM now (tens of ms here); wait, so no pause ever includes that.
     link.control.expect(
         FrameType::VmConfig,
@@ -141,7 +162,11 @@ pub fn migrate_out<S: MigrationSource>(
             "the destination does not support post-copy".into(),
         ));
     }
-    let result = copy_phases(src, &mem, &mut link, opts, &mut report, &mut paused, events);
+    let result = if shared.is_some() {
+        handover_switch(src, &mem, &mut link, &mut report, &mut paused, events)
+    } else {
+        copy_phases(src, &mem, &mut link, opts, &mut report, &mut paused, events)
+    };
     let (t_pause, postcopy) = match result {
         Ok(r) => r,
         Err(e) => {
@@ -173,7 +198,7 @@ fn handshake(
 ) -> Result<Link, MigrateError> {
     let mut id = [0u8; 16];
     rand::Rng::fill(&mut rand::thread_rng(), &mut id);
-    let (mut control, mut writers, mut postcopy) = (None, Vec::new(), false);
+    let (mut control, mut writers, mut postcopy, mut handover) = (None, Vec::new(), false, false);
     for ch in 0..opts.channels {
         let stream = connect().map_err(MigrateError::io("cannot connect to the destination"))?;
         stream
@@ -185,6 +210,7 @@ fn handshake(
         stream
             .set_write_timeout(Some(opts.timeout))
             .map_err(MigrateError::io("socket option"))?;
+        let unix = stream.is_unix();
         let (mut r, mut w) = split(stream, 0)?;
         let hello = Hello {
             min_version: message::MIN_PROTOCOL_VERSION,
@@ -207,6 +233,7 @@ fn handshake(
         if ch == 0 {
             control = Some(r);
             postcopy = ack.features & features::POSTCOPY != 0;
+            handover = unix && ack.features & features::FD_HANDOVER != 0;
         }
     }
     let control = control.ok_or_else(|| MigrateError::Config("no channel".into()))?;
@@ -215,6 +242,7 @@ fn handshake(
         .collect();
     Ok(Link {
         postcopy,
+        handover,
         cancel: opts.cancel.clone(),
         control,
         writers,
@@ -325,6 +353,46 @@ fn copy_phases<S: MigrationSource>(
     };
     Ok((t_pause, None))
 }
+
+/// Same-host switch-over: RAM is already shared with the destination; pause and send device state.
+fn handover_switch<S: MigrationSource>(
+    src: &mut S,
+    mem: &Arc<dyn GuestMemory>,
+    link: &mut Link,
+    report: &mut Report,
+    paused: &mut bool,
+    events: &mut dyn FnMut(Event),
+) -> Result<(Instant, Option<PostcopyPlan>), MigrateError> {
+    events(Event::Phase {
+        phase: Phase::SwitchOver,
+    });
+    let t_pause = Instant::now();
+    src.pause()?;
+    *paused = true;
+    // An empty round marks every channel as done with pages.
+    send_round(
+        mem,
+        link,
+        0,
+        &DirtyBitmap::new(mem.pages()),
+        true,
+        report,
+        events,
+    )?;
+    let state = src.save_state()?;
+    let mut payload = 0u32.to_le_bytes().to_vec();
+    payload.extend_from_slice(&state);
+    link.writers[0].send(FrameType::DeviceState, 0, &payload)?;
+    expect_ready(link)?;
+    if link.cancel.load(Ordering::SeqCst) {
+        return Err(MigrateError::Cancelled);
+    }
+    report.strategy_used = HANDOVER.to_string();
+    Ok((t_pause, None))
+}
+
+/// Name of the same-host strategy in reports.
+pub const HANDOVER: &str = "fd-handover";
 
 /// What post-copy must still send once the destination runs.
 struct PostcopyPlan {
@@ -616,27 +684,21 @@ fn commit(
     events(Event::Phase {
         phase: Phase::Verify,
     });
-    let digest = if opts.verify {
+    // After a handover there is one copy of RAM, shared: nothing crossed the wire to compare.
+    let verify = opts.verify && report.strategy_used != HANDOVER;
+    let digest = if verify {
         digest_memory(&**mem)
     } else {
         [0; 16]
     };
-    report.source_digest = if opts.verify {
-        hex(&digest)
-    } else {
-        String::new()
-    };
+    report.source_digest = if verify { hex(&digest) } else { String::new() };
     let summary = RoundSummary {
         round: report.rounds.len() as u32,
         pages: report.pages_sent,
         digest,
     };
     let done = link.writers[0]
-        .send(
-            FrameType::Complete,
-            u8::from(opts.verify),
-            &summary.encode(),
-        )
+        .send(FrameType::Complete, u8::from(verify), &summary.encode())
         .and_then(|_| {
             link.control
                 .expect(FrameType::Done, "verification")

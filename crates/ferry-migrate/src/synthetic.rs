@@ -280,6 +280,9 @@ impl MigrationSource for SyntheticVm {
             .to_le_bytes()
             .to_vec())
     }
+    fn memory_file(&self) -> Option<std::fs::File> {
+        None
+    }
 }
 
 impl MigrationSink for SyntheticVm {
@@ -377,5 +380,14 @@ impl SinkFactory for SyntheticFactory {
             )));
         }
         Ok(SyntheticVm::new(cfg.memory / PAGE_SIZE as u64, self.script))
+    }
+    fn create_shared(
+        &mut self,
+        _: &VmConfig,
+        _: std::fs::File,
+    ) -> Result<SyntheticVm, MigrateError> {
+        Err(MigrateError::Config(
+            "the synthetic VM's memory cannot be shared".into(),
+        ))
     }
 }

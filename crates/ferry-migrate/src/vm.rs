@@ -30,6 +30,8 @@ pub trait MigrationSource {
     fn set_throttle(&mut self, percent: u8) -> Result<(), MigrateError>;
     /// Serialises complete vCPU and device state (the VM is paused).
     fn save_state(&mut self) -> Result<Vec<u8>, MigrateError>;
+    /// The file behind guest RAM, for handing it to a VMM on the same host (None: not shareable).
+    fn memory_file(&self) -> Option<std::fs::File>;
 }
 
 /// A VM being built on the destination.
@@ -54,6 +56,12 @@ pub trait SinkFactory {
     type Sink: MigrationSink;
     /// Creates an empty VM of the given shape.
     fn create(&mut self, cfg: &VmConfig) -> Result<Self::Sink, MigrateError>;
+    /// Creates a VM around RAM handed over by a VMM on this host (no copy).
+    fn create_shared(
+        &mut self,
+        cfg: &VmConfig,
+        memory: std::fs::File,
+    ) -> Result<Self::Sink, MigrateError>;
 }
 
 /// The pause as the guest saw it, measured from its heartbeats.

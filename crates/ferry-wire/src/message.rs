@@ -27,8 +27,11 @@ pub mod features {
     pub const POSTCOPY: u64 = 1 << 5;
     /// Several parallel channels.
     pub const MULTI_CHANNEL: u64 = 1 << 6;
+    /// Same host: guest RAM handed over as a file descriptor instead of copied.
+    pub const FD_HANDOVER: u64 = 1 << 7;
     /// Everything this build implements.
-    pub const ALL: u64 = ZERO_PAGES | DEDUP | XBZRLE | LZ4 | ZSTD | POSTCOPY | MULTI_CHANNEL;
+    pub const ALL: u64 =
+        ZERO_PAGES | DEDUP | XBZRLE | LZ4 | ZSTD | POSTCOPY | MULTI_CHANNEL | FD_HANDOVER;
 }
 
 /// Cursor over a payload that fails instead of panicking.

@@ -396,3 +396,24 @@ fn a_running_migration_can_be_limited_and_cancelled() {
     let _ = before;
     let _ = dst;
 }
+
+#[test]
+fn same_host_demo_hands_the_ram_over_without_copying() {
+    if !require_kvm() {
+        return;
+    }
+    let o = run(&[
+        "demo",
+        "--same-host",
+        "--memory",
+        "256M",
+        "--ws",
+        "32M",
+        "--warmup",
+        "0.3",
+    ]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "demo failed:\n{out}\n{}", stderr(&o));
+    assert!(out.contains("used: fd-handover"), "{out}");
+    assert!(out.contains("integrity           OK"), "{out}");
+}

@@ -56,10 +56,22 @@ impl Host {
         prefault: bool,
         certs: Option<&Path>,
     ) -> anyhow::Result<(Host, String)> {
+        Self::destination_at(dir, "127.0.0.1:0", prefault, certs)
+    }
+
+    /// Like [`Host::destination`], listening on `listen` (`unix:PATH` for a same-host destination,
+    /// which needs no certificates).
+    pub(crate) fn destination_at(
+        dir: &Path,
+        listen: &str,
+        prefault: bool,
+        certs: Option<&Path>,
+    ) -> anyhow::Result<(Host, String)> {
         let certs_arg = certs.map(|c| c.to_string_lossy().into_owned());
-        let mut args = vec!["vm", "receive", "--listen", "127.0.0.1:0", "--once"];
+        let mut args = vec!["vm", "receive", "--listen", listen, "--once"];
         match &certs_arg {
             Some(c) => args.extend(["--certs", c.as_str(), "--name", "destination"]),
+            None if listen.starts_with("unix:") => {}
             None => args.push("--insecure"),
         }
         if !prefault {
@@ -95,6 +107,13 @@ impl Host {
             Some(c) => args.extend(["--certs", c.as_str(), "--name", "source"]),
             None => args.push("--insecure"),
         }
+        Host::spawn("source", dir, &args, Stdio::null(), dir.join("source.sock"))
+    }
+
+    /// Starts `ferry vm run` with no certificates: it can migrate only to the same host.
+    pub(crate) fn source_local(dir: &Path, image: &Path, memory: u64) -> anyhow::Result<Host> {
+        let (image, memory) = (image.to_string_lossy(), memory.to_string());
+        let args = ["vm", "run", "--kernel", &image, "--memory", &memory];
         Host::spawn("source", dir, &args, Stdio::null(), dir.join("source.sock"))
     }
 

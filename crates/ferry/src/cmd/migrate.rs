@@ -167,6 +167,9 @@ pub fn print_report(r: &Report) {
         match r.digest_match {
             Some(true) => format!("equal on both sides ({})", r.source_digest),
             Some(false) => "DIFFERENT".into(),
+            None if r.strategy_used == ferry_migrate::source::HANDOVER => {
+                "one shared copy (handed over, not copied: nothing to compare)".into()
+            }
             None => "not checked".into(),
         }
     );

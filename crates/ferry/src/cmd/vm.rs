@@ -76,12 +76,17 @@ pub struct HostArgs {
     /// and anyone can send this host a VM. For isolated test networks only.
     #[arg(long, conflicts_with_all = ["certs", "name"])]
     pub insecure: bool,
+    /// Set by commands that can run without certificates until a network migration is asked for.
+    #[arg(skip)]
+    pub local_ok: bool,
 }
 
 /// How this host protects migrations.
 pub enum Security {
     /// Plaintext (--insecure).
     Insecure,
+    /// No certificates configured: only same-host (Unix socket) migrations are possible.
+    LocalOnly,
     /// TLS 1.3, mutual authentication.
     Tls {
         /// For migrating out.
@@ -104,6 +109,9 @@ impl HostArgs {
             return Ok(Security::Insecure);
         }
         let (Some(dir), Some(name)) = (&self.certs, &self.name) else {
+            if allow.is_empty() && self.local_ok {
+                return Ok(Security::LocalOnly);
+            }
             bail!(
                 "migrations need TLS certificates: pass --certs DIR --name NAME (create them with \
                  `ferry certs init` and `ferry certs issue NAME`), or --insecure for a plaintext test setup"
@@ -203,7 +211,12 @@ fn control_path(host: &HostArgs) -> PathBuf {
 fn run_vm(a: RunArgs) -> anyhow::Result<ExitCode> {
     let image = std::fs::read(&a.kernel)
         .with_context(|| format!("cannot read kernel image {}", a.kernel.display()))?;
-    let security = a.host.security(&[])?;
+    // A VM runs without certificates; they are needed only to migrate it over the network.
+    let security = HostArgs {
+        local_ok: true,
+        ..a.host.clone()
+    }
+    .security(&[])?;
     let control = bind_control(&control_path(&a.host))?;
     let mut vm = Vm::new(
         VmConfig {
@@ -225,11 +238,14 @@ fn run_vm(a: RunArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn receive_vm(a: ReceiveArgs) -> anyhow::Result<ExitCode> {
-    let listener =
-        TcpListener::bind(&a.listen).with_context(|| format!("cannot listen on {}", a.listen))?;
-    let security = a.host.security(&a.allow)?;
+    let listener = Listener::bind(&a.listen)?;
+    // Same host: the socket file's permissions (0600) guard it; no certificates needed.
+    let security = match listener {
+        Listener::Unix(..) => Security::LocalOnly,
+        Listener::Tcp(_) => a.host.security(&a.allow)?,
+    };
     let control = bind_control(&control_path(&a.host))?;
-    println!("listening on {}", listener.local_addr()?);
+    println!("listening on {}", listener.address());
     std::io::stdout().flush()?;
     let serial = a.host.serial.clone();
     let mut factory = KvmSinkFactory {
@@ -243,9 +259,15 @@ fn receive_vm(a: ReceiveArgs) -> anyhow::Result<ExitCode> {
     };
     loop {
         let mut accept = || -> std::io::Result<Stream> {
-            let (s, _) = listener.accept()?;
+            let s = match &listener {
+                Listener::Unix(l, _) => return l.accept().map(|(s, _)| Stream::Unix(s)),
+                Listener::Tcp(l) => l.accept()?.0,
+            };
             match &security {
                 Security::Insecure => Ok(Stream::Tcp(s)),
+                Security::LocalOnly => Err(std::io::Error::other(
+                    "TCP migrations need TLS certificates",
+                )),
                 Security::Tls { server, policy, .. } => {
                     tls::accept(s, server, policy, opts.timeout)
                         .map_err(|e| std::io::Error::other(chain(&e)))
@@ -359,8 +381,11 @@ fn serve(mut vm: Vm, control: ControlSocket, security: &Security) -> anyhow::Res
                 match migrate_serving_control(&mut vm, &req, &mut out, security, &control.0) {
                     Ok(report) => {
                         let _ = writeln!(out, "{}", json!({"ok": true, "report": report}));
-                        // The VM lives on the destination now: scrub our copy before we go.
-                        let _ = vm.ram().scrub();
+                        // The VM lives on the destination now: scrub our copy before we go (unless
+                        // it was handed over: then it is the destination's RAM).
+                        if report.strategy_used != ferry_migrate::source::HANDOVER {
+                            let _ = vm.ram().scrub();
+                        }
                         eprintln!("ferry: VM migrated to {}; source exits", req.to);
                         return Ok(ExitCode::SUCCESS);
                     }
@@ -466,12 +491,16 @@ fn migrate(
         .compression
         .parse()
         .map_err(|e| MigrateError::Config(format!("{e}")))?;
-    let addr = req
-        .to
-        .to_socket_addrs()
-        .map_err(MigrateError::io(format!("cannot resolve {}", req.to)))?
-        .next()
-        .ok_or_else(|| MigrateError::Config(format!("{} resolves to no address", req.to)))?;
+    let unix_target = req.to.strip_prefix("unix:").map(PathBuf::from);
+    let addr = if unix_target.is_some() {
+        "127.0.0.1:0"
+    } else {
+        req.to.as_str()
+    }
+    .to_socket_addrs()
+    .map_err(MigrateError::io(format!("cannot resolve {}", req.to)))?
+    .next()
+    .ok_or_else(|| MigrateError::Config(format!("{} resolves to no address", req.to)))?;
     let opts = SourceOptions {
         cancel,
         max_bandwidth: limit,
@@ -488,10 +517,28 @@ fn migrate(
     };
     let server_name = req.tls_name.clone().unwrap_or_else(|| host_part(&req.to));
     let transport = std::sync::Mutex::new(String::from("tcp, plaintext (--insecure)"));
+    if unix_target.is_none() && matches!(security, Security::LocalOnly) {
+        return Err(MigrateError::Config(
+            "migrating over the network needs TLS certificates: start the VM with --certs DIR --name NAME \
+             (see `ferry certs`), or --insecure for a plaintext test setup; same-host migrations (--to unix:PATH) need none"
+                .into(),
+        ));
+    }
+    if unix_target.is_some() {
+        if let Ok(mut t) = transport.lock() {
+            *t = "unix socket, same host (guest RAM handed over as a file)".into();
+        }
+    }
     let connect = || -> std::io::Result<Stream> {
+        if let Some(path) = &unix_target {
+            return UnixStream::connect(path).map(Stream::Unix);
+        }
         let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
         match security {
             Security::Insecure => Ok(Stream::Tcp(s)),
+            Security::LocalOnly => Err(std::io::Error::other(
+                "TCP migrations need TLS certificates",
+            )),
             Security::Tls { client, .. } => {
                 let stream = tls::connect(s, client, &server_name, Duration::from_secs(10))
                     .map_err(|e| std::io::Error::other(chain(&e)))?;
@@ -532,4 +579,48 @@ fn ask(socket: &Path, req: &Request) -> anyhow::Result<ExitCode> {
     let reply = crate::control::call(socket, req, |_| {})?;
     println!("{}", serde_json::to_string_pretty(&reply)?);
     Ok(ExitCode::SUCCESS)
+}
+
+/// Where `vm receive` waits: TCP (`host:port`) or a Unix socket (`unix:PATH`, same host only).
+enum Listener {
+    Tcp(TcpListener),
+    Unix(UnixListener, PathBuf),
+}
+
+impl Listener {
+    fn bind(addr: &str) -> anyhow::Result<Listener> {
+        if let Some(path) = addr.strip_prefix("unix:") {
+            let path = PathBuf::from(path);
+            if path.exists() {
+                if UnixStream::connect(&path).is_ok() {
+                    bail!("{} is in use by another process", path.display());
+                }
+                std::fs::remove_file(&path)
+                    .with_context(|| format!("cannot remove stale socket {}", path.display()))?;
+            }
+            let l =
+                UnixListener::bind(&path).with_context(|| format!("cannot listen on {addr}"))?;
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+            return Ok(Listener::Unix(l, path));
+        }
+        Ok(Listener::Tcp(
+            TcpListener::bind(addr).with_context(|| format!("cannot listen on {addr}"))?,
+        ))
+    }
+
+    fn address(&self) -> String {
+        match self {
+            Listener::Tcp(l) => l.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+            Listener::Unix(_, p) => format!("unix:{}", p.display()),
+        }
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        if let Listener::Unix(_, p) = self {
+            let _ = std::fs::remove_file(p);
+        }
+    }
 }
