@@ -104,6 +104,7 @@ enum Msg {
     RoundEnd(usize, u32),
     DeviceState(u32, Vec<u8>),
     PostcopyStart(u32, DirtyBitmap, Vec<u8>),
+    Discard(DirtyBitmap),
     Go,
     Complete(RoundSummary, bool),
     Failed(MigrateError),
@@ -349,6 +350,10 @@ fn pump(
                 let round = u32::from_le_bytes([p[0], p[1], p[2], p[3]]);
                 let _ = tx.send(Msg::DeviceState(round, p[4..].to_vec()));
             }
+            FrameType::Discard if ch == 0 => {
+                let (_, pages, _) = postcopy::decode_start(p, shared.mem.pages())?;
+                let _ = tx.send(Msg::Discard(pages));
+            }
             FrameType::PostcopyStart if ch == 0 => {
                 let (round, needed, state) = postcopy::decode_start(p, shared.mem.pages())?;
                 let _ = tx.send(Msg::PostcopyStart(round, needed, state.to_vec()));
@@ -487,6 +492,9 @@ impl<K: MigrationSink> SwitchOver<'_, K> {
         let mut pending: Option<(u32, Vec<u8>, Option<DirtyBitmap>)> = None;
         let mut loaded = false;
         let mut acked: Option<u32> = None;
+        // Post-copy preparation done while the source still runs (see FrameType::Discard).
+        let mut early_target: Option<Arc<dyn PostcopyTarget>> = None;
+        let mut discarded: Option<DirtyBitmap> = None;
         let faults_stop = Arc::new(AtomicBool::new(false));
         let _stop_on_exit = StopOnDrop(faults_stop.clone());
         let running = || self.shared.running.load(Ordering::SeqCst);
@@ -515,6 +523,23 @@ impl<K: MigrationSink> SwitchOver<'_, K> {
                 }
                 Msg::DeviceState(r, s) => pending = Some((r, s, None)),
                 Msg::PostcopyStart(r, needed, s) => pending = Some((r, s, Some(needed))),
+                Msg::Discard(pages) if !loaded => {
+                    let target = match &early_target {
+                        Some(t) => t.clone(),
+                        None => early_target.insert(self.sink.postcopy_target()?).clone(),
+                    };
+                    target.discard(&pages)?;
+                    discarded
+                        .get_or_insert_with(|| DirtyBitmap::new(pages.pages()))
+                        .or(&pages);
+                    self.send(FrameType::Discard, &[])?; // done: the source may pause now
+                }
+                Msg::Discard(_) => {
+                    return Err(MigrateError::Unexpected {
+                        got: FrameType::Discard,
+                        during: "post-switch-over",
+                    })
+                }
                 Msg::Go if loaded => {
                     self.shared.running.store(true, Ordering::SeqCst);
                     self.sink.resume()?;
@@ -603,12 +628,21 @@ impl<K: MigrationSink> SwitchOver<'_, K> {
                 if let Some((r, state, needed)) = &pending {
                     if last_round.iter().all(|l| l.is_some_and(|l| l >= *r)) {
                         if let Some(needed) = needed {
-                            let target = self.sink.postcopy_target()?;
-                            // Only pages this host actually holds need dropping (in pure post-copy,
-                            // none): punching holes page run by page run is what costs here.
+                            let target = match early_target.take() {
+                                Some(t) => t,
+                                None => self.sink.postcopy_target()?,
+                            };
+                            // Only pages this host still holds need dropping: those discarded
+                            // before the pause are gone already, and in pure post-copy nothing
+                            // arrived at all. Punching holes run by run is what costs here.
                             let mut stale = needed.clone();
-                            if let Some(present) = self.shared.mem.data_pages() {
-                                stale.and(&present);
+                            match &discarded {
+                                Some(d) => stale.and_not(d),
+                                None => {
+                                    if let Some(present) = self.shared.mem.data_pages() {
+                                        stale.and(&present);
+                                    }
+                                }
                             }
                             target.discard(&stale)?;
                             target.arm()?;

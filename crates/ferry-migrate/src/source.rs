@@ -312,6 +312,18 @@ fn copy_phases<S: MigrationSource>(
                 }
                 Decision::SwitchOver => break,
                 Decision::Postcopy => {
+                    // Let the destination drop its stale copies of the pages dirtied so far now,
+                    // while the guest still runs here: punching them out inside the pause would
+                    // lengthen it (a populated destination, scattered pages: tens of ms).
+                    link.writers[0].send(
+                        FrameType::Discard,
+                        0,
+                        &postcopy::encode_start(0, &dirty, &[]),
+                    )?;
+                    link.control.expect(
+                        FrameType::Discard,
+                        "waiting for the destination to drop stale pages",
+                    )?;
                     go_postcopy = true;
                     events(Event::Adapt {
                         what: format!("switching to post-copy after {round} rounds"),

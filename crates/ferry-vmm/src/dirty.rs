@@ -85,6 +85,13 @@ impl DirtyBitmap {
         self.trim();
     }
 
+    /// Clears the pages set in `other`.
+    pub fn and_not(&mut self, other: &DirtyBitmap) {
+        for (dst, src) in self.words.iter_mut().zip(&other.words) {
+            *dst &= !*src;
+        }
+    }
+
     /// Keeps only the pages also set in `other`.
     pub fn and(&mut self, other: &DirtyBitmap) {
         for (dst, src) in self.words.iter_mut().zip(&other.words) {

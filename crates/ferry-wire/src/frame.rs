@@ -49,6 +49,8 @@ pub enum FrameType {
     Done = 13,
     /// Post-copy: the guest now runs on the destination; only pages follow.
     PostcopyStart = 14,
+    /// Before a switch to post-copy: pages whose copy at the destination is stale (drop them now).
+    Discard = 15,
 }
 
 impl FrameType {
@@ -70,6 +72,7 @@ impl FrameType {
             12 => Abort,
             13 => Done,
             14 => PostcopyStart,
+            15 => Discard,
             other => return Err(WireError::UnknownFrameType(other)),
         })
     }
