@@ -28,7 +28,12 @@ fn dir(name: &str) -> PathBuf {
 fn cluster(name: &str) -> PathBuf {
     let d = dir(name);
     certs::init_ca(&d, 30).unwrap();
-    certs::issue(&d, &["destination".into(), "127.0.0.1".into()], 30).unwrap();
+    certs::issue(
+        &d,
+        &["destination".into(), "127.0.0.1".into(), "10.77.0.2".into()],
+        30,
+    )
+    .unwrap();
     certs::issue(&d, &["source".into()], 30).unwrap();
     d
 }
@@ -314,69 +319,76 @@ fn certificate_files_are_private() {
     let _ = Path::new("");
 }
 
-/// Captures one migration's traffic with tcpdump and reports whether `pattern` appears on the wire.
-fn capture_contains(pattern: &[u8], use_tls: bool) -> Option<bool> {
-    use std::process::{Command, Stdio};
+/// Migrates between two network-lab hosts (namespaces joined by veth) while tcpdump captures host
+/// 0's veth, and reports whether `pattern` appeared on the wire.
+fn capture_contains(lab: &ferry_netlab::Lab, pattern: &'static [u8], use_tls: bool) -> bool {
+    use std::process::Stdio;
     let d = cluster(if use_tls { "cap-tls" } else { "cap-plain" });
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
     let pcap = d.join("capture.pcap");
-    let mut dump = Command::new("tcpdump")
-        .args(["-i", "lo", "-U", "-s", "0", "-Z", "root", "-w"])
+    let mut dump = lab
+        .command(0, "tcpdump")
+        .args(["-i", "eth0", "-U", "-s", "0", "-Z", "root", "-w"])
         .arg(&pcap)
-        .arg(format!("tcp port {}", addr.port()))
+        .arg("tcp port 7100")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .ok()?;
-    // Wait until tcpdump says it is listening.
+        .expect("tcpdump runs");
     let mut err = std::io::BufReader::new(dump.stderr.take().unwrap());
     let mut line = String::new();
     std::io::BufRead::read_line(&mut err, &mut line).unwrap();
     assert!(line.contains("listening"), "tcpdump: {line}");
     thread::sleep(Duration::from_millis(300)); // "listening" comes a moment before capture starts
-    let dst_id = Identity::from_dir(&d, "destination").unwrap();
-    let server = tls::server_config(&dst_id).unwrap();
-    let h = thread::spawn(move || {
-        let mut accept = || -> std::io::Result<ferry_migrate::channel::Stream> {
-            let (s, _) = l.accept()?;
-            if use_tls {
-                tls::accept(s, &server, &Policy::default(), T)
-                    .map_err(|e| std::io::Error::other(chain(&e)))
-            } else {
-                Ok(ferry_migrate::channel::Stream::Tcp(s))
+    let dst_addr = std::net::SocketAddr::from((lab.host_addr(1), 7100));
+    let server = tls::server_config(&Identity::from_dir(&d, "destination").unwrap()).unwrap();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let dst = lab
+        .spawn_in(1, move || {
+            let l = TcpListener::bind(dst_addr).unwrap();
+            ready_tx.send(()).unwrap();
+            let mut accept = || -> std::io::Result<ferry_migrate::channel::Stream> {
+                let (s, _) = l.accept()?;
+                if use_tls {
+                    tls::accept(s, &server, &Policy::default(), T)
+                        .map_err(|e| std::io::Error::other(chain(&e)))
+                } else {
+                    Ok(ferry_migrate::channel::Stream::Tcp(s))
+                }
+            };
+            receive(
+                &mut accept,
+                &mut SyntheticFactory { script: idle() },
+                &ReceiveOptions { timeout: T },
+            )
+            .is_ok()
+        })
+        .unwrap();
+    ready_rx.recv().unwrap();
+    let src_id = Identity::from_dir(&d, "source").unwrap();
+    let src = lab
+        .spawn_in(0, move || {
+            let mut src = SyntheticVm::new(PAGES, idle());
+            let mem = MigrationSource::memory(&src);
+            for p in 0..64 {
+                // SAFETY: the synthetic guest is not running yet and nothing else touches its memory.
+                let page = unsafe { mem.page_mut(p) };
+                for (i, b) in page.iter_mut().enumerate() {
+                    *b = pattern[i % pattern.len()];
+                }
+                page[..8].copy_from_slice(&p.to_le_bytes()); // distinct pages: dedup must not hide them
             }
-        };
-        receive(
-            &mut accept,
-            &mut SyntheticFactory { script: idle() },
-            &ReceiveOptions { timeout: T },
-        )
-    });
-    let mut src = SyntheticVm::new(PAGES, idle());
-    let mem = MigrationSource::memory(&src);
-    for p in 0..64 {
-        // SAFETY: the synthetic guest is not running yet and nothing else touches its memory.
-        let page = unsafe { mem.page_mut(p) };
-        for (i, b) in page.iter_mut().enumerate() {
-            *b = pattern[i % pattern.len()];
-        }
-        page[..8].copy_from_slice(&p.to_le_bytes()); // distinct pages: dedup must not hide them
-    }
-    src.resume().unwrap();
-    let r = if use_tls {
-        tls_source(
-            &mut src,
-            addr,
-            &Identity::from_dir(&d, "source").unwrap(),
-            "127.0.0.1",
-        )
-    } else {
-        let connect = || TcpStream::connect(addr).map(ferry_migrate::channel::Stream::Tcp);
-        migrate_out(&mut src, &connect, &opts(), &mut |_| {})
-    };
-    r.unwrap();
-    h.join().unwrap().unwrap();
+            src.resume().unwrap();
+            if use_tls {
+                tls_source(&mut src, dst_addr, &src_id, &dst_addr.ip().to_string()).is_ok()
+            } else {
+                let connect =
+                    || TcpStream::connect(dst_addr).map(ferry_migrate::channel::Stream::Tcp);
+                migrate_out(&mut src, &connect, &opts(), &mut |_| {}).is_ok()
+            }
+        })
+        .unwrap();
+    assert!(src.join().unwrap(), "migration between the lab hosts");
+    assert!(dst.join().unwrap(), "destination received the VM");
     thread::sleep(Duration::from_millis(300));
     // SAFETY: plain kill(2) of the child we spawned (SIGINT makes tcpdump flush and exit).
     unsafe { libc_kill(dump.id() as i32, 2) };
@@ -387,7 +399,7 @@ fn capture_contains(pattern: &[u8], use_tls: bool) -> Option<bool> {
         "the capture holds the migration ({} bytes)",
         bytes.len()
     );
-    Some(bytes.windows(pattern.len()).any(|w| w == pattern))
+    bytes.windows(pattern.len()).any(|w| w == pattern)
 }
 
 extern "C" {
@@ -396,28 +408,36 @@ extern "C" {
 }
 
 #[test]
-fn capture_shows_guest_memory_only_without_tls() {
-    let have = std::process::Command::new("tcpdump")
+fn capture_on_the_lab_veth_shows_guest_memory_only_without_tls() {
+    let ci = std::env::var("CI").as_deref() == Ok("true");
+    let have_tcpdump = std::process::Command::new("tcpdump")
         .arg("--version")
         .output()
         .is_ok_and(|o| o.status.success());
-    if !have {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "CI=true but tcpdump is missing"
-        );
-        eprintln!("SKIP: tcpdump not installed");
-        return;
-    }
-    let pattern = b"FERRY-GUEST-SECRET-7f3a9c";
-    assert_eq!(
-        capture_contains(pattern, false),
-        Some(true),
+    let cfg = ferry_netlab::LabConfig {
+        name: format!("ferrycap{}", std::process::id() % 10000),
+        hosts: 2,
+        ..Default::default()
+    };
+    let lab = match (have_tcpdump, ferry_netlab::Lab::up(&cfg)) {
+        (true, Ok(lab)) => lab,
+        (t, l) => {
+            assert!(
+                !ci,
+                "CI=true but the capture test cannot run (tcpdump: {t}, lab: {:?})",
+                l.err()
+            );
+            eprintln!("SKIP: needs root, ip netns and tcpdump");
+            return;
+        }
+    };
+    let pattern: &'static [u8] = b"FERRY-GUEST-SECRET-7f3a9c";
+    assert!(
+        capture_contains(&lab, pattern, false),
         "--insecure: the guest's bytes cross the wire in the clear"
     );
-    assert_eq!(
-        capture_contains(pattern, true),
-        Some(false),
+    assert!(
+        !capture_contains(&lab, pattern, true),
         "TLS: the guest's bytes must not appear on the wire"
     );
 }
