@@ -58,6 +58,17 @@ impl Stream {
         }
     }
 
+    /// Readies a new migration connection: small frames go out at once (see [`Stream::set_nodelay`]),
+    /// and a peer silent for `timeout` counts as gone.
+    pub fn prepare(&self, timeout: std::time::Duration) -> Result<(), MigrateError> {
+        self.set_nodelay()
+            .map_err(MigrateError::io("socket option"))?;
+        self.set_read_timeout(Some(timeout))
+            .map_err(MigrateError::io("socket option"))?;
+        self.set_write_timeout(Some(timeout))
+            .map_err(MigrateError::io("socket option"))
+    }
+
     /// Whether this is a same-host (Unix) connection, over which RAM can be handed over as a file.
     pub fn is_unix(&self) -> bool {
         matches!(self, Stream::Unix(_))
@@ -72,19 +83,8 @@ impl Stream {
             ));
         };
         let mut byte = [b'F'];
-        let mut iov = libc::iovec {
-            iov_base: byte.as_mut_ptr().cast(),
-            iov_len: 1,
-        };
-        // SAFETY: CMSG_SPACE is a pure size computation.
-        let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<libc::c_int>() as u32) } as usize;
-        let mut control = vec![0u8; space];
-        // SAFETY: an all-zero msghdr is a valid empty value; the pointers set below outlive the call.
-        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = space as _;
+        let (mut iov, mut control) = (one_byte_iov(&mut byte), vec![0u8; fd_control_len()]);
+        let msg = fd_msghdr(&mut iov, &mut control);
         // SAFETY: msg_control points at CMSG_SPACE(int) bytes, so the first header and its one-int
         // payload fit; CMSG_FIRSTHDR and CMSG_DATA only compute addresses inside that buffer.
         unsafe {
@@ -110,19 +110,8 @@ impl Stream {
             ));
         };
         let mut byte = [0u8; 1];
-        let mut iov = libc::iovec {
-            iov_base: byte.as_mut_ptr().cast(),
-            iov_len: 1,
-        };
-        // SAFETY: pure size computation.
-        let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<libc::c_int>() as u32) } as usize;
-        let mut control = vec![0u8; space];
-        // SAFETY: as in send_fd.
-        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = space as _;
+        let (mut iov, mut control) = (one_byte_iov(&mut byte), vec![0u8; fd_control_len()]);
+        let mut msg = fd_msghdr(&mut iov, &mut control);
         // SAFETY: valid socket and initialised msghdr; MSG_CMSG_CLOEXEC keeps the fd from children.
         let n = unsafe { libc::recvmsg(s.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
         if n != 1 {
@@ -155,6 +144,30 @@ impl Stream {
             Stream::Tls(s) => s.socket().shutdown(std::net::Shutdown::Both),
         };
     }
+}
+
+fn one_byte_iov(byte: &mut [u8; 1]) -> libc::iovec {
+    libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: 1,
+    }
+}
+
+/// Bytes of control buffer for one file descriptor.
+fn fd_control_len() -> usize {
+    // SAFETY: CMSG_SPACE is a pure size computation.
+    unsafe { libc::CMSG_SPACE(std::mem::size_of::<libc::c_int>() as u32) as usize }
+}
+
+/// A message header for one data byte and one file descriptor; `iov` and `control` must outlive it.
+fn fd_msghdr(iov: &mut libc::iovec, control: &mut [u8]) -> libc::msghdr {
+    // SAFETY: an all-zero msghdr is a valid empty value; the fields set below complete it.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = control.len() as _;
+    msg
 }
 
 impl Read for Stream {

@@ -225,15 +225,7 @@ fn accept_channel(
     expect: Option<(&[u8; 16], u16)>,
 ) -> Result<(FrameReader, FrameWriter, Hello), MigrateError> {
     let stream = accept().map_err(MigrateError::io("accepting a migration connection"))?;
-    stream
-        .set_nodelay()
-        .map_err(MigrateError::io("socket option"))?;
-    stream
-        .set_read_timeout(Some(opts.timeout))
-        .map_err(MigrateError::io("socket option"))?;
-    stream
-        .set_write_timeout(Some(opts.timeout))
-        .map_err(MigrateError::io("socket option"))?;
+    stream.prepare(opts.timeout)?;
     let unix = stream.is_unix();
     let (mut r, mut w) = split(stream, 0)?;
     let hello = match r

@@ -201,15 +201,7 @@ fn handshake(
     let (mut control, mut writers, mut postcopy, mut handover) = (None, Vec::new(), false, false);
     for ch in 0..opts.channels {
         let stream = connect().map_err(MigrateError::io("cannot connect to the destination"))?;
-        stream
-            .set_nodelay()
-            .map_err(MigrateError::io("socket option"))?;
-        stream
-            .set_read_timeout(Some(opts.timeout))
-            .map_err(MigrateError::io("socket option"))?;
-        stream
-            .set_write_timeout(Some(opts.timeout))
-            .map_err(MigrateError::io("socket option"))?;
+        stream.prepare(opts.timeout)?;
         let unix = stream.is_unix();
         let (mut r, mut w) = split(stream, 0)?;
         let hello = Hello {
