@@ -105,9 +105,12 @@ pub fn run(ctx: &RunCtx, s: &FerrySettings) -> Result<RunResult, BenchError> {
         let v = control(&src_sock, r#"{"op":"status"}"#).ok()?;
         Some((Instant::now(), v["guest"]["iterations"].as_u64()?))
     };
-    let before = iterations();
-    std::thread::sleep(ctx.warmup);
-    let rate = crate::rate(before, iterations());
+    let rate = crate::warm_rate(
+        iterations,
+        crate::warm_pages(ctx.guest),
+        ctx.warmup,
+        Duration::from_secs(30),
+    );
 
     let (src_cpu0, dst_cpu0) = (src.cpu_ms(), dst.cpu_ms());
     let t0 = Instant::now();

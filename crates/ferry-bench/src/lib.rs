@@ -242,6 +242,40 @@ impl RunCtx<'_> {
     }
 }
 
+/// Waits until the guest has written its working set over, then returns its write rate.
+///
+/// A freshly booted guest first touches its working set, and on nested KVM every first touch of a
+/// 4 KiB page is an expensive fault: an engine whose RAM has 2 MiB pages (QEMU's anonymous memory
+/// with THP) gets through that phase far sooner than one with 4 KiB pages (ferry's memfd). Migrating
+/// during it would compare a crawling guest with a running one. So both engines wait, at least
+/// `min` and at most `max`, until the guest has made three writes per working-set page (random
+/// writes then cover about 95% of it), and the rate is measured over the next 500 ms.
+fn warm_rate(
+    mut read: impl FnMut() -> Option<(Instant, u64)>,
+    ws_pages: u64,
+    min: Duration,
+    max: Duration,
+) -> Option<f64> {
+    let start = Instant::now();
+    std::thread::sleep(min);
+    let first = read().map_or(0, |(_, i)| i);
+    while read().is_some_and(|(_, i)| i < first + 3 * ws_pages) && start.elapsed() < max {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let a = read();
+    std::thread::sleep(Duration::from_millis(500));
+    rate(a, read())
+}
+
+/// Working-set pages a guest must write over before measuring (0 for a guest that does not write).
+fn warm_pages(g: &scenario::GuestSpec) -> u64 {
+    if g.rate == Some(0) {
+        0
+    } else {
+        g.working_set / 4096
+    }
+}
+
 /// Page writes per second between two readings of the guest's `iterations` counter.
 fn rate(a: Option<(Instant, u64)>, b: Option<(Instant, u64)>) -> Option<f64> {
     let ((ta, ia), (tb, ib)) = (a?, b?);

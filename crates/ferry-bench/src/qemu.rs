@@ -203,13 +203,16 @@ pub fn run(ctx: &RunCtx, s: &QemuSettings) -> Result<RunResult, BenchError> {
     let to = ctx.route(&format!("127.0.0.1:{port}"))?;
     sq.exec("migrate-set-capabilities", Some(capabilities(s, true)))?;
     sq.exec("migrate-set-parameters", Some(parameters(s, true)))?;
-    let mut iterations = || -> Option<(Instant, u64)> {
+    let iterations = || -> Option<(Instant, u64)> {
         let m = sq.mailbox(&pmem).ok()??;
         Some((Instant::now(), m.iterations))
     };
-    let before = iterations();
-    std::thread::sleep(ctx.warmup);
-    let rate = crate::rate(before, iterations());
+    let rate = crate::warm_rate(
+        iterations,
+        crate::warm_pages(ctx.guest),
+        ctx.warmup,
+        Duration::from_secs(30),
+    );
 
     let (src_cpu0, dst_cpu0) = (src.cpu_ms(), dst.cpu_ms());
     let t0 = Instant::now();
