@@ -52,10 +52,20 @@ impl PageHashes {
 }
 
 /// Digest of all of `mem` as it is now (the caller keeps it from changing).
+///
+/// Holes in the backing file are hashed as zero pages without being read: reading one would make
+/// the kernel allocate and clear it (on a 1 GiB guest with 128 MiB in use that was 650 ms of
+/// post-copy's completion, all of it page faults).
 pub fn digest_memory(mem: &dyn GuestMemory) -> [u8; 16] {
     let mut page = vec![0u8; ferry_vmm::PAGE_SIZE];
+    let zero = page_hash(&page).to_le_bytes();
+    let data = mem.data_pages();
     let mut bytes = Vec::with_capacity(mem.pages() as usize * 8);
     for p in 0..mem.pages() {
+        if data.as_ref().is_some_and(|d| !d.get(p)) {
+            bytes.extend_from_slice(&zero);
+            continue;
+        }
         mem.read_page(p, &mut page);
         bytes.extend_from_slice(&page_hash(&page).to_le_bytes());
     }

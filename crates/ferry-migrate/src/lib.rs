@@ -13,6 +13,7 @@ mod error;
 mod kvm;
 pub mod memory;
 pub mod postcopy;
+pub mod priority;
 pub mod rate;
 pub mod report;
 pub mod sink;

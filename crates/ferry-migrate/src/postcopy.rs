@@ -21,7 +21,8 @@ pub trait PostcopyTarget: Send + Sync {
     fn disarm(&self) -> Result<(), MigrateError>;
     /// Waits up to `timeout` for an access to a missing page.
     fn next_fault(&self, timeout: Duration) -> Result<Option<u64>, MigrateError>;
-    /// Installs a page atomically and wakes whoever waits for it; a present page is left alone.
+    /// Installs pages `page..` (`data` holds whole pages) atomically and wakes whoever waits for
+    /// them; a present page is left alone.
     fn place(&self, page: u64, data: &[u8]) -> Result<(), MigrateError>;
 }
 

@@ -288,6 +288,7 @@ fn pump(
     let mut decoder = BatchDecoder::new();
     let mut store = RamStore::new(shared.mem.clone());
     let mut scratch = ScratchStore::new(shared.mem.pages());
+    let mut idle = None;
     loop {
         let (h, p) = match r.recv("page transfer") {
             Ok(f) => f,
@@ -300,10 +301,19 @@ fn pump(
         match h.kind {
             FrameType::Pages => match shared.postcopy.get() {
                 Some(pc) => {
+                    if ch != 0 {
+                        // The background push: let the guest and the requested pages (channel 0)
+                        // have the CPU first.
+                        idle.get_or_insert_with(crate::priority::IdleWindow::enter)
+                            .tick();
+                    }
                     // The guest may be running: pages go in atomically, through the fault tracker.
                     decoder.decode(p, &mut scratch)?;
+                    // Consecutive pages go in with one system call (pushed batches are sorted).
+                    for (first, run) in scratch.runs() {
+                        pc.target.place(first, run)?;
+                    }
                     for (gfn, data) in scratch.pages() {
-                        pc.target.place(gfn, data)?;
                         shared.hashes.set(gfn, data);
                         let fresh = pc
                             .arrived
@@ -386,6 +396,19 @@ impl ScratchStore {
             .iter()
             .enumerate()
             .map(|(i, &g)| (g, &self.data[i * PAGE_SIZE..(i + 1) * PAGE_SIZE]))
+    }
+    /// Maximal runs of consecutive page numbers held in consecutive slots: (first page, bytes).
+    fn runs(&self) -> impl Iterator<Item = (u64, &[u8])> {
+        let mut i = 0;
+        std::iter::from_fn(move || {
+            let first = *self.gfns.get(i)?;
+            let start = i;
+            i += 1;
+            while self.gfns.get(i) == Some(&(first + (i - start) as u64)) {
+                i += 1;
+            }
+            Some((first, &self.data[start * PAGE_SIZE..i * PAGE_SIZE]))
+        })
     }
     fn clear(&mut self) {
         self.gfns.clear();
@@ -537,11 +560,6 @@ impl<K: MigrationSink> SwitchOver<'_, K> {
                     self.sink.resume()?;
                     self.total_ms = self.t0.elapsed().as_secs_f64() * 1e3;
                     self.send(FrameType::Running, &[]).ok();
-                    if self.shared.postcopy.get().is_some() {
-                        let (shared, w0, stop) =
-                            (self.shared.clone(), self.w0.clone(), faults_stop.clone());
-                        std::thread::spawn(move || serve_faults(&shared, &w0, &stop));
-                    }
                 }
                 Msg::Go => {
                     return Err(MigrateError::Unexpected {
@@ -645,6 +663,11 @@ impl<K: MigrationSink> SwitchOver<'_, K> {
                                 arrived_count: AtomicU64::new(0),
                             };
                             let _ = self.shared.postcopy.set(pc);
+                            // Serving faults from before the resume: the guest's first access
+                            // must not wait for a thread to start.
+                            let (shared, w0, stop) =
+                                (self.shared.clone(), self.w0.clone(), faults_stop.clone());
+                            std::thread::spawn(move || serve_faults(&shared, &w0, &stop));
                         }
                         self.sink.restore_state(state)?;
                         loaded = true;
@@ -696,5 +719,19 @@ mod tests {
             assert_eq!(DoneReport::decode(&d.encode()).unwrap(), d);
         }
         assert!(DoneReport::decode(&[1, 2]).is_err());
+    }
+
+    #[test]
+    fn scratch_runs_split_at_gaps_and_reorderings() {
+        let mut s = ScratchStore::new(100);
+        for (i, gfn) in [5u64, 6, 7, 9, 8, 10].into_iter().enumerate() {
+            s.page_mut(gfn).unwrap()[0] = i as u8;
+        }
+        let runs: Vec<(u64, usize, u8)> = s
+            .runs()
+            .map(|(first, b)| (first, b.len() / PAGE_SIZE, b[0]))
+            .collect();
+        assert_eq!(runs, [(5, 3, 0), (9, 1, 3), (8, 1, 4), (10, 1, 5)]);
+        assert!(s.page_mut(100).is_err());
     }
 }

@@ -19,6 +19,7 @@ use crate::convergence::{decide, ConvergenceConfig, Decision};
 use crate::digest::{digest_memory, hex};
 use crate::memory::GuestMemory;
 use crate::postcopy::{self, next_push_batch};
+use crate::priority;
 use crate::report::{Event, Phase, Report, RoundStats, Strategy};
 use crate::sink::DoneReport;
 use crate::vm::MigrationSource;
@@ -26,10 +27,14 @@ use crate::MigrateError;
 
 /// Pages per Pages frame.
 pub const BATCH_PAGES: usize = 256;
-/// Low guest memory pushed first in post-copy (4 MiB).
+/// Low guest memory: sent before post-copy's pause, and pushed first after it (4 MiB).
 const LOW_MEMORY_PAGES: u64 = 1024;
+/// At most this many low-memory pages dirtied during post-copy's live round go inside its pause.
+const PAUSED_CORE_MAX_PAGES: u64 = 256;
 /// Pages per Pages frame in post-copy while the guest is faulting.
 const POSTCOPY_URGENT_BATCH: usize = 32;
+/// Rounds of at most this many pages are sent without sender threads.
+const INLINE_ROUND_PAGES: u64 = 1024;
 /// Pages in one shard: a page always travels on channel `(page / SHARD_PAGES) % channels`, so pages
 /// never overtake their own older copies on another channel.
 pub const SHARD_PAGES: u64 = 512;
@@ -86,6 +91,18 @@ struct Link {
     control: FrameReader,
     writers: Vec<FrameWriter>,
     encoders: Vec<BatchEncoder>,
+    /// Per-channel batch buffers, kept across rounds: fresh megabyte buffers cost a page fault
+    /// per page touched (0.7 ms for a 60-page round inside post-copy's pause).
+    buffers: Vec<SendBuffers>,
+}
+
+/// One channel's reusable batch buffers.
+#[derive(Default)]
+struct SendBuffers {
+    /// Copies of the pages of a live batch.
+    pages: Vec<u8>,
+    /// The encoded batch.
+    out: Vec<u8>,
 }
 
 impl Link {
@@ -239,6 +256,7 @@ fn handshake(
         control,
         writers,
         encoders,
+        buffers: (0..opts.channels).map(|_| SendBuffers::default()).collect(),
     })
 }
 
@@ -420,27 +438,31 @@ fn postcopy_switch<S: MigrationSource>(
     mut dirty: DirtyBitmap,
     events: &mut dyn FnMut(Event),
 ) -> Result<(Instant, Option<PostcopyPlan>), MigrateError> {
+    let pages = mem.pages();
     let mut data = None;
-    let final_round = if round == 0 {
+    let mut core_live = None;
+    let next_round = if round == 0 {
         // Nothing copied yet: every page with data is needed, the rest are zero at the destination.
-        // Work that out while the guest still runs (dirty logging covers pages written meanwhile),
-        // and let the destination finish building its VM (an empty round, acknowledged) first.
+        // Work that out while the guest still runs (dirty logging covers pages written meanwhile).
+        // The guest's core goes now, live: low memory holds the page tables, the kernel's text and
+        // its stacks on every common kernel, and without them the first instructions after
+        // resuming fault one page after another across the network (4 ms of the guest's pause,
+        // measured on the demo guest). The acknowledgement also lets the destination finish
+        // building its VM before anything pauses.
         src.start_dirty_log()?;
         data = mem.data_pages();
-        dirty = DirtyBitmap::new(mem.pages());
-        send_round(
-            mem,
-            link,
-            0,
-            &DirtyBitmap::new(mem.pages()),
-            false,
-            report,
-            events,
-        )?;
+        dirty = DirtyBitmap::new(pages);
+        let mut core = low_memory(pages);
+        if let Some(d) = &data {
+            core.and(d);
+        }
+        let stats = send_round(mem, link, 0, &core, false, report, events)?;
         await_round_ack(link, 0)?;
-        0
+        report.rounds.push(stats);
+        core_live = Some(core);
+        1
     } else {
-        round - 1
+        round
     };
     events(Event::Phase {
         phase: Phase::SwitchOver,
@@ -451,21 +473,32 @@ fn postcopy_switch<S: MigrationSource>(
     // Dirty logging stays on (see copy_phases): turning it off would lengthen the pause.
     src.collect_dirty(&mut dirty)?;
     src.set_throttle(0)?;
+    // Core pages written since go inside the pause when they are few (a stack, counters: tens of
+    // pages, microseconds); the guest would fault on them first thing.
+    let mut core_paused = low_memory(pages);
+    core_paused.and(&dirty);
+    if core_paused.count() > PAUSED_CORE_MAX_PAGES {
+        core_paused = DirtyBitmap::new(pages);
+    }
+    let stats = send_round(mem, link, next_round, &core_paused, true, report, events)?;
+    report.rounds.push(stats);
     // Pages written since the last round are the ones the guest is using now: pushed first.
-    let hot = dirty;
-    let needed = match data {
-        Some(mut d) => {
-            d.or(&hot);
-            d
-        }
-        None if round == 0 => DirtyBitmap::full(mem.pages()),
-        None => hot.clone(),
+    let mut hot = dirty;
+    hot.and_not(&core_paused);
+    let mut needed = match data {
+        Some(d) => d,
+        None if round == 0 => DirtyBitmap::full(pages),
+        None => DirtyBitmap::new(pages),
     };
+    if let Some(core) = &core_live {
+        needed.and_not(core);
+    }
+    needed.or(&hot);
     let state = src.save_state()?;
     link.writers[0].send(
         FrameType::PostcopyStart,
         0,
-        &postcopy::encode_start(final_round, &needed, &state),
+        &postcopy::encode_start(next_round, &needed, &state),
     )?;
     expect_ready(link)?;
     if opts.cancel.load(Ordering::SeqCst) {
@@ -479,6 +512,13 @@ fn postcopy_switch<S: MigrationSource>(
     .to_string();
     report.postcopy_pages = needed.count();
     Ok((t_pause, Some(PostcopyPlan { needed, hot })))
+}
+
+/// The first [`LOW_MEMORY_PAGES`] pages of a guest of `pages` pages.
+fn low_memory(pages: u64) -> DirtyBitmap {
+    let mut low = DirtyBitmap::new(pages);
+    (0..LOW_MEMORY_PAGES.min(pages)).for_each(|p| low.set(p));
+    low
 }
 
 /// Pages and bytes the sender threads of one round have put on the wire so far.
@@ -507,49 +547,67 @@ fn send_round(
     let data = if round == 0 { mem.data_pages() } else { None };
     let data = data.as_ref();
     let cancel = link.cancel.clone();
-    let results: Vec<Result<(), MigrateError>> = std::thread::scope(|s| {
-        let (finished_tx, finished) = std::sync::mpsc::channel::<()>();
-        let handles: Vec<_> = link
-            .writers
+    // A small round (a final round, post-copy's core) goes from this thread, channel after
+    // channel: starting a sender thread per channel cost about 0.4 ms each here, inside the pause.
+    let results: Vec<Result<(), MigrateError>> = if total <= INLINE_ROUND_PAGES {
+        link.writers
             .iter_mut()
             .zip(link.encoders.iter_mut())
+            .zip(link.buffers.iter_mut())
             .enumerate()
-            .map(|(ch, (w, enc))| {
-                let (mem, done, finished_tx) = (mem.clone(), &done, finished_tx.clone());
-                let cancel = cancel.clone();
-                s.spawn(move || {
-                    let r = send_shard(
-                        &*mem, w, enc, round, dirty, data, paused, ch as u64, n, done, &cancel,
-                    );
-                    let _ = finished_tx.send(());
-                    r
-                })
-            })
-            .collect();
-        // Wake on each sender's completion (no polling delay at switch-over), report progress meanwhile.
-        let mut remaining = handles.len();
-        while remaining > 0 {
-            match finished.recv_timeout(Duration::from_millis(100)) {
-                Ok(()) => remaining -= 1,
-                Err(_) => {
-                    let bytes = before + done.bytes.load(Ordering::Relaxed);
-                    events(Event::Progress {
-                        round,
-                        done: done.pages.load(Ordering::Relaxed),
-                        total,
-                        bytes,
-                    });
-                }
-            }
-        }
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or(Err(MigrateError::Config("sender thread panicked".into())))
+            .map(|(ch, ((w, enc), bufs))| {
+                send_shard(
+                    &**mem, w, enc, bufs, round, dirty, data, paused, ch as u64, n, &done, &cancel,
+                )
             })
             .collect()
-    });
+    } else {
+        std::thread::scope(|s| {
+            let (finished_tx, finished) = std::sync::mpsc::channel::<()>();
+            let handles: Vec<_> = link
+                .writers
+                .iter_mut()
+                .zip(link.encoders.iter_mut())
+                .zip(link.buffers.iter_mut())
+                .enumerate()
+                .map(|(ch, ((w, enc), bufs))| {
+                    let (mem, done, finished_tx) = (mem.clone(), &done, finished_tx.clone());
+                    let cancel = cancel.clone();
+                    s.spawn(move || {
+                        let r = send_shard(
+                            &*mem, w, enc, bufs, round, dirty, data, paused, ch as u64, n, done,
+                            &cancel,
+                        );
+                        let _ = finished_tx.send(());
+                        r
+                    })
+                })
+                .collect();
+            // Wake on each sender's completion (no polling delay at switch-over), report progress meanwhile.
+            let mut remaining = handles.len();
+            while remaining > 0 {
+                match finished.recv_timeout(Duration::from_millis(100)) {
+                    Ok(()) => remaining -= 1,
+                    Err(_) => {
+                        let bytes = before + done.bytes.load(Ordering::Relaxed);
+                        events(Event::Progress {
+                            round,
+                            done: done.pages.load(Ordering::Relaxed),
+                            total,
+                            bytes,
+                        });
+                    }
+                }
+            }
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or(Err(MigrateError::Config("sender thread panicked".into())))
+                })
+                .collect()
+        })
+    };
     for r in results {
         r?;
     }
@@ -569,6 +627,7 @@ fn send_shard(
     mem: &dyn GuestMemory,
     w: &mut FrameWriter,
     enc: &mut BatchEncoder,
+    bufs: &mut SendBuffers,
     round: u32,
     dirty: &DirtyBitmap,
     data: Option<&DirtyBitmap>,
@@ -578,9 +637,11 @@ fn send_shard(
     done: &RoundProgress,
     cancel: &AtomicBool,
 ) -> Result<(), MigrateError> {
-    let mut buf = vec![0u8; BATCH_PAGES * PAGE_SIZE];
+    if !paused && bufs.pages.len() < BATCH_PAGES * PAGE_SIZE {
+        bufs.pages.resize(BATCH_PAGES * PAGE_SIZE, 0);
+    }
+    let SendBuffers { pages: buf, out } = bufs;
     let mut gfns = Vec::with_capacity(BATCH_PAGES);
-    let mut out = Vec::with_capacity(BATCH_PAGES * PAGE_SIZE + 4096);
     let zero = [0u8; PAGE_SIZE];
     let mut flush =
         |gfns: &mut Vec<u64>, buf: &mut [u8], out: &mut Vec<u8>| -> Result<(), MigrateError> {
@@ -628,10 +689,10 @@ fn send_shard(
             if cancel.load(Ordering::SeqCst) {
                 return Err(MigrateError::Cancelled);
             }
-            flush(&mut gfns, &mut buf, &mut out)?;
+            flush(&mut gfns, buf, out)?;
         }
     }
-    flush(&mut gfns, &mut buf, &mut out)?;
+    flush(&mut gfns, buf, out)?;
     let end = RoundSummary {
         round,
         pages: 0,
@@ -653,6 +714,16 @@ fn commit(
     events: &mut dyn FnMut(Event),
 ) -> Result<(), MigrateError> {
     let unknown = |e: MigrateError| MigrateError::OutcomeUnknown(e.to_string());
+    if let Some(plan) = postcopy {
+        // The VM will run on the destination and wait for these pages: we keep every one of them
+        // until the destination confirms it has them all. Go is sent from inside the push, once
+        // the threads that serve the guest's faults are listening.
+        let t = Instant::now();
+        push_pages(mem, link, &plan, opts, report, t_pause, events)?;
+        report.postcopy_ms = t.elapsed().as_secs_f64() * 1e3;
+        report.total_ms = t0.elapsed().as_secs_f64() * 1e3;
+        return Ok(());
+    }
     link.writers[0]
         .send(FrameType::Go, 0, &[])
         .map_err(unknown)?;
@@ -664,26 +735,7 @@ fn commit(
         .map_err(unknown)?;
     report.downtime_ms = t_pause.elapsed().as_secs_f64() * 1e3;
     report.total_ms = t0.elapsed().as_secs_f64() * 1e3;
-    let copy_secs: f64 = report.rounds.iter().map(|r| r.seconds).sum();
-    let copy_bytes: u64 = report.rounds.iter().map(|r| r.bytes).sum();
-    report.throughput_mbps = if copy_secs > 0.0 {
-        copy_bytes as f64 / copy_secs / 1e6
-    } else {
-        0.0
-    };
-    if let Some(plan) = postcopy {
-        // The VM runs on the destination and waits for these pages: we keep every one of them
-        // until the destination confirms it has them all.
-        events(Event::Phase {
-            phase: Phase::Postcopy,
-        });
-        let t = Instant::now();
-        push_pages(mem, link, &plan, opts, report, events)
-            .map_err(|e| MigrateError::PostcopyInterrupted(e.to_string()))?;
-        report.postcopy_ms = t.elapsed().as_secs_f64() * 1e3;
-        report.total_ms = t0.elapsed().as_secs_f64() * 1e3;
-        return Ok(());
-    }
+    report.throughput_mbps = copy_throughput(&report.rounds);
     // From here the VM runs on the destination; what follows only checks the result.
     events(Event::Phase {
         phase: Phase::Verify,
@@ -724,7 +776,18 @@ fn commit(
     Ok(())
 }
 
-/// Post-copy push: serves the destination's fault requests first, pushes the rest, then sends the
+/// Bytes per second over the live and paused rounds, in MB/s.
+fn copy_throughput(rounds: &[RoundStats]) -> f64 {
+    let secs: f64 = rounds.iter().map(|r| r.seconds).sum();
+    let bytes: u64 = rounds.iter().map(|r| r.bytes).sum();
+    if secs > 0.0 {
+        bytes as f64 / secs / 1e6
+    } else {
+        0.0
+    }
+}
+
+/// Post-copy commit and push: sends Go, serves the destination's fault requests first, pushes the rest, then sends the
 /// digest and waits for the destination to confirm it has every page.
 ///
 /// With two or more channels, requested pages travel on channel 0 by themselves (sent at once, by
@@ -737,13 +800,18 @@ fn push_pages(
     plan: &PostcopyPlan,
     opts: &SourceOptions,
     report: &mut Report,
+    t_pause: Instant,
     events: &mut dyn FnMut(Event),
 ) -> Result<(), MigrateError> {
     use std::collections::VecDeque;
     use std::sync::{Condvar, Mutex};
 
     let needed = &plan.needed;
+    let asked = AtomicU64::new(0);
+    let (pushed, push_bytes) = (AtomicU64::new(0), AtomicU64::new(0));
     let requests = (Mutex::new(VecDeque::<u64>::new()), Condvar::new());
+    // When the destination said it runs the VM (before that, a failure leaves the outcome unknown).
+    let running_at = std::sync::OnceLock::<Instant>::new();
     // Likely-first accesses: low memory (page tables, boot structures, most kernels' text: the
     // MMU and the first instructions after resuming need them, and they were written long ago, so
     // the dirty log does not show them), then the pages written just before the pause.
@@ -754,7 +822,6 @@ fn push_pages(
     let sent = Mutex::new(DirtyBitmap::new(needed.pages()));
     let stop = AtomicBool::new(false);
     let push_done = AtomicBool::new(false);
-    let asked = AtomicU64::new(0);
     let urgent_sent = AtomicU64::new(0);
     let total = needed.count();
     let Link {
@@ -786,7 +853,12 @@ fn push_pages(
                         }
                         requests.1.notify_all();
                     }
-                    FrameType::Done => return Ok(DoneReport::decode(p)?),
+                    FrameType::Running => {
+                        let _ = running_at.set(Instant::now());
+                    }
+                    FrameType::Done if running_at.get().is_some() => {
+                        return Ok(DoneReport::decode(p)?)
+                    }
                     other => {
                         return Err(MigrateError::Unexpected {
                             got: other,
@@ -847,78 +919,112 @@ fn push_pages(
                 }
             })
         });
+        // Everything that serves the destination listens now: let it resume the guest.
+        let go = match urgent_ch.lock() {
+            Ok(mut ch) => ch.0.send(FrameType::Go, 0, &[]),
+            Err(_) => Err(MigrateError::Config("lock poisoned".into())),
+        };
+        events(Event::Phase {
+            phase: Phase::Postcopy,
+        });
         // The background push: channel 1 when there is one, else channel 0 shared with requests.
         let mut push_ch = push_w.first_mut().zip(push_enc.first_mut());
         let mut cursor = 0u64;
         let mut buf = vec![0u8; BATCH_PAGES * PAGE_SIZE];
         let mut out = Vec::with_capacity(BATCH_PAGES * PAGE_SIZE + 4096);
-        let mut pushed = 0u64;
         let mut last_request = Instant::now() - Duration::from_secs(1);
-        let mut last_event = Instant::now();
         let mut no_requests = VecDeque::new();
-        let pushed_result = loop {
-            if stop.load(Ordering::SeqCst) {
-                break Err(MigrateError::PeerClosed("post-copy"));
-            }
-            let batch = {
-                let Ok(mut q) = requests.0.lock() else {
-                    break Err(MigrateError::Config("lock poisoned".into()));
-                };
-                let Ok(mut sent) = sent.lock() else {
-                    break Err(MigrateError::Config("lock poisoned".into()));
-                };
-                if dedicated {
-                    next_push_batch(
-                        needed,
-                        &mut sent,
-                        &mut cursor,
-                        &mut no_requests,
-                        &mut hot,
-                        BATCH_PAGES,
-                    )
-                } else {
-                    if !q.is_empty() {
-                        last_request = Instant::now();
-                    }
-                    // Sharing the channel with requests: small batches while the guest is faulting.
-                    let max = if last_request.elapsed() < Duration::from_millis(20) {
-                        POSTCOPY_URGENT_BATCH
-                    } else {
-                        BATCH_PAGES
+        let (finished_tx, finished) = std::sync::mpsc::channel::<()>();
+        let (requests, sent, stop, urgent_ch, pushed, push_bytes) =
+            (&requests, &sent, &stop, &urgent_ch, &pushed, &push_bytes);
+        let mut push_loop = move |idle: &mut priority::IdleWindow| -> Result<(), MigrateError> {
+            loop {
+                idle.tick();
+                if stop.load(Ordering::SeqCst) {
+                    break Err(MigrateError::PeerClosed("post-copy"));
+                }
+                let batch = {
+                    let Ok(mut q) = requests.0.lock() else {
+                        break Err(MigrateError::Config("lock poisoned".into()));
                     };
-                    next_push_batch(needed, &mut sent, &mut cursor, &mut q, &mut hot, max)
+                    let Ok(mut sent) = sent.lock() else {
+                        break Err(MigrateError::Config("lock poisoned".into()));
+                    };
+                    if dedicated {
+                        next_push_batch(
+                            needed,
+                            &mut sent,
+                            &mut cursor,
+                            &mut no_requests,
+                            &mut hot,
+                            BATCH_PAGES,
+                        )
+                    } else {
+                        if !q.is_empty() {
+                            last_request = Instant::now();
+                        }
+                        // Sharing the channel with requests: small batches while the guest is faulting.
+                        let max = if last_request.elapsed() < Duration::from_millis(20) {
+                            POSTCOPY_URGENT_BATCH
+                        } else {
+                            BATCH_PAGES
+                        };
+                        next_push_batch(needed, &mut sent, &mut cursor, &mut q, &mut hot, max)
+                    }
+                };
+                if batch.is_empty() {
+                    break Ok(());
                 }
-            };
-            if batch.is_empty() {
-                break Ok(());
-            }
-            let sent_now = match push_ch.as_mut() {
-                Some((w, enc)) => {
-                    send_pages(&**mem, w, enc, &batch, &mut buf, &mut out).map(|_| w.bytes)
-                }
-                None => match urgent_ch.lock() {
-                    Ok(mut ch) => {
-                        let (w, enc) = &mut *ch;
+                let sent_now = match push_ch.as_mut() {
+                    Some((w, enc)) => {
                         send_pages(&**mem, w, enc, &batch, &mut buf, &mut out).map(|_| w.bytes)
                     }
-                    Err(_) => Err(MigrateError::Config("lock poisoned".into())),
-                },
-            };
-            let bytes = match sent_now {
-                Ok(b) => b,
-                Err(e) => break Err(e),
-            };
-            pushed += batch.len() as u64;
-            if last_event.elapsed() > Duration::from_millis(100) {
-                events(Event::Progress {
-                    round: u32::MAX,
-                    done: pushed,
-                    total,
-                    bytes,
-                });
-                last_event = Instant::now();
+                    None => match urgent_ch.lock() {
+                        Ok(mut ch) => {
+                            let (w, enc) = &mut *ch;
+                            send_pages(&**mem, w, enc, &batch, &mut buf, &mut out).map(|_| w.bytes)
+                        }
+                        Err(_) => Err(MigrateError::Config("lock poisoned".into())),
+                    },
+                };
+                let bytes = match sent_now {
+                    Ok(b) => b,
+                    Err(e) => break Err(e),
+                };
+                pushed.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                push_bytes.store(bytes, Ordering::Relaxed);
             }
         };
+        let pusher = go.is_ok().then(|| {
+            s.spawn(move || -> Result<(), MigrateError> {
+                // The guest waits on requested pages, served by other threads: the push takes
+                // what CPU they leave (on two cores it otherwise delayed the guest by milliseconds).
+                let mut idle = priority::IdleWindow::enter();
+                let r = push_loop(&mut idle);
+                let _ = finished_tx.send(());
+                r
+            })
+        });
+
+        // Progress while the push runs; wake the moment it ends.
+        let pushed_result = match pusher {
+            None => go,
+            Some(h) => {
+                while finished.recv_timeout(Duration::from_millis(100)).is_err() && !h.is_finished()
+                {
+                    events(Event::Progress {
+                        round: u32::MAX,
+                        done: pushed.load(Ordering::Relaxed),
+                        total,
+                        bytes: push_bytes.load(Ordering::Relaxed),
+                    });
+                }
+                h.join().unwrap_or(Err(MigrateError::Config(
+                    "post-copy pusher panicked".into(),
+                )))
+            }
+        };
+        let pushed = pushed.load(Ordering::Relaxed);
         push_done.store(true, Ordering::SeqCst);
         requests.1.notify_all();
         let urgent_result = urgent.map(|h| {
@@ -967,7 +1073,17 @@ fn push_pages(
         report.guest_observed = done.guest_observed;
         Ok(())
     });
-    result?;
+    // Before the destination said it runs, nobody knows whether it does: the guest stays paused
+    // here either way, and the error says which case this is.
+    let Some(&running) = running_at.get() else {
+        return Err(MigrateError::OutcomeUnknown(match result {
+            Err(e) => e.to_string(),
+            Ok(()) => "the destination never said it runs the VM".into(),
+        }));
+    };
+    report.downtime_ms = running.duration_since(t_pause).as_secs_f64() * 1e3;
+    report.throughput_mbps = copy_throughput(&report.rounds);
+    result.map_err(|e| MigrateError::PostcopyInterrupted(e.to_string()))?;
     report.bytes_sent = link.bytes();
     for w in &link.writers {
         w.stream().shutdown();

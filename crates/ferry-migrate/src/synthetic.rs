@@ -354,12 +354,15 @@ impl PostcopyTarget for SyntheticMemory {
         let Some(missing) = f.missing.as_mut() else {
             return Ok(());
         };
-        if missing.get(page) {
-            // SAFETY: the page is missing, so the guest cannot be touching it (it would be waiting).
-            unsafe { self.page_mut(page) }.copy_from_slice(data);
-            missing.clear_page(page);
-            self.placed.notify_all();
+        for (page, data) in (page..).zip(data.chunks_exact(PAGE_SIZE)) {
+            if page < missing.pages() && missing.get(page) {
+                // SAFETY: the page is missing, so the guest cannot be touching it (it would be
+                // waiting).
+                unsafe { self.page_mut(page) }.copy_from_slice(data);
+                missing.clear_page(page);
+            }
         }
+        self.placed.notify_all();
         Ok(())
     }
 }

@@ -311,7 +311,8 @@ fn postcopy_link_loss_keeps_the_vm_paused_on_the_destination() {
     let (l, addr) = listener();
     let (proxy_l, proxy_addr) = listener();
     let rx = spawn_receiver(l, script(100_000, PAGES));
-    // A proxy that cuts the stream after ~2 MB: past the switch-over, before all pages are pushed.
+    // A proxy that cuts the stream after ~8 MB: past the switch-over (low memory, 4 MiB, goes
+    // before it), before all 16 MiB are pushed.
     let proxy = thread::spawn(move || {
         let (mut from_src, _) = proxy_l.accept().unwrap();
         let mut to_dst = TcpStream::connect(addr).unwrap();
@@ -321,7 +322,7 @@ fn postcopy_link_loss_keeps_the_vm_paused_on_the_destination() {
         });
         let mut buf = vec![0u8; 65536];
         let mut total = 0usize;
-        while total < 2_000_000 {
+        while total < 8_000_000 {
             match from_src.read(&mut buf) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {

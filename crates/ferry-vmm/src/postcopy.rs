@@ -112,31 +112,49 @@ impl PostcopyRam {
         }
     }
 
-    /// Installs page `index` atomically and wakes whoever waits for it. A page that is already
-    /// present is left as it is (it arrived by another path first).
+    /// Installs pages `index..index + n` (`data` is `n` whole pages) atomically and wakes whoever
+    /// waits for them, with one system call for the whole run when none is present yet. A page
+    /// that is already present is left as it is (it arrived by another path first).
     pub fn place(&self, index: u64, data: &[u8]) -> Result<(), VmmError> {
-        if index >= self.ram.pages() || data.len() != PAGE_SIZE {
+        let n = (data.len() / PAGE_SIZE) as u64;
+        if data.is_empty()
+            || !data.len().is_multiple_of(PAGE_SIZE)
+            || index
+                .checked_add(n)
+                .is_none_or(|end| end > self.ram.pages())
+        {
             return Err(VmmError::OutOfRange {
                 addr: index * PAGE_SIZE as u64,
                 len: data.len() as u64,
             });
         }
-        // SAFETY: `index` is a page of the mapping (checked above), so the destination lies in RAM
-        // registered with this uffd; `data` is one readable page. UFFDIO_COPY copies atomically and
-        // never overwrites a present page.
-        let dst = unsafe { self.ram.host_base().add(index as usize * PAGE_SIZE) };
-        // SAFETY: as above.
-        match unsafe {
-            self.uffd
-                .copy(data.as_ptr().cast(), dst.cast(), PAGE_SIZE, true)
-        } {
-            Ok(_) => Ok(()),
-            Err(userfaultfd::Error::CopyFailed(e)) if e as i32 == libc::EEXIST => self
-                .uffd
-                .wake(dst.cast(), PAGE_SIZE)
-                .map_err(uffd_err("wake")),
-            Err(e) => Err(uffd_err("copy")(e)),
+        let mut done = 0usize;
+        while done < data.len() {
+            // SAFETY: pages `index..index + n` lie in the mapping (checked above), so the
+            // destination is RAM registered with this uffd, and `data[done..]` is readable.
+            // UFFDIO_COPY copies atomically, page by page, and never overwrites a present page.
+            let dst = unsafe { self.ram.host_base().add(index as usize * PAGE_SIZE + done) };
+            let left = data.len() - done;
+            // SAFETY: as above.
+            match unsafe {
+                self.uffd
+                    .copy(data[done..].as_ptr().cast(), dst.cast(), left, true)
+            } {
+                Ok(_) => return Ok(()),
+                // Stopped at a present page: the pages before it went in.
+                Err(userfaultfd::Error::PartiallyCopied(c)) if c > 0 && c.is_multiple_of(PAGE_SIZE) => {
+                    done += c
+                }
+                Err(userfaultfd::Error::CopyFailed(e)) if e as i32 == libc::EEXIST => {
+                    self.uffd
+                        .wake(dst.cast(), PAGE_SIZE)
+                        .map_err(uffd_err("wake"))?;
+                    done += PAGE_SIZE;
+                }
+                Err(e) => return Err(uffd_err("copy")(e)),
+            }
         }
+        Ok(())
     }
 }
 
@@ -173,6 +191,20 @@ mod tests {
         pc.place(3, &page).unwrap();
         assert_eq!(reader.join().unwrap(), 0xabcd);
         pc.place(3, &page).unwrap(); // already present: not an error
+                                     // A run with a present page in the middle: the others go in, the present one stays.
+        pc.discard(2, 3).unwrap();
+        pc.place(3, &page).unwrap();
+        let mut run = vec![0u8; 3 * PAGE_SIZE];
+        run[..8].copy_from_slice(&7u64.to_le_bytes());
+        run[2 * PAGE_SIZE..2 * PAGE_SIZE + 8].copy_from_slice(&9u64.to_le_bytes());
+        pc.place(2, &run).unwrap();
+        assert_eq!(ram.read_u64(2 * PAGE_SIZE as u64).unwrap(), 7);
+        assert_eq!(ram.read_u64(3 * PAGE_SIZE as u64 + 8).unwrap(), 0xabcd);
+        assert_eq!(ram.read_u64(4 * PAGE_SIZE as u64).unwrap(), 9);
+        assert!(
+            pc.place(1023, &run).is_err(),
+            "a run past the end is refused"
+        );
         pc.disarm().unwrap();
     }
 }
