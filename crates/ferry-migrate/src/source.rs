@@ -15,7 +15,7 @@ use ferry_wire::message::{self, channel_key, features, Hello, HelloAck, RoundSum
 use ferry_wire::FrameType;
 
 use crate::channel::{split, FrameReader, FrameWriter, Stream};
-use crate::convergence::{decide, ConvergenceConfig, Decision};
+use crate::convergence::{decide, expected_postcopy_pause, ConvergenceConfig, Decision};
 use crate::digest::{digest_memory, hex};
 use crate::memory::GuestMemory;
 use crate::postcopy::{self, next_push_batch};
@@ -88,6 +88,8 @@ struct Link {
     handover: bool,
     /// Set to cancel; checked between batches too, so a long round stops promptly.
     cancel: Arc<AtomicBool>,
+    /// Round-trip time, measured by the handshake.
+    rtt: Duration,
     control: FrameReader,
     writers: Vec<FrameWriter>,
     encoders: Vec<BatchEncoder>,
@@ -216,6 +218,8 @@ fn handshake(
     let mut id = [0u8; 16];
     rand::Rng::fill(&mut rand::thread_rng(), &mut id);
     let (mut control, mut writers, mut postcopy, mut handover) = (None, Vec::new(), false, false);
+    // Hello and its answer cost the destination next to nothing: their exchange times the link.
+    let mut rtt = Duration::MAX;
     for ch in 0..opts.channels {
         let stream = connect().map_err(MigrateError::io("cannot connect to the destination"))?;
         stream.prepare(opts.timeout)?;
@@ -229,8 +233,10 @@ fn handshake(
             channel: ch,
             channels: opts.channels,
         };
+        let t = Instant::now();
         w.send(FrameType::Hello, 0, &hello.encode())?;
         let ack = HelloAck::decode(r.expect(FrameType::HelloAck, "handshake")?)?;
+        rtt = rtt.min(t.elapsed());
         if let Some(why) = ack.refusal {
             return Err(MigrateError::Refused(why));
         }
@@ -253,6 +259,7 @@ fn handshake(
         postcopy,
         handover,
         cancel: opts.cancel.clone(),
+        rtt,
         control,
         writers,
         encoders,
@@ -288,6 +295,8 @@ fn copy_phases<S: MigrationSource>(
             },
             auto_converge: opts.strategy == Strategy::Auto && !link.postcopy,
             postcopy_fallback: link.postcopy && opts.strategy != Strategy::Precopy,
+            postcopy_pause: (opts.strategy == Strategy::Auto && link.postcopy)
+                .then(|| expected_postcopy_pause(link.rtt)),
         };
         src.start_dirty_log()?;
         events(Event::Phase {
