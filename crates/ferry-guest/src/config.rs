@@ -35,6 +35,9 @@ pub enum Entropy {
     Text,
     /// Pseudo-random bytes: incompressible.
     Random,
+    /// Per page, fixed by its index ([`Entropy::of_page`]): about half zero pages, a quarter
+    /// text, a quarter random.
+    Mixed,
 }
 
 /// How much of the page each loop iteration rewrites.
@@ -115,9 +118,33 @@ impl Entropy {
             Entropy::Zero => 0,
             Entropy::Text => 1,
             Entropy::Random => 2,
+            Entropy::Mixed => 3,
+        }
+    }
+
+    /// The content of working-set page `index`: `self`, except that [`Entropy::Mixed`] picks zero,
+    /// text or random by the top two bits of `index * MIXED_HASH` (bit 63 clear: zero; else bit 62
+    /// clear: text; else random). A hash rather than `index % 4`, so every batch and every stretch
+    /// of RAM holds all three kinds in about these shares, with no period a codec could latch on to.
+    pub fn of_page(self, index: u64) -> Entropy {
+        match self {
+            Entropy::Mixed => {
+                let h = index.wrapping_mul(MIXED_HASH);
+                if h >> 63 == 0 {
+                    Entropy::Zero
+                } else if (h >> 62) & 1 == 0 {
+                    Entropy::Text
+                } else {
+                    Entropy::Random
+                }
+            }
+            e => e,
         }
     }
 }
+
+/// Multiplier of the page-class hash of [`Entropy::Mixed`] (the golden ratio in 64 bits).
+pub const MIXED_HASH: u64 = 0x9E37_79B9_7F4A_7C15;
 
 impl FromStr for Pattern {
     type Err = ParseParamError;
@@ -152,10 +179,11 @@ impl FromStr for Entropy {
             "zero" => Ok(Entropy::Zero),
             "text" => Ok(Entropy::Text),
             "random" => Ok(Entropy::Random),
+            "mixed" => Ok(Entropy::Mixed),
             _ => Err(ParseParamError {
                 what: "entropy",
                 value: s.to_string(),
-                expected: "zero, text or random",
+                expected: "zero, text, random or mixed",
             }),
         }
     }
@@ -167,6 +195,7 @@ impl fmt::Display for Entropy {
             Entropy::Zero => "zero",
             Entropy::Text => "text",
             Entropy::Random => "random",
+            Entropy::Mixed => "mixed",
         })
     }
 }
@@ -230,9 +259,15 @@ mod tests {
         for p in [Pattern::Sequential, Pattern::Random, Pattern::HotCold] {
             assert_eq!(p.to_string().parse::<Pattern>(), Ok(p));
         }
-        for e in [Entropy::Zero, Entropy::Text, Entropy::Random] {
+        for e in [
+            Entropy::Zero,
+            Entropy::Text,
+            Entropy::Random,
+            Entropy::Mixed,
+        ] {
             assert_eq!(e.to_string().parse::<Entropy>(), Ok(e));
         }
+        assert_eq!("MIXED".parse::<Entropy>(), Ok(Entropy::Mixed));
         for w in [WriteSize::Word, WriteSize::Page] {
             assert_eq!(w.to_string().parse::<WriteSize>(), Ok(w));
         }
@@ -259,6 +294,38 @@ mod tests {
         assert!("huge".parse::<WriteSize>().is_err());
         assert!("noise".parse::<Entropy>().is_err());
         assert_eq!("HotCold".parse::<Pattern>(), Ok(Pattern::HotCold));
+    }
+
+    #[test]
+    fn mixed_pages_split_half_quarter_quarter() {
+        let n = 1u64 << 18;
+        let mut counts = [0u64; 3];
+        for i in 0..n {
+            match Entropy::Mixed.of_page(i) {
+                Entropy::Zero => counts[0] += 1,
+                Entropy::Text => counts[1] += 1,
+                Entropy::Random => counts[2] += 1,
+                Entropy::Mixed => panic!("a page's class is never mixed"),
+            }
+        }
+        let share = |c: u64| c as f64 / n as f64;
+        assert!((share(counts[0]) - 0.5).abs() < 0.01, "{counts:?}");
+        assert!((share(counts[1]) - 0.25).abs() < 0.01, "{counts:?}");
+        assert!((share(counts[2]) - 0.25).abs() < 0.01, "{counts:?}");
+        // Every 256-page batch holds all three kinds.
+        for b in 0..64u64 {
+            let mut seen = [false; 3];
+            for i in b * 256..(b + 1) * 256 {
+                seen[Entropy::Mixed.of_page(i).code() as usize] = true;
+            }
+            assert_eq!(seen, [true; 3], "batch {b}");
+        }
+        // The class follows the documented bits; other entropies are the same for every page.
+        assert_eq!(Entropy::Mixed.of_page(0), Entropy::Zero);
+        assert_eq!(Entropy::Mixed.of_page(1), Entropy::Text);
+        assert_eq!(Entropy::Mixed.of_page(3), Entropy::Random);
+        assert_eq!(Entropy::Text.of_page(1), Entropy::Text);
+        assert_eq!(Entropy::Zero.of_page(12345), Entropy::Zero);
     }
 
     #[test]

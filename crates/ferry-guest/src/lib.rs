@@ -77,12 +77,22 @@ pub fn splitmix64(x: u64) -> u64 {
 
 /// The tag the guest writes as the first word of page `page_index` at `version` (0 if never written).
 ///
-/// Pages of entropy `zero` are not tagged: their expected first word is always 0.
+/// Pages of entropy `zero` (and the zero-class pages of `mixed`) are not tagged: their expected first
+/// word is always 0 ([`expected_first_word`]).
 pub fn expected_tag(seed: u64, page_index: u64, version: u64) -> u64 {
     if version == 0 {
         0
     } else {
         splitmix64((page_index << 32) ^ version ^ seed) | 1
+    }
+}
+
+/// The first word of working-set page `page_index` after `version` writes with `entropy`: 0 for
+/// pages whose class ([`Entropy::of_page`]) is zero, [`expected_tag`] otherwise.
+pub fn expected_first_word(entropy: Entropy, seed: u64, page_index: u64, version: u64) -> u64 {
+    match entropy.of_page(page_index) {
+        Entropy::Zero => 0,
+        _ => expected_tag(seed, page_index, version),
     }
 }
 
@@ -305,7 +315,12 @@ mod tests {
     #[test]
     fn every_variant_builds() {
         for pattern in [Pattern::Sequential, Pattern::Random, Pattern::HotCold] {
-            for entropy in [Entropy::Zero, Entropy::Text, Entropy::Random] {
+            for entropy in [
+                Entropy::Zero,
+                Entropy::Text,
+                Entropy::Random,
+                Entropy::Mixed,
+            ] {
                 for write_size in [WriteSize::Word, WriteSize::Page] {
                     for rate in [
                         Rate::Unlimited,
@@ -384,6 +399,36 @@ mod tests {
         // Known splitmix64 output for input 0 (first value of the reference generator seeded 0).
         assert_eq!(splitmix64(0), 0xE220_A839_7B1D_CDAF);
         assert_eq!(expected_tag(0, 0, 1), splitmix64(1) | 1);
+    }
+
+    #[test]
+    fn mixed_first_words() {
+        let (zero, text) = (0, 1);
+        assert_eq!(Entropy::Mixed.of_page(zero), Entropy::Zero);
+        assert_eq!(Entropy::Mixed.of_page(text), Entropy::Text);
+        assert_eq!(expected_first_word(Entropy::Mixed, 9, zero, 3), 0);
+        assert_eq!(
+            expected_first_word(Entropy::Mixed, 9, text, 3),
+            expected_tag(9, text, 3)
+        );
+        assert_eq!(expected_first_word(Entropy::Zero, 9, text, 3), 0);
+        assert_eq!(expected_first_word(Entropy::Random, 9, text, 0), 0);
+    }
+
+    #[test]
+    fn mixed_image_has_all_three_bodies() {
+        // A mixed image carries a write routine per class, so it is larger than a random one.
+        let base = GuestConfig {
+            fill: true,
+            ..small()
+        };
+        let random = build_image(&base).unwrap();
+        let mixed = build_image(&GuestConfig {
+            entropy: Entropy::Mixed,
+            ..base
+        })
+        .unwrap();
+        assert!(mixed.len() > random.len());
     }
 
     #[test]

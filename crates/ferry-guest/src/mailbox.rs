@@ -141,7 +141,7 @@ impl Mailbox {
 pub struct Params {
     /// Pattern code: 0 sequential, 1 random, 2 hot/cold.
     pub pattern: u8,
-    /// Entropy code: 0 zero, 1 text, 2 random.
+    /// Entropy code: 0 zero, 1 text, 2 random, 3 mixed.
     pub entropy: u8,
     /// Whether loop writes rewrite the whole page.
     pub full_page: bool,

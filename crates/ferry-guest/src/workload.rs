@@ -11,7 +11,7 @@
 
 use iced_x86::code_asm::*;
 
-use crate::config::{Entropy, GuestConfig, Pattern, Rate, WriteSize};
+use crate::config::{Entropy, GuestConfig, Pattern, Rate, WriteSize, MIXED_HASH};
 use crate::layout::{Layout, HOLE_END, HOLE_START, PAGE, VERSION_TABLE};
 use crate::mailbox::*;
 
@@ -173,14 +173,54 @@ fn emit_pick(a: &mut CodeAssembler, pattern: Pattern, l: &Layout) -> Result<(), 
     Ok(())
 }
 
+/// Emits `dst = idx * MIXED_HASH` then `test dst, dst`: SF is bit 63, clear for the zero pages of
+/// [`Entropy::Mixed`] (see [`Entropy::of_page`]).
+fn emit_mixed_hash(
+    a: &mut CodeAssembler,
+    dst: AsmRegister64,
+    idx: AsmRegister64,
+) -> Result<(), IcedError> {
+    a.mov(dst, MIXED_HASH)?;
+    a.imul_2(dst, idx)?;
+    // imul leaves SF undefined: set the flags explicitly.
+    a.test(dst, dst)?;
+    Ok(())
+}
+
 /// Emits the routine that writes page rbx: check and fold its tag, bump its version, rewrite it.
+/// For [`Entropy::Mixed`] it dispatches on the page's class to one body per class.
 fn emit_write_page(
     a: &mut CodeAssembler,
     cfg: &GuestConfig,
     l: &Layout,
     full_page: bool,
 ) -> Result<(), IcedError> {
-    let tagged = cfg.entropy != Entropy::Zero;
+    if cfg.entropy != Entropy::Mixed {
+        return emit_write_body(a, cfg, l, full_page, cfg.entropy);
+    }
+    let mut zero = a.create_label();
+    let mut random = a.create_label();
+    // rax = h: bit 63 clear -> zero page; else bit 62 clear -> text; else random.
+    emit_mixed_hash(a, rax, rbx)?;
+    a.jns(zero)?;
+    a.shl(rax, 1u32)?;
+    a.js(random)?;
+    emit_write_body(a, cfg, l, full_page, Entropy::Text)?;
+    a.set_label(&mut random)?;
+    emit_write_body(a, cfg, l, full_page, Entropy::Random)?;
+    a.set_label(&mut zero)?;
+    emit_write_body(a, cfg, l, full_page, Entropy::Zero)
+}
+
+/// Emits one write routine for pages of content `class` (never Mixed), ending in `ret`.
+fn emit_write_body(
+    a: &mut CodeAssembler,
+    cfg: &GuestConfig,
+    l: &Layout,
+    full_page: bool,
+    class: Entropy,
+) -> Result<(), IcedError> {
+    let tagged = class != Entropy::Zero;
     // rdi = page address, rsi = &version[i], r8 = version.
     a.mov(rdi, rbx)?;
     a.shl(rdi, 12u32)?;
@@ -217,13 +257,13 @@ fn emit_write_page(
     if full_page {
         a.add(rdi, 8i32)?;
         a.mov(ecx, (PAGE / 8 - 1) as u32)?;
-        match cfg.entropy {
-            Entropy::Zero => {
+        match class {
+            Entropy::Zero | Entropy::Mixed => {
                 a.xor(eax, eax)?;
                 a.rep().stosq()?;
             }
             Entropy::Random | Entropy::Text => {
-                let text = cfg.entropy == Entropy::Text;
+                let text = class == Entropy::Text;
                 if text {
                     a.mov(r8, NIBBLES)?;
                     a.mov(r9, TEXT_BASE)?;
@@ -439,10 +479,16 @@ pub fn assemble(
     a.test(rsi, rsi)?;
     a.jz(sweep_ok)?;
     a.inc(r10)?;
-    if cfg.entropy == Entropy::Zero {
-        a.xor(edi, edi)?;
-    } else {
-        emit_tag(&mut a, cfg.seed, rdi, r8, rsi, rcx, rdx)?;
+    match cfg.entropy {
+        Entropy::Zero => a.xor(edi, edi)?,
+        Entropy::Text | Entropy::Random => emit_tag(&mut a, cfg.seed, rdi, r8, rsi, rcx, rdx)?,
+        Entropy::Mixed => {
+            // Zero-class pages are untagged: expect 0 where h's bit 63 is clear.
+            emit_tag(&mut a, cfg.seed, rdi, r8, rsi, rcx, rdx)?;
+            a.xor(edx, edx)?;
+            emit_mixed_hash(&mut a, rcx, r8)?;
+            a.cmovns(rdi, rdx)?;
+        }
     }
     a.mov(rax, r8)?;
     a.shl(rax, 12u32)?;

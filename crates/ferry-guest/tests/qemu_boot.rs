@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use ferry_guest::layout::page_address;
 use ferry_guest::mailbox::*;
-use ferry_guest::{build_image, expected_tag, Entropy, GuestConfig, Pattern, Rate, WriteSize};
+use ferry_guest::{
+    build_image, expected_first_word, expected_tag, Entropy, GuestConfig, Pattern, Rate, WriteSize,
+};
 use qemu::{assert_consecutive, heartbeats_after_banner, qemu_available, serial_lock, Qemu};
 
 const BANNER: &str = "ferry-guest abi=1";
@@ -171,6 +173,108 @@ fn fill_then_idle_and_detect_corruption() {
         "the sweep finds both bad pages"
     );
     assert_eq!(v.iterations, pages);
+}
+
+/// Mixed entropy: every page's content follows its class, and the sweep checks each class right
+/// (untagged zero pages included).
+#[test]
+fn mixed_fill_has_three_classes_and_verifies() {
+    if !qemu_available() {
+        return;
+    }
+    let _lock = serial_lock();
+    let cfg = GuestConfig {
+        fill: true,
+        rate: Rate::PagesPerSec(0),
+        pattern: Pattern::Sequential,
+        entropy: Entropy::Mixed,
+        ..small(4)
+    };
+    let pages = 1024u64;
+    let mut q = Qemu::boot("mixed", &build_image(&cfg).expect("image"), 128);
+    let m = q
+        .wait_mailbox(WAIT, |m| m.state == STATE_RUNNING)
+        .unwrap_or_else(|| panic!("guest never finished its fill; stderr: {}", q.stderr()));
+    assert_eq!(m.iterations, pages);
+    assert_eq!(m.params().entropy, Entropy::Mixed.code());
+    assert_eq!(m.errors, 0);
+
+    let ws = q.read_mem(m.ws_base, (pages * 4096) as usize);
+    let mut seen = [0u64; 3];
+    for (i, page) in ws.chunks_exact(4096).enumerate() {
+        let i = i as u64;
+        let first = u64::from_le_bytes(page[..8].try_into().expect("8 bytes"));
+        assert_eq!(
+            first,
+            expected_first_word(cfg.entropy, cfg.seed, i, 1),
+            "page {i}"
+        );
+        match cfg.entropy.of_page(i) {
+            Entropy::Zero => {
+                assert!(page.iter().all(|&b| b == 0), "zero page {i}");
+                seen[0] += 1;
+            }
+            Entropy::Text => {
+                assert!(
+                    page[8..].iter().all(|b| (b'a'..=b'p').contains(b)),
+                    "text page {i}"
+                );
+                seen[1] += 1;
+            }
+            _ => {
+                let distinct = page[8..]
+                    .iter()
+                    .fold([false; 256], |mut s, &b| {
+                        s[b as usize] = true;
+                        s
+                    })
+                    .iter()
+                    .filter(|&&x| x)
+                    .count();
+                assert!(distinct > 200, "random page {i} has {distinct} byte values");
+                seen[2] += 1;
+            }
+        }
+    }
+    assert!(seen.iter().all(|&n| n > pages / 8), "classes {seen:?}");
+
+    let v = verify(&mut q, 3);
+    assert_eq!(
+        (v.verify_errors, v.verify_pages, v.verify_written),
+        (0, pages, pages)
+    );
+    // A zero page that is no longer zero, and a text page with a wrong tag, are both caught.
+    let zero = (0..pages)
+        .find(|&i| cfg.entropy.of_page(i) == Entropy::Zero)
+        .expect("a zero page");
+    let text = (0..pages)
+        .find(|&i| cfg.entropy.of_page(i) == Entropy::Text)
+        .expect("a text page");
+    q.write_u64(m.ws_base + zero * 4096, 1);
+    q.write_u64(m.ws_base + text * 4096, 0);
+    let v = verify(&mut q, 4);
+    assert_eq!(v.verify_errors, 2, "the sweep finds both bad pages");
+}
+
+/// Mixed entropy under the running loop: every rewrite dispatches on the page's class, and both the
+/// loop's own checks and a sweep find nothing wrong.
+#[test]
+fn mixed_random_writes_verify() {
+    if !qemu_available() {
+        return;
+    }
+    let _lock = serial_lock();
+    let cfg = GuestConfig {
+        entropy: Entropy::Mixed,
+        ..small(4)
+    };
+    let mut q = Qemu::boot("mixed-loop", &build_image(&cfg).expect("image"), 128);
+    let m = q
+        .wait_mailbox(WAIT, |m| m.state == STATE_RUNNING && m.iterations > 20_000)
+        .unwrap_or_else(|| panic!("guest not writing; stderr: {}", q.stderr()));
+    assert_eq!(m.errors, 0, "self-check errors in the loop");
+    let v = verify_written(&mut q, 1, 1024);
+    assert_eq!((v.verify_errors, v.errors), (0, 0));
 }
 
 #[test]

@@ -28,7 +28,8 @@ pub struct BuildArgs {
     /// Write pattern: sequential, random, or hotcold (90% of writes to 10% of pages).
     #[arg(long, default_value = "random")]
     pub pattern: Pattern,
-    /// Data written: zero, text (compresses ~2x) or random (incompressible).
+    /// Data written: zero, text (compresses ~2x), random (incompressible) or mixed (per page: about
+    /// half zero, a quarter text, a quarter random).
     #[arg(long, default_value = "random")]
     pub entropy: Entropy,
     /// Write whole pages (page) or one word per page (word).
