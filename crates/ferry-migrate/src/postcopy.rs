@@ -26,6 +26,17 @@ pub trait PostcopyTarget: Send + Sync {
     fn place(&self, page: u64, data: &[u8]) -> Result<(), MigrateError>;
 }
 
+/// PostcopyStart flag: the destination resumes the guest as soon as the state is loaded, without
+/// the Ready/Go exchange. That saves a round trip of pause on a long link; the price is that a
+/// destination failing while it loads leaves the outcome unknown (the guest stays paused on the
+/// source, recoverable) where Ready/Go would have let the source resume. Post-copy accepts that
+/// state after any failure anyway; the source sets the flag only when the link is slow
+/// ([`FAST_COMMIT_RTT`]).
+pub const START_RUNS: u8 = 1;
+
+/// Round-trip time from which post-copy commits without Ready/Go ([`START_RUNS`]).
+pub const FAST_COMMIT_RTT: Duration = Duration::from_millis(2);
+
 /// Picks the next pages to push: pages the guest asked for first, then the hot pages (written just
 /// before the pause), then needed pages from the push cursor on (wrapping), skipping what was
 /// already sent. Marks them sent and moves the cursor.

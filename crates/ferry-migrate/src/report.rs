@@ -181,4 +181,11 @@ pub struct Report {
     pub postcopy_requests: u64,
     /// Time from the destination running to its last page arriving, in ms (post-copy).
     pub postcopy_ms: f64,
+    /// Round-trip time of the link, measured by the handshake, in ms.
+    #[serde(default)]
+    pub rtt_ms: f64,
+    /// Post-copy committed without the Ready/Go exchange (a slow link: one round trip less of
+    /// pause, see `postcopy::START_RUNS`).
+    #[serde(default)]
+    pub fast_commit: bool,
 }

@@ -103,7 +103,9 @@ impl DoneReport {
 enum Msg {
     RoundEnd(usize, u32),
     DeviceState(u32, Vec<u8>),
-    PostcopyStart(u32, DirtyBitmap, Vec<u8>),
+    /// Round, pages still needed, device state, and whether Go is implied (see
+    /// [`postcopy::START_RUNS`]).
+    PostcopyStart(u32, DirtyBitmap, Vec<u8>, bool),
     Discard(DirtyBitmap),
     Go,
     Complete(RoundSummary, bool),
@@ -358,7 +360,8 @@ fn pump(
             }
             FrameType::PostcopyStart if ch == 0 => {
                 let (round, needed, state) = postcopy::decode_start(p, shared.mem.pages())?;
-                let _ = tx.send(Msg::PostcopyStart(round, needed, state.to_vec()));
+                let runs = h.flags & postcopy::START_RUNS != 0;
+                let _ = tx.send(Msg::PostcopyStart(round, needed, state.to_vec(), runs));
             }
             FrameType::Go if ch == 0 => {
                 let _ = tx.send(Msg::Go);
@@ -513,6 +516,7 @@ impl<K: MigrationSink> SwitchOver<'_, K> {
         let faults_stop = Arc::new(AtomicBool::new(false));
         let _stop_on_exit = StopOnDrop(faults_stop.clone());
         let running = || self.shared.running.load(Ordering::SeqCst);
+        let mut go_implied = false;
         loop {
             // No timeout here: each channel's socket times out on a silent source and reports it;
             // a long round (a slow or rate-limited link) sends nothing to this loop for a while.
@@ -537,7 +541,10 @@ impl<K: MigrationSink> SwitchOver<'_, K> {
                     }
                 }
                 Msg::DeviceState(r, s) => pending = Some((r, s, None)),
-                Msg::PostcopyStart(r, needed, s) => pending = Some((r, s, Some(needed))),
+                Msg::PostcopyStart(r, needed, s, runs) => {
+                    go_implied = runs;
+                    pending = Some((r, s, Some(needed)));
+                }
                 Msg::Discard(pages) if !loaded => {
                     let target = match &early_target {
                         Some(t) => t.clone(),
@@ -555,12 +562,7 @@ impl<K: MigrationSink> SwitchOver<'_, K> {
                         during: "post-switch-over",
                     })
                 }
-                Msg::Go if loaded => {
-                    self.shared.running.store(true, Ordering::SeqCst);
-                    self.sink.resume()?;
-                    self.total_ms = self.t0.elapsed().as_secs_f64() * 1e3;
-                    self.send(FrameType::Running, &[]).ok();
-                }
+                Msg::Go if loaded && !go_implied => self.run_here()?,
                 Msg::Go => {
                     return Err(MigrateError::Unexpected {
                         got: FrameType::Go,
@@ -671,11 +673,24 @@ impl<K: MigrationSink> SwitchOver<'_, K> {
                         }
                         self.sink.restore_state(state)?;
                         loaded = true;
-                        self.send(FrameType::Ready, &[])?;
+                        if go_implied {
+                            self.run_here()?;
+                        } else {
+                            self.send(FrameType::Ready, &[])?;
+                        }
                     }
                 }
             }
         }
+    }
+
+    /// Resumes the VM here and tells the source.
+    fn run_here(&mut self) -> Result<(), MigrateError> {
+        self.shared.running.store(true, Ordering::SeqCst);
+        self.sink.resume()?;
+        self.total_ms = self.t0.elapsed().as_secs_f64() * 1e3;
+        self.send(FrameType::Running, &[]).ok();
+        Ok(())
     }
 
     /// The link died while the guest still needs pages from the source: pause it here and keep it.

@@ -169,6 +169,7 @@ pub fn migrate_out<S: MigrationSource>(
     )?;
 
     let mut report = Report {
+        rtt_ms: link.rtt.as_secs_f64() * 1e3,
         strategy: opts.strategy.to_string(),
         ram_bytes: cfg.memory,
         channels: opts.channels,
@@ -198,7 +199,7 @@ pub fn migrate_out<S: MigrationSource>(
             return Err(e);
         }
     };
-    commit(
+    if let Err(e) = commit(
         &mem,
         &mut link,
         opts,
@@ -207,7 +208,15 @@ pub fn migrate_out<S: MigrationSource>(
         t_pause,
         postcopy,
         events,
-    )?;
+    ) {
+        if matches!(e, MigrateError::PeerAborted(_)) {
+            // The destination failed before running the guest, and said so: it is ours again.
+            let _ = src.set_throttle(0);
+            let _ = src.stop_dirty_log();
+            src.resume()?;
+        }
+        return Err(e);
+    }
     Ok(report)
 }
 
@@ -431,6 +440,8 @@ struct PostcopyPlan {
     needed: DirtyBitmap,
     /// The subset the guest wrote just before the pause: pushed first.
     hot: DirtyBitmap,
+    /// The destination resumes without waiting for Go ([`postcopy::START_RUNS`]).
+    go_implied: bool,
 }
 
 /// Pauses, tells the destination which pages it still lacks, and hands it the device state. Returns
@@ -504,11 +515,31 @@ fn postcopy_switch<S: MigrationSource>(
     }
     needed.or(&hot);
     let state = src.save_state()?;
+    let go_implied = link.rtt >= postcopy::FAST_COMMIT_RTT;
     link.writers[0].send(
         FrameType::PostcopyStart,
-        0,
+        if go_implied { postcopy::START_RUNS } else { 0 },
         &postcopy::encode_start(next_round, &needed, &state),
     )?;
+    report.fast_commit = go_implied;
+    if go_implied {
+        // From here the destination may run the guest: the outcome is known only from Running.
+        report.strategy_used = if round == 0 {
+            Strategy::Postcopy
+        } else {
+            Strategy::Hybrid
+        }
+        .to_string();
+        report.postcopy_pages = needed.count();
+        return Ok((
+            t_pause,
+            Some(PostcopyPlan {
+                needed,
+                hot,
+                go_implied,
+            }),
+        ));
+    }
     expect_ready(link)?;
     if opts.cancel.load(Ordering::SeqCst) {
         return Err(MigrateError::Cancelled);
@@ -520,7 +551,14 @@ fn postcopy_switch<S: MigrationSource>(
     }
     .to_string();
     report.postcopy_pages = needed.count();
-    Ok((t_pause, Some(PostcopyPlan { needed, hot })))
+    Ok((
+        t_pause,
+        Some(PostcopyPlan {
+            needed,
+            hot,
+            go_implied: false,
+        }),
+    ))
 }
 
 /// The first [`LOW_MEMORY_PAGES`] pages of a guest of `pages` pages.
@@ -722,7 +760,12 @@ fn commit(
     postcopy: Option<PostcopyPlan>,
     events: &mut dyn FnMut(Event),
 ) -> Result<(), MigrateError> {
-    let unknown = |e: MigrateError| MigrateError::OutcomeUnknown(e.to_string());
+    // An Abort before Running means the destination never ran the guest (it sends Running before
+    // any later Abort): the caller may resume. Anything else leaves the outcome unknown.
+    let unknown = |e: MigrateError| match e {
+        MigrateError::PeerAborted(_) => e,
+        e => MigrateError::OutcomeUnknown(e.to_string()),
+    };
     if let Some(plan) = postcopy {
         // The VM will run on the destination and wait for these pages: we keep every one of them
         // until the destination confirms it has them all. Go is sent from inside the push, once
@@ -863,8 +906,15 @@ fn push_pages(
                         requests.1.notify_all();
                     }
                     FrameType::Running => {
-                        let _ = running_at.set(Instant::now());
+                        // Under the queue's lock, so a pusher waiting for it cannot miss it.
+                        if let Ok(_q) = requests.0.lock() {
+                            let _ = running_at.set(Instant::now());
+                        }
+                        requests.1.notify_all();
                     }
+                    // The acknowledgement of the round sent inside the pause (no Ready/Go
+                    // exchange consumed it): nothing to do.
+                    FrameType::RoundEnd => {}
                     FrameType::Done if running_at.get().is_some() => {
                         return Ok(DoneReport::decode(p)?)
                     }
@@ -930,6 +980,7 @@ fn push_pages(
         });
         // Everything that serves the destination listens now: let it resume the guest.
         let go = match urgent_ch.lock() {
+            Ok(_) if plan.go_implied => Ok(()),
             Ok(mut ch) => ch.0.send(FrameType::Go, 0, &[]),
             Err(_) => Err(MigrateError::Config("lock poisoned".into())),
         };
@@ -946,7 +997,23 @@ fn push_pages(
         let (finished_tx, finished) = std::sync::mpsc::channel::<()>();
         let (requests, sent, stop, urgent_ch, pushed, push_bytes) =
             (&requests, &sent, &stop, &urgent_ch, &pushed, &push_bytes);
+        let go_implied = plan.go_implied;
+        let running_at = &running_at;
         let mut push_loop = move |idle: &mut priority::IdleWindow| -> Result<(), MigrateError> {
+            if go_implied {
+                // Without Go, pages pushed before the destination armed its fault tracking would
+                // land as plain pages and then be dropped as stale: wait for Running.
+                let q = requests
+                    .0
+                    .lock()
+                    .map_err(|_| MigrateError::Config("lock poisoned".into()))?;
+                let _q = requests
+                    .1
+                    .wait_while(q, |_| {
+                        running_at.get().is_none() && !stop.load(Ordering::SeqCst)
+                    })
+                    .map_err(|_| MigrateError::Config("lock poisoned".into()))?;
+            }
             loop {
                 idle.tick();
                 if stop.load(Ordering::SeqCst) {
@@ -1049,8 +1116,11 @@ fn push_pages(
         let (urgent_w, _) = &mut *ch;
         if let Err(e) = pushed_result.and(urgent_result.unwrap_or(Ok(()))) {
             urgent_w.stream().shutdown();
-            let _ = reader.join();
-            return Err(e);
+            // The destination's own word on why (its Abort) beats our failed send.
+            return Err(match reader.join() {
+                Ok(Err(aborted @ MigrateError::PeerAborted(_))) => aborted,
+                _ => e,
+            });
         }
         events(Event::Phase {
             phase: Phase::Verify,
@@ -1085,10 +1155,14 @@ fn push_pages(
     // Before the destination said it runs, nobody knows whether it does: the guest stays paused
     // here either way, and the error says which case this is.
     let Some(&running) = running_at.get() else {
-        return Err(MigrateError::OutcomeUnknown(match result {
-            Err(e) => e.to_string(),
-            Ok(()) => "the destination never said it runs the VM".into(),
-        }));
+        return Err(match result {
+            // The destination sends Running before any later Abort: it never ran the guest.
+            Err(aborted @ MigrateError::PeerAborted(_)) => aborted,
+            Err(e) => MigrateError::OutcomeUnknown(e.to_string()),
+            Ok(()) => {
+                MigrateError::OutcomeUnknown("the destination never said it runs the VM".into())
+            }
+        });
     };
     report.downtime_ms = running.duration_since(t_pause).as_secs_f64() * 1e3;
     report.throughput_mbps = copy_throughput(&report.rounds);

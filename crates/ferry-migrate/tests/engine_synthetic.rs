@@ -305,6 +305,53 @@ fn auto_falls_back_to_postcopy_when_precopy_stalls() {
     );
 }
 
+/// Over a long link, post-copy commits without Ready/Go (one round trip less of pause), and the
+/// guest arrives intact; over loopback it keeps the exchange.
+#[test]
+fn postcopy_over_a_long_link_commits_in_one_round_trip() {
+    let (l, addr) = listener();
+    let rx = spawn_receiver(l, script(100_000, PAGES));
+    let proxy = ferry_netlab::DelayProxy::new("127.0.0.1:0".parse().unwrap(), addr)
+        .delay(Duration::from_millis(3))
+        .start()
+        .unwrap();
+    let via = proxy.local_addr();
+    let mut src = SyntheticVm::new(PAGES, script(100_000, PAGES));
+    src.fill();
+    src.resume().unwrap();
+    let connect = || TcpStream::connect(via).map(Stream::Tcp);
+    let report = migrate_out(
+        &mut src,
+        &connect,
+        &opts(Strategy::Postcopy, 2),
+        &mut |_| {},
+    )
+    .unwrap();
+    let incoming = rx.join().unwrap().unwrap();
+    assert!(report.rtt_ms >= 6.0, "rtt {} ms", report.rtt_ms);
+    assert!(report.fast_commit, "a 6 ms round trip is a long link");
+    assert_eq!(report.digest_match, Some(true));
+    assert!(incoming.sink.is_running() && !src.is_running());
+    proxy.stop();
+
+    let (l, addr) = listener();
+    let rx = spawn_receiver(l, script(100_000, PAGES));
+    let mut src = SyntheticVm::new(PAGES, script(100_000, PAGES));
+    src.fill();
+    src.resume().unwrap();
+    let connect = || TcpStream::connect(addr).map(Stream::Tcp);
+    let report = migrate_out(
+        &mut src,
+        &connect,
+        &opts(Strategy::Postcopy, 2),
+        &mut |_| {},
+    )
+    .unwrap();
+    rx.join().unwrap().unwrap();
+    assert!(!report.fast_commit, "loopback keeps Ready/Go");
+    assert_eq!(report.digest_match, Some(true));
+}
+
 /// The source dies half way through post-copy: the destination keeps the VM, paused, and says so.
 #[test]
 fn postcopy_link_loss_keeps_the_vm_paused_on_the_destination() {

@@ -142,7 +142,9 @@ impl PostcopyRam {
             } {
                 Ok(_) => return Ok(()),
                 // Stopped at a present page: the pages before it went in.
-                Err(userfaultfd::Error::PartiallyCopied(c)) if c > 0 && c.is_multiple_of(PAGE_SIZE) => {
+                Err(userfaultfd::Error::PartiallyCopied(c))
+                    if c > 0 && c.is_multiple_of(PAGE_SIZE) =>
+                {
                     done += c
                 }
                 Err(userfaultfd::Error::CopyFailed(e)) if e as i32 == libc::EEXIST => {
