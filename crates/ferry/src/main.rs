@@ -47,6 +47,16 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The engine reports what it survived (a verification that did not complete, a fault it could
+    // not serve) as tracing warnings: print them on stderr. FERRY_LOG=debug shows more.
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .without_time()
+        .init();
     let result = match cli.command {
         Command::Demo(a) => cmd::demo::run(a),
         Command::Vm(c) => cmd::vm::run(c),
