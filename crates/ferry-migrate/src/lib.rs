@@ -10,6 +10,7 @@ pub mod channel;
 pub mod convergence;
 pub mod digest;
 mod error;
+pub mod heat;
 mod kvm;
 pub mod memory;
 pub mod postcopy;

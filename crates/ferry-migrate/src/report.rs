@@ -181,6 +181,10 @@ pub struct Report {
     pub postcopy_requests: u64,
     /// Time from the destination running to its last page arriving, in ms (post-copy).
     pub postcopy_ms: f64,
+    /// Page sends skipped in live rounds because the guest rewrote those pages every round (each
+    /// skip counted once per round; they went in a later round or the final one).
+    #[serde(default)]
+    pub held_back_pages: u64,
     /// Round-trip time of the link, measured by the handshake, in ms.
     #[serde(default)]
     pub rtt_ms: f64,

@@ -17,6 +17,7 @@ use ferry_wire::FrameType;
 use crate::channel::{split, FrameReader, FrameWriter, Stream};
 use crate::convergence::{decide, expected_postcopy_pause, ConvergenceConfig, Decision};
 use crate::digest::{digest_memory, hex};
+use crate::heat::PageHeat;
 use crate::memory::GuestMemory;
 use crate::postcopy::{self, next_push_batch};
 use crate::priority;
@@ -312,11 +313,26 @@ fn copy_phases<S: MigrationSource>(
             phase: Phase::LiveCopy,
         });
         let mut throttle = 0u8;
+        let mut heat = PageHeat::new(pages);
         loop {
             if opts.cancel.load(Ordering::SeqCst) {
                 return Err(MigrateError::Cancelled);
             }
-            let mut stats = send_round(mem, link, round, &dirty, false, report, events)?;
+            // Pages the guest rewrites every round wait for the final round (heat.rs).
+            let held = heat.hold_back().filter(|_| round > 0).map(|hot| {
+                let mut held = dirty.clone();
+                held.and(hot);
+                held
+            });
+            let to_send = match &held {
+                Some(h) => {
+                    let mut s = dirty.clone();
+                    s.and_not(h);
+                    s
+                }
+                None => dirty.clone(),
+            };
+            let mut stats = send_round(mem, link, round, &to_send, false, report, events)?;
             // Count the round as done when the destination has applied it: bandwidth is then
             // measured end to end, and no backlog sits in socket buffers when the guest pauses.
             let t_ack = Instant::now();
@@ -324,6 +340,11 @@ fn copy_phases<S: MigrationSource>(
             stats.seconds += t_ack.elapsed().as_secs_f64();
             dirty.clear();
             src.collect_dirty(&mut dirty)?;
+            heat.observe(&dirty);
+            if let Some(h) = &held {
+                report.held_back_pages += h.count();
+                dirty.or(h); // still owed
+            }
             stats.dirtied = dirty.count();
             report.rounds.push(stats.clone());
             events(Event::Round(stats));

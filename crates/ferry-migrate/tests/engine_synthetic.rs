@@ -112,6 +112,29 @@ fn precopy_over_three_channels() {
     run(Strategy::Precopy, 3, script(50_000, PAGES));
 }
 
+/// Pages rewritten every round are held back for the final round, and the guest still arrives intact.
+#[test]
+fn precopy_holds_back_pages_rewritten_every_round() {
+    // 100 pages rewritten at random a million times a second: every page, every round.
+    let s = script(1_000_000, 100);
+    let (l, addr) = listener();
+    let rx = spawn_receiver(l, s);
+    let mut src = SyntheticVm::new(PAGES, s);
+    src.fill();
+    src.resume().unwrap();
+    let connect = || TcpStream::connect(addr).map(Stream::Tcp);
+    let mut o = opts(Strategy::Precopy, 1);
+    // No pause is short enough: it runs its six rounds, then switches over.
+    o.max_rounds = 6;
+    o.downtime_target = Duration::from_nanos(1);
+    // Rounds of tens of ms, so every hot page is rewritten in each.
+    o.max_bandwidth = Arc::new(ferry_migrate::rate::RateLimit::new(8_000_000));
+    let report = migrate_out(&mut src, &connect, &o, &mut |_| {}).unwrap();
+    rx.join().unwrap().unwrap();
+    assert_eq!(report.digest_match, Some(true));
+    assert!(report.held_back_pages > 0, "{report:?}");
+}
+
 #[test]
 fn auto_converges_a_guest_that_dirties_faster_than_the_link() {
     run(Strategy::Auto, 2, script(2_000_000, PAGES));
