@@ -4,7 +4,7 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -12,7 +12,7 @@ use serde_json::Value;
 use crate::procs::Proc;
 use crate::scenario::FerrySettings;
 use crate::tap::{guest_gap, SerialTap};
-use crate::{BenchError, Outcome, RunCtx, RunResult};
+use crate::{BenchError, Outcome, RunCtx, RunResult, Side};
 
 /// Sends one request line to a ferry control socket; the final reply line.
 fn control(socket: &Path, req: &str) -> Result<Value, BenchError> {
@@ -42,20 +42,15 @@ pub fn run(ctx: &RunCtx, s: &FerrySettings) -> Result<RunResult, BenchError> {
         ctx.dir.join("ferry-dst.sock"),
     );
 
-    let mut cmd = Command::new(ctx.ferry);
+    let mut cmd = ctx.command(Side::Destination, ctx.ferry);
     // QEMU migrates in plaintext: compare like for like.
-    cmd.args([
-        "vm",
-        "receive",
-        "--listen",
-        "127.0.0.1:0",
-        "--once",
-        "--insecure",
-    ])
-    .arg("--control")
-    .arg(&dst_sock)
-    .arg("--serial")
-    .arg(dst_tap.path());
+    cmd.args(["vm", "receive", "--listen"])
+        .arg(format!("{}:0", ctx.listen_host()))
+        .args(["--once", "--insecure"])
+        .arg("--control")
+        .arg(&dst_sock)
+        .arg("--serial")
+        .arg(dst_tap.path());
     let mut dst = Proc::spawn("ferry-destination", ctx.dir, cmd, Stdio::piped())?;
     let mut first = String::new();
     let out = dst.child.stdout.take();
@@ -71,9 +66,10 @@ pub fn run(ctx: &RunCtx, s: &FerrySettings) -> Result<RunResult, BenchError> {
             )))
         }
     };
-    let to = ctx.route(&listen)?;
+    // Kept until the end of the run: on the network lab it holds the delay proxy.
+    let route = ctx.route(&listen)?;
 
-    let mut cmd = Command::new(ctx.ferry);
+    let mut cmd = ctx.command(Side::Source, ctx.ferry);
     cmd.args(["vm", "run", "--insecure", "--vcpus", "1", "--kernel"])
         .arg(ctx.image)
         .args(["--memory", &ctx.guest.memory.to_string(), "--control"])
@@ -114,13 +110,15 @@ pub fn run(ctx: &RunCtx, s: &FerrySettings) -> Result<RunResult, BenchError> {
 
     let (src_cpu0, dst_cpu0) = (src.cpu_ms(), dst.cpu_ms());
     let t0 = Instant::now();
-    let mut cmd = Command::new(ctx.ferry);
+    let mut cmd = ctx.command(Side::Source, ctx.ferry);
     cmd.args(["migrate", "--json", "--vm"])
         .arg(&src_sock)
-        .args(["--to", &to, "--strategy", &s.strategy])
-        .args(["--downtime", &s.downtime_ms.to_string()])
-        .args(["--channels", &s.channels.to_string()])
-        .args(["--compression", &s.compression])
+        .args(["--to", &route.addr, "--strategy", &s.strategy])
+        .args(["--downtime", &s.downtime_ms.to_string()]);
+    if let Some(n) = s.channels {
+        cmd.args(["--channels", &n.to_string()]);
+    }
+    cmd.args(["--compression", &s.compression])
         .args(["--max-rounds", &s.max_rounds.to_string()]);
     let mut client = Proc::spawn("ferry-migrate", ctx.dir, cmd, Stdio::piped())?;
     let mut stdout = client.child.stdout.take();
@@ -165,10 +163,12 @@ pub fn run(ctx: &RunCtx, s: &FerrySettings) -> Result<RunResult, BenchError> {
             r.engine_downtime_ms = rep["downtime_ms"].as_f64();
             r.wire_bytes = rep["bytes_sent"].as_u64();
             let rounds = rep["rounds"].as_array().map_or(0, |a| a.len());
-            r.notes.push(format!(
-                "used {}, {rounds} rounds",
-                rep["strategy_used"].as_str().unwrap_or("?")
-            ));
+            let used = rep["strategy_used"].as_str().unwrap_or("?");
+            r.notes.push(format!("used {used}, {rounds} rounds"));
+            // Post-copy's rounds are not a bulk copy.
+            if let Some(m) = round0_mbit(rep).filter(|_| used != "postcopy") {
+                r.notes.push(format!("round 0 at {m:.0} Mbit/s"));
+            }
             if let Some(t) = rep["max_throttle"].as_u64().filter(|&t| t > 0) {
                 r.notes.push(format!("throttle {t}%"));
             }
@@ -194,6 +194,27 @@ pub fn run(ctx: &RunCtx, s: &FerrySettings) -> Result<RunResult, BenchError> {
     if let Some(g) = guest_gap(&sb, &db, t0, end) {
         r.guest_gap_ms = Some(g.max_gap.as_secs_f64() * 1e3);
         r.sequence_continues = Some(g.sequence_continues);
+        r.notes.push(g.note());
     }
     Ok(r)
+}
+
+/// Throughput of the first pre-copy round (the bulk copy), Mbit/s, from `ferry migrate --json`.
+fn round0_mbit(report: &Value) -> Option<f64> {
+    let r0 = report["rounds"].as_array()?.first()?;
+    let (bytes, secs) = (r0["bytes"].as_f64()?, r0["seconds"].as_f64()?);
+    (secs > 0.0).then(|| bytes * 8.0 / secs / 1e6)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    #[test]
+    fn round0_throughput() {
+        let rep = json!({"rounds": [{"round": 0, "bytes": 125_000_000u64, "seconds": 1.0}, {"round": 1, "bytes": 1, "seconds": 0.1}]});
+        assert_eq!(super::round0_mbit(&rep), Some(1000.0));
+        assert_eq!(super::round0_mbit(&json!({"rounds": []})), None);
+        assert_eq!(super::round0_mbit(&json!({})), None);
+    }
 }

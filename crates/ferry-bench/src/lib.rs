@@ -2,7 +2,9 @@
 //! same machine, measured the same way, reported as ratios ferry/QEMU.
 //!
 //! For every run both engines get the same guest image (from `ferry-guest`), one vCPU, a destination
-//! that is not pre-faulted, and loopback TCP. Measured for each:
+//! that is not pre-faulted, and loopback TCP, or for a scenario that asks for it a shaped link of the
+//! network lab ([`netlab`]: source and destination in two network namespaces, the migration stream
+//! through a delay proxy and a `tc tbf` veth). Measured for each:
 //! - total migration time and downtime as the engine reports them (ferry: `total_ms`, `downtime_ms`
 //!   of `ferry migrate --json`; QEMU: `query-migrate` `total-time`, `downtime`);
 //! - guest-observed downtime: the largest gap between the guest's 1 ms COM1 heartbeats, source and
@@ -18,12 +20,14 @@
 #![warn(missing_docs)]
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
 pub mod ferry;
+pub mod netlab;
 pub mod plot;
 pub mod procs;
 pub mod qemu;
@@ -31,8 +35,9 @@ pub mod report;
 pub mod scenario;
 pub mod tap;
 
+pub use netlab::LabNetwork;
 pub use report::{markdown_section, render_table};
-pub use scenario::{Engine, Method, Scenario, Variant};
+pub use scenario::{Engine, LabSpec, Method, Scenario, Variant};
 
 /// Errors of the harness (a migration that fails or does not converge is a result, not an error).
 #[derive(Debug, thiserror::Error)]
@@ -160,20 +165,80 @@ pub struct ScenarioResult {
     pub guest: String,
     /// Why it was not run.
     pub skipped: Option<String>,
+    /// The network between the two sides, described (None: loopback).
+    pub network: Option<String>,
     /// Index of the ferry variant that QEMU rows are compared with.
     pub reference: usize,
     /// Per variant.
     pub variants: Vec<VariantResult>,
 }
 
-/// A network between source and destination other than plain loopback: the hook for the network
-/// lab (scenario f). The destination always listens on loopback; `route` gives the address the
-/// source must send to so that the traffic crosses the shaped path (e.g. a proxy or a namespace).
+/// Which end of a migration a process belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    /// The source: `ferry vm run` and `ferry migrate`, the source QEMU.
+    Source,
+    /// The destination: `ferry vm receive`, the `-incoming` QEMU.
+    Destination,
+}
+
+/// The address the source sends to, and whatever must stay alive while it is used (e.g. a proxy):
+/// keep the `Route` until the migration is over.
+pub struct Route {
+    /// host:port for the source (`ferry migrate --to`, QEMU `migrate tcp:...`).
+    pub addr: String,
+    _keep: Option<Box<dyn Send>>,
+}
+
+impl Route {
+    /// A route that is just an address.
+    pub fn direct(addr: impl Into<String>) -> Route {
+        Route {
+            addr: addr.into(),
+            _keep: None,
+        }
+    }
+
+    /// A route through something (a proxy) that works only while `keep` lives.
+    pub fn through(addr: impl Into<String>, keep: impl Send + 'static) -> Route {
+        Route {
+            addr: addr.into(),
+            _keep: Some(Box::new(keep)),
+        }
+    }
+}
+
+/// A network between source and destination other than plain loopback (scenario f runs on the
+/// network lab, [`LabNetwork`]). Processes of each side start behind [`Network::prefix`] (e.g.
+/// `ip netns exec NS`), the destination listens on [`Network::listen_host`], and the source sends to
+/// [`Network::route`] of that address so that the traffic crosses the shaped path. Control sockets,
+/// QMP sockets and the serial FIFOs are files, so the harness reaches them from anywhere.
 pub trait Network: Send + Sync {
     /// Name for reports.
     fn name(&self) -> String;
-    /// The address the source sends to, given where the destination listens (host:port).
-    fn route(&self, listen: &str) -> Result<String, BenchError>;
+    /// Program and arguments to run a command of `side` under (empty: run it as it is).
+    fn prefix(&self, side: Side) -> Vec<String> {
+        let _ = side;
+        vec![]
+    }
+    /// The host (IP address) the destination listens on.
+    fn listen_host(&self) -> String {
+        "127.0.0.1".into()
+    }
+    /// The route the source sends to, given where the destination listens (host:port).
+    fn route(&self, listen: &str) -> Result<Route, BenchError>;
+}
+
+/// `program` run under `prefix` (as `prefix[0] prefix[1..] program`), or as it is.
+pub fn prefixed_command(prefix: &[String], program: impl AsRef<std::ffi::OsStr>) -> Command {
+    match prefix.split_first() {
+        None => Command::new(program),
+        Some((first, rest)) => {
+            let mut c = Command::new(first);
+            c.args(rest).arg(program);
+            c
+        }
+    }
 }
 
 /// What to run.
@@ -191,8 +256,11 @@ pub struct SuiteConfig {
     pub boot_timeout: Duration,
     /// Working directory (images, FIFOs, logs); created if missing.
     pub work_dir: PathBuf,
-    /// Network between the two sides (None: loopback).
+    /// Network between the two sides for every scenario (None: loopback, except that a scenario
+    /// with a [`LabSpec`] gets a network lab of its own, named `lab_name`, for its runs).
     pub network: Option<Arc<dyn Network>>,
+    /// Name (namespace prefix) of the network lab brought up for scenarios that need one.
+    pub lab_name: String,
     /// Print progress to stderr.
     pub progress: bool,
 }
@@ -208,6 +276,7 @@ impl SuiteConfig {
             boot_timeout: Duration::from_secs(120),
             work_dir: std::env::temp_dir().join(format!("ferry-bench-{}", std::process::id())),
             network: None,
+            lab_name: netlab::LAB_NAME.into(),
             progress: true,
         }
     }
@@ -234,10 +303,23 @@ pub struct RunCtx<'a> {
 }
 
 impl RunCtx<'_> {
-    fn route(&self, listen: &str) -> Result<String, BenchError> {
+    /// A command running `program` on `side` (inside its namespace on the network lab).
+    fn command(&self, side: Side, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let prefix = self.network.map(|n| n.prefix(side)).unwrap_or_default();
+        prefixed_command(&prefix, program)
+    }
+
+    /// The host the destination listens on.
+    fn listen_host(&self) -> String {
+        self.network
+            .map_or_else(|| "127.0.0.1".to_string(), |n| n.listen_host())
+    }
+
+    /// Where the source sends to reach `listen`; keep the route for the migration.
+    fn route(&self, listen: &str) -> Result<Route, BenchError> {
         match self.network {
             Some(n) => n.route(listen),
-            None => Ok(listen.to_string()),
+            None => Ok(Route::direct(listen)),
         }
     }
 }
@@ -323,6 +405,7 @@ pub fn run_suite(cfg: &SuiteConfig) -> Result<Vec<ScenarioResult>, BenchError> {
             title: sc.title.clone(),
             guest: sc.guest.describe(),
             skipped: sc.skip.clone(),
+            network: None,
             reference: sc.reference,
             variants: sc
                 .variants
@@ -339,6 +422,27 @@ pub fn run_suite(cfg: &SuiteConfig) -> Result<Vec<ScenarioResult>, BenchError> {
             out.push(res);
             continue;
         }
+        // A scenario that asks for the network lab gets one for its runs (unless the caller gave a
+        // network for all); dropping `lab` tears it down, also when a run fails or panics.
+        let lab = match (&cfg.network, &sc.lab) {
+            (None, Some(spec)) => {
+                if cfg.progress {
+                    eprintln!(
+                        "[{}] network lab `{}`: {}",
+                        sc.id,
+                        cfg.lab_name,
+                        spec.describe()
+                    );
+                }
+                Some(LabNetwork::up(&cfg.lab_name, spec)?)
+            }
+            _ => None,
+        };
+        let network: Option<&dyn Network> = match &lab {
+            Some(l) => Some(l),
+            None => cfg.network.as_deref(),
+        };
+        res.network = network.map(|n| n.name());
         let dir = cfg.work_dir.join(format!("scenario-{}", sc.id));
         std::fs::create_dir_all(&dir)
             .map_err(|e| BenchError::io(format!("cannot create {}", dir.display()), e))?;
@@ -355,7 +459,7 @@ pub fn run_suite(cfg: &SuiteConfig) -> Result<Vec<ScenarioResult>, BenchError> {
             timeout: cfg.timeout,
             boot_timeout: cfg.boot_timeout,
             warmup: Duration::from_secs_f64(sc.warmup_s),
-            network: cfg.network.as_deref(),
+            network,
         };
         // Repetitions outermost: engines alternate, so slow drift of the machine hits both.
         for rep in 0..cfg.repeat {
@@ -379,6 +483,9 @@ pub fn run_suite(cfg: &SuiteConfig) -> Result<Vec<ScenarioResult>, BenchError> {
             }
         }
         let _ = std::fs::remove_file(&image);
+        if let Some(l) = lab {
+            l.down()?;
+        }
         out.push(res);
     }
     Ok(out)

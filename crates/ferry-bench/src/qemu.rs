@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use crate::procs::{free_port, Proc};
 use crate::scenario::QemuSettings;
 use crate::tap::{guest_gap, SerialTap};
-use crate::{BenchError, Outcome, RunCtx, RunResult};
+use crate::{BenchError, Outcome, RunCtx, RunResult, Side};
 
 /// The QEMU binary.
 pub const QEMU: &str = "qemu-system-x86_64";
@@ -113,7 +113,12 @@ fn spawn(
     serial: &Path,
     incoming: bool,
 ) -> Result<Proc, BenchError> {
-    let mut cmd = Command::new(QEMU);
+    let side = if incoming {
+        Side::Destination
+    } else {
+        Side::Source
+    };
+    let mut cmd = ctx.command(side, QEMU);
     cmd.args(["-accel", "kvm", "-smp", "1", "-m"])
         .arg(format!("{}M", ctx.guest.memory >> 20))
         .arg("-kernel")
@@ -196,11 +201,13 @@ pub fn run(ctx: &RunCtx, s: &QemuSettings) -> Result<RunResult, BenchError> {
     let port = free_port()?;
     dq.exec("migrate-set-capabilities", Some(capabilities(s, false)))?;
     dq.exec("migrate-set-parameters", Some(parameters(s, false)))?;
+    let listen = format!("{}:{port}", ctx.listen_host());
     dq.exec(
         "migrate-incoming",
-        Some(json!({ "uri": format!("tcp:127.0.0.1:{port}") })),
+        Some(json!({ "uri": format!("tcp:{listen}") })),
     )?;
-    let to = ctx.route(&format!("127.0.0.1:{port}"))?;
+    // Kept until the end of the run: on the network lab it holds the delay proxy.
+    let route = ctx.route(&listen)?;
     sq.exec("migrate-set-capabilities", Some(capabilities(s, true)))?;
     sq.exec("migrate-set-parameters", Some(parameters(s, true)))?;
     let iterations = || -> Option<(Instant, u64)> {
@@ -216,15 +223,23 @@ pub fn run(ctx: &RunCtx, s: &QemuSettings) -> Result<RunResult, BenchError> {
 
     let (src_cpu0, dst_cpu0) = (src.cpu_ms(), dst.cpu_ms());
     let t0 = Instant::now();
-    sq.exec("migrate", Some(json!({ "uri": format!("tcp:{to}") })))?;
+    sq.exec(
+        "migrate",
+        Some(json!({ "uri": format!("tcp:{}", route.addr) })),
+    )?;
     let mut postcopy_started = false;
     let mut cancelled_at: Option<Instant> = None;
     let mut r = RunResult::new(Outcome::Completed);
     r.guest_writes_per_s = rate;
     let mut postcopy_seen: Option<Instant> = None;
+    // A cancelled migration reports no RAM counters: keep the last ones seen.
+    let mut last_ram = Value::Null;
     let last = loop {
         let v = sq.exec("query-migrate", None)?;
         let status = v["status"].as_str().unwrap_or("").to_string();
+        if v["ram"].is_object() {
+            last_ram = v["ram"].clone();
+        }
         match status.as_str() {
             "completed" => break v,
             "failed" => {
@@ -263,7 +278,7 @@ pub fn run(ctx: &RunCtx, s: &QemuSettings) -> Result<RunResult, BenchError> {
     let (src_cpu1, dst_cpu1) = (src.cpu_ms(), dst.cpu_ms());
     r.source_cpu_ms = src_cpu1.zip(src_cpu0).map(|(a, b)| a - b);
     r.destination_cpu_ms = dst_cpu1.zip(dst_cpu0).map(|(a, b)| a - b);
-    let ram = &last["ram"];
+    let ram = &last_ram;
     r.wire_bytes = ram["transferred"].as_u64();
     match r.outcome {
         Outcome::Completed => {
@@ -276,6 +291,13 @@ pub fn run(ctx: &RunCtx, s: &QemuSettings) -> Result<RunResult, BenchError> {
         "{} dirty syncs",
         ram["dirty-sync-count"].as_u64().unwrap_or(0)
     ));
+    // On completion QEMU reports the average over the whole migration, before that the last rate.
+    if let Some(m) = ram["mbps"].as_f64().filter(|&m| m > 0.0) {
+        r.notes.push(match r.outcome {
+            Outcome::Completed => format!("average {m:.0} Mbit/s"),
+            _ => format!("{m:.0} Mbit/s at the end"),
+        });
+    }
     if s.postcopy {
         r.notes.push(match postcopy_seen {
             Some(t) => format!("post-copy from {:.0} ms", (t - t0).as_secs_f64() * 1e3),
@@ -315,6 +337,7 @@ pub fn run(ctx: &RunCtx, s: &QemuSettings) -> Result<RunResult, BenchError> {
     if let Some(g) = guest_gap(&sb, &db, t0, end) {
         r.guest_gap_ms = Some(g.max_gap.as_secs_f64() * 1e3);
         r.sequence_continues = Some(g.sequence_continues);
+        r.notes.push(g.note());
     }
     Ok(r)
 }

@@ -131,6 +131,9 @@ pub fn render_table(results: &[ScenarioResult]) -> String {
     for sc in results {
         let _ = writeln!(s, "### ({}) {}\n", sc.id, sc.title);
         let _ = writeln!(s, "Guest: {}.\n", sc.guest);
+        if let Some(n) = &sc.network {
+            let _ = writeln!(s, "Link: {n}.\n");
+        }
         if let Some(why) = &sc.skipped {
             let _ = writeln!(s, "Not run: {why}.\n");
             continue;
@@ -223,7 +226,7 @@ pub fn markdown_section(
     let _ = writeln!(
         s,
         "Measured {} with `{command}` ({} run(s) per row, pre-copy timeout {} s), {qemu_version} (`-accel kvm`), \
-         on {cores} cores of a {} (nested KVM), loopback TCP.\n",
+         on {cores} cores of a {} (nested KVM), loopback TCP unless the scenario names a link.\n",
         today(),
         cfg.repeat,
         cfg.timeout.as_secs(),

@@ -92,8 +92,9 @@ pub struct FerrySettings {
     pub strategy: String,
     /// --downtime (ms)
     pub downtime_ms: u64,
-    /// --channels
-    pub channels: u16,
+    /// --channels (None: `ferry migrate`'s default for the strategy: 2 for those that may end in
+    /// post-copy, so requested pages get a connection of their own; 1 otherwise)
+    pub channels: Option<u16>,
     /// --compression
     pub compression: String,
     /// --max-rounds
@@ -106,7 +107,7 @@ impl Default for FerrySettings {
         FerrySettings {
             strategy: "auto".into(),
             downtime_ms: 10,
-            channels: 1,
+            channels: None,
             compression: "adaptive".into(),
             max_rounds: 30,
         }
@@ -122,10 +123,21 @@ impl FerrySettings {
         }
     }
 
+    /// Channels `ferry migrate` uses with these settings.
+    pub fn channel_count(&self) -> u16 {
+        self.channels.unwrap_or(match self.strategy.as_str() {
+            "postcopy" | "hybrid" | "auto" => 2,
+            _ => 1,
+        })
+    }
+
     fn describe(&self) -> String {
         format!(
             "{}, downtime {} ms, {} ch, {}",
-            self.strategy, self.downtime_ms, self.channels, self.compression
+            self.strategy,
+            self.downtime_ms,
+            self.channel_count(),
+            self.compression
         )
     }
 }
@@ -260,6 +272,53 @@ impl Variant {
     }
 }
 
+/// A link of the network lab between source and destination.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct LabSpec {
+    /// `tc tbf` rate of the link, both directions, bit/s.
+    pub rate_bit: u64,
+    /// Delay the proxy adds in each direction, ms (the round trip is twice this).
+    pub one_way_delay_ms: u64,
+    /// Bytes the proxy holds per direction and connection. It needs rate x delay to fill the link;
+    /// what it holds beyond that is a queue in front of the link, which whatever is sent last (the
+    /// switch-over's pages, a post-copy page the guest waits for) has to wait behind. The proxy's
+    /// own default, 16 MiB, is 130 ms of queue at 1 Gbit/s: a loaded "20 ms" link then has a
+    /// 150 ms round trip, so [`LabSpec::new`] gives it 4 x rate x delay (the least NETLAB.md
+    /// recommends for a full link: 5 MB at 1 Gbit/s and 10 ms, about 30 ms of queue).
+    pub proxy_buffer: usize,
+}
+
+impl LabSpec {
+    /// A link of `rate_bit` with `one_way_delay_ms` each way and a proxy buffer of 4 x rate x
+    /// delay (at least 1 MiB).
+    pub fn new(rate_bit: u64, one_way_delay_ms: u64) -> LabSpec {
+        let bdp = rate_bit / 8 * one_way_delay_ms / 1000;
+        LabSpec {
+            rate_bit,
+            one_way_delay_ms,
+            proxy_buffer: (4 * bdp).max(MIB) as usize,
+        }
+    }
+
+    /// 1 Gbit/s, 20 ms round trip.
+    pub fn gbit_20ms() -> LabSpec {
+        LabSpec::new(1_000_000_000, 10)
+    }
+
+    /// "1 Gbit/s, 20 ms RTT".
+    pub fn describe(&self) -> String {
+        let r = self.rate_bit;
+        let rate = if r >= 1_000_000_000 && r % 1_000_000_000 == 0 {
+            format!("{} Gbit/s", r / 1_000_000_000)
+        } else if r >= 1_000_000 && r % 1_000_000 == 0 {
+            format!("{} Mbit/s", r / 1_000_000)
+        } else {
+            format!("{r} bit/s")
+        };
+        format!("{rate}, {} ms RTT", 2 * self.one_way_delay_ms)
+    }
+}
+
 /// A guest and the variants that migrate it.
 #[derive(Clone, Debug, Serialize)]
 pub struct Scenario {
@@ -275,8 +334,10 @@ pub struct Scenario {
     pub variants: Vec<Variant>,
     /// Index of the ferry variant the QEMU rows are compared with.
     pub reference: usize,
-    /// Why the scenario is not run here (e.g. it needs the network lab).
+    /// Why the scenario is not run here.
     pub skip: Option<String>,
+    /// Run on this link of the network lab instead of loopback.
+    pub lab: Option<LabSpec>,
 }
 
 /// All scenarios of issue 7, in order.
@@ -306,6 +367,7 @@ pub fn all() -> Vec<Scenario> {
             ],
             reference: 0,
             skip: None,
+            lab: None,
         },
         Scenario {
             id: "b".into(),
@@ -318,6 +380,7 @@ pub fn all() -> Vec<Scenario> {
             ],
             reference: 0,
             skip: None,
+            lab: None,
         },
         Scenario {
             id: "c".into(),
@@ -356,6 +419,7 @@ pub fn all() -> Vec<Scenario> {
             ],
             reference: 0,
             skip: None,
+            lab: None,
         },
         Scenario {
             id: "d".into(),
@@ -381,6 +445,7 @@ pub fn all() -> Vec<Scenario> {
             ],
             reference: 0,
             skip: None,
+            lab: None,
         },
         Scenario {
             id: "d-zero".into(),
@@ -399,6 +464,7 @@ pub fn all() -> Vec<Scenario> {
             ],
             reference: 0,
             skip: None,
+            lab: None,
         },
         Scenario {
             id: "e".into(),
@@ -416,18 +482,24 @@ pub fn all() -> Vec<Scenario> {
             ],
             reference: 0,
             skip: None,
+            lab: None,
         },
         Scenario {
             id: "f".into(),
-            title: "network lab (bandwidth, latency, loss)".into(),
+            title: "a 1 Gbit/s, 20 ms RTT link from the network lab".into(),
             guest: GuestSpec::busy(GIB, 256 * MIB),
             warmup_s: 1.0,
-            variants: vec![],
+            variants: vec![
+                ferry_auto(),
+                ferry_precopy(),
+                ferry_postcopy(),
+                // Unlimited: the link is the limit.
+                Variant::qemu("QEMU precopy", QemuSettings::unlimited()),
+                Variant::qemu("QEMU postcopy", postcopy()),
+            ],
             reference: 0,
-            skip: Some(
-                "needs the network lab (being built separately); plug it in through SuiteConfig::network"
-                    .into(),
-            ),
+            skip: None,
+            lab: Some(LabSpec::gbit_20ms()),
         },
     ]
 }
@@ -446,6 +518,7 @@ pub fn smoke() -> Scenario {
         ],
         reference: 0,
         skip: None,
+        lab: None,
     }
 }
 

@@ -136,6 +136,46 @@ pub struct GuestGap {
     pub sequence_continues: bool,
     /// Heartbeats in the window.
     pub heartbeats: usize,
+    /// Where the largest gap was: from `from` to the heartbeat that ended it.
+    pub largest_ends_after: Duration,
+    /// Which hosts wrote the heartbeats before and after the largest gap.
+    pub largest_between: GapSides,
+}
+
+/// The hosts on either side of a gap.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GapSides {
+    /// Both heartbeats from the source (a pause while the guest still ran there).
+    Source,
+    /// The last one on the source, the next one on the destination: the switch-over.
+    SwitchOver,
+    /// Both on the destination (e.g. post-copy page faults).
+    Destination,
+    /// From the destination back to the source (cannot happen in a migration; clock skew).
+    Back,
+}
+
+impl GapSides {
+    /// "on the source", "at the switch-over", ...
+    pub fn describe(self) -> &'static str {
+        match self {
+            GapSides::Source => "on the source",
+            GapSides::SwitchOver => "at the switch-over",
+            GapSides::Destination => "on the destination",
+            GapSides::Back => "destination to source",
+        }
+    }
+}
+
+impl GuestGap {
+    /// A note for tables: "largest gap at the switch-over, 2.31 s in".
+    pub fn note(&self) -> String {
+        format!(
+            "largest gap {}, {:.2} s in",
+            self.largest_between.describe(),
+            self.largest_ends_after.as_secs_f64()
+        )
+    }
 }
 
 /// Merges the heartbeats of the source and the destination and measures the largest gap between
@@ -146,34 +186,45 @@ pub fn guest_gap(
     from: Instant,
     to: Instant,
 ) -> Option<GuestGap> {
-    let mut hb: Vec<Stamped> = source
+    // (time, byte, written by the destination)
+    let mut hb: Vec<(Instant, u8, bool)> = source
         .iter()
-        .chain(destination.iter())
-        .copied()
-        .filter(|&(_, c)| ferry_guest::is_heartbeat(c))
+        .map(|&(t, c)| (t, c, false))
+        .chain(destination.iter().map(|&(t, c)| (t, c, true)))
+        .filter(|&(_, c, _)| ferry_guest::is_heartbeat(c))
         .collect();
     // Stable: at equal times the source's bytes stay first.
-    hb.sort_by_key(|&(t, _)| t);
-    let start = hb.iter().rposition(|&(t, _)| t < from).unwrap_or(0);
-    let end = hb.iter().rposition(|&(t, _)| t <= to)?;
+    hb.sort_by_key(|&(t, _, _)| t);
+    let start = hb.iter().rposition(|&(t, _, _)| t < from).unwrap_or(0);
+    let end = hb.iter().rposition(|&(t, _, _)| t <= to)?;
     if end <= start {
         return None;
     }
     let w = &hb[start..=end];
     let mut max_gap = Duration::ZERO;
+    let mut largest = (w[0].0, GapSides::Source);
     let mut continues = true;
     for pair in w.windows(2) {
-        max_gap = max_gap.max(pair[1].0 - pair[0].0);
-        let (a, b) = (
-            ferry_guest::heartbeat_seq(pair[0].1),
-            ferry_guest::heartbeat_seq(pair[1].1),
-        );
+        let ((ta, a, a_dst), (tb, b, b_dst)) = (pair[0], pair[1]);
+        if tb - ta > max_gap {
+            max_gap = tb - ta;
+            let sides = match (a_dst, b_dst) {
+                (false, false) => GapSides::Source,
+                (false, true) => GapSides::SwitchOver,
+                (true, true) => GapSides::Destination,
+                (true, false) => GapSides::Back,
+            };
+            largest = (tb, sides);
+        }
+        let (a, b) = (ferry_guest::heartbeat_seq(a), ferry_guest::heartbeat_seq(b));
         continues &= b == (a + 1) & 0x7f;
     }
     Some(GuestGap {
         max_gap,
         sequence_continues: continues,
         heartbeats: w.len(),
+        largest_ends_after: largest.0.saturating_duration_since(from),
+        largest_between: largest.1,
     })
 }
 
@@ -190,8 +241,27 @@ mod tests {
         let g = guest_gap(&src, &dst, ms(5), ms(100)).unwrap();
         assert_eq!(g.max_gap, Duration::from_millis(41));
         assert!(g.sequence_continues);
+        assert_eq!(g.largest_between, GapSides::SwitchOver);
+        assert_eq!(g.largest_ends_after, Duration::from_millis(45));
+        assert_eq!(g.note(), "largest gap at the switch-over, 0.04 s in");
         let g = guest_gap(&src[..8], &dst, ms(5), ms(100)).unwrap();
         assert!(!g.sequence_continues);
+    }
+
+    #[test]
+    fn gap_located_on_one_side() {
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let src: Vec<Stamped> = (0..4).map(|i| (ms(i), 0x80 | i as u8)).collect();
+        // The destination's guest stalls (post-copy faults) 60 ms after resuming 2 ms later.
+        let dst = vec![(ms(5), 0x84), (ms(6), 0x85), (ms(66), 0x86)];
+        let g = guest_gap(&src, &dst, ms(0), ms(100)).unwrap();
+        assert_eq!(g.max_gap, Duration::from_millis(60));
+        assert_eq!(g.largest_between, GapSides::Destination);
+        assert_eq!(g.largest_ends_after, Duration::from_millis(66));
+        // Only the source: a pause during pre-copy.
+        let g = guest_gap(&[(ms(0), 0x80), (ms(30), 0x81)], &[], ms(0), ms(30)).unwrap();
+        assert_eq!(g.largest_between, GapSides::Source);
     }
 
     #[test]
