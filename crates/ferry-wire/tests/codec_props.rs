@@ -3,8 +3,8 @@
 //! touching the store.
 
 use ferry_wire::codec::{
-    max_payload_len, BatchDecoder, BatchEncoder, CodecError, Compression, CompressionUsed,
-    EncoderConfig, PageRef, PageStore, MAX_BATCH_PAGES, PAGE_SIZE,
+    max_payload_len, AdaptiveDecision, AdaptivePolicy, BatchDecoder, BatchEncoder, CodecError,
+    Compression, CompressionUsed, EncoderConfig, PageRef, PageStore, MAX_BATCH_PAGES, PAGE_SIZE,
 };
 use proptest::prelude::*;
 
@@ -115,6 +115,15 @@ fn batch() -> impl Strategy<Value = Vec<(u64, Content)>> {
     prop::collection::vec((0..GUEST_PAGES, content()), 0..24)
 }
 
+/// A batch whose gfns strictly increase (as the engine sends them).
+fn increasing_batch() -> impl Strategy<Value = Vec<(u64, Content)>> {
+    batch().prop_map(|mut v| {
+        v.sort_by_key(|(gfn, _)| *gfn);
+        v.dedup_by_key(|(gfn, _)| *gfn);
+        v
+    })
+}
+
 fn all_configs() -> Vec<EncoderConfig> {
     let mut v = Vec::new();
     for zero_pages in [false, true] {
@@ -207,6 +216,51 @@ proptest! {
             let mut expect = dst.clone();
             send(&mut enc, &mut dec, &pages, &mut dst, &mut expect);
             prop_assert_eq!(&dst, &expect, "config {:?}", cfg);
+        }
+    }
+
+    /// Batches whose gfns increase may travel reordered (random-looking pages last) when
+    /// compressed: they still decode to the same memory, dups of moved pages included.
+    #[test]
+    fn reordered_batches_round_trip(contents in increasing_batch(), xbzrle in any::<bool>()) {
+        let pages = build(&contents);
+        for compression in [Compression::Lz4, Compression::Zstd { level: 1 }, Compression::Zstd { level: -5 }] {
+            let cfg = EncoderConfig {
+                compression,
+                xbzrle_cache_bytes: if xbzrle { 8 * PAGE_SIZE } else { 0 },
+                ..EncoderConfig::default()
+            };
+            let mut enc = BatchEncoder::new(cfg);
+            let mut dec = BatchDecoder::new();
+            let mut dst = MemStore::new(GUEST_PAGES as usize);
+            let mut expect = dst.clone();
+            // Twice, so the second batch can use xbzrle against the first.
+            for _ in 0..2 {
+                send(&mut enc, &mut dec, &pages, &mut dst, &mut expect);
+                prop_assert_eq!(&dst, &expect, "{:?}", compression);
+            }
+        }
+    }
+
+    /// Adaptive over a link slow enough for any shrink to pay: batches go through lz4 probes,
+    /// zstd probes and zstd, and every payload decodes to the pages.
+    #[test]
+    fn adaptive_round_trips_through_every_codec_choice(
+        batches in prop::collection::vec(batch(), 1..6),
+        xbzrle in any::<bool>(),
+    ) {
+        let cfg = EncoderConfig {
+            compression: Compression::Adaptive,
+            xbzrle_cache_bytes: if xbzrle { 8 * PAGE_SIZE } else { 0 },
+            ..EncoderConfig::default()
+        };
+        let mut enc = BatchEncoder::new(cfg).with_adaptive_policy(slow_link());
+        let mut dec = BatchDecoder::new();
+        let mut dst = MemStore::new(GUEST_PAGES as usize);
+        let mut expect = dst.clone();
+        for contents in &batches {
+            send(&mut enc, &mut dec, &build(contents), &mut dst, &mut expect);
+            prop_assert_eq!(&dst, &expect);
         }
     }
 
@@ -555,4 +609,115 @@ fn a_full_batch_of_scattered_gfns_round_trips_within_the_bound() {
             assert_eq!(dst.page(p.gfn), p.data);
         }
     }
+}
+
+/// An adaptive policy for a 10 MB/s link that it does not measure, timing even small batches.
+fn slow_link() -> AdaptivePolicy {
+    AdaptivePolicy {
+        link_bytes_per_sec: 10e6,
+        measure_link: false,
+        min_sample_bytes: 0,
+        ..AdaptivePolicy::default()
+    }
+}
+
+/// `n` pages of the given content at gfns `0..n`.
+fn uniform(n: usize, content: impl Fn(u64) -> Content) -> Vec<(u64, Vec<u8>)> {
+    build(&(0..n as u64).map(|g| (g, content(g))).collect::<Vec<_>>())
+}
+
+#[test]
+fn adaptive_picks_zstd_for_text_and_nothing_for_random() {
+    let cfg = EncoderConfig {
+        compression: Compression::Adaptive,
+        ..EncoderConfig::default()
+    };
+    let text = uniform(GUEST_PAGES as usize, |g| Content::Text(g + 1));
+    let random = uniform(GUEST_PAGES as usize, |g| Content::Random(g + 1));
+    let mut dst = MemStore::new(GUEST_PAGES as usize);
+    let mut expect = dst.clone();
+    let mut dec = BatchDecoder::new();
+
+    // Text on a slow link: lz4 finds nothing, zstd halves it and stays.
+    let mut enc = BatchEncoder::new(cfg).with_adaptive_policy(slow_link());
+    let mut used = Vec::new();
+    for _ in 0..6 {
+        let payload = send(&mut enc, &mut dec, &text, &mut dst, &mut expect);
+        used.push(payload[1]);
+        assert_eq!(dst, expect);
+    }
+    // Header byte 1: 0 raw, 1 lz4, 2 zstd. The lz4 probe is stored raw (it did not shrink).
+    assert_eq!(used, [0, 2, 2, 2, 2, 2]);
+    assert_eq!(enc.adaptive_state().codec, AdaptiveDecision::Zstd);
+    let ratio = enc.adaptive_state().zstd.expect("zstd measured").ratio;
+    assert!((0.45..0.6).contains(&ratio), "zstd ratio on text {ratio}");
+
+    // Random pages: after one lz4 and one zstd probe, batches go raw.
+    let mut enc = BatchEncoder::new(cfg).with_adaptive_policy(slow_link());
+    for _ in 0..6 {
+        let payload = send(&mut enc, &mut dec, &random, &mut dst, &mut expect);
+        assert_eq!(payload[1], 0, "random data is stored raw");
+    }
+    assert!(!enc.adaptive_state().compressing());
+
+    // Text on a link as fast as loopback: zstd is probed once and not kept.
+    let loopback = AdaptivePolicy {
+        link_bytes_per_sec: 3e9,
+        ..slow_link()
+    };
+    let mut enc = BatchEncoder::new(cfg).with_adaptive_policy(loopback);
+    for _ in 0..6 {
+        send(&mut enc, &mut dec, &text, &mut dst, &mut expect);
+    }
+    let s = enc.adaptive_state();
+    assert!(!s.compressing(), "{s:?}");
+    assert!(s.zstd.is_some(), "zstd was probed");
+}
+
+#[test]
+fn random_pages_travel_last_in_a_compressed_batch() {
+    // text, random, text, copy of the random page, random, zero: the two random pages and the
+    // copy go last; the payload still decodes to the same memory.
+    let contents = [
+        (1, Content::Text(1)),
+        (2, Content::Random(2)),
+        (3, Content::Text(3)),
+        (4, Content::Repeat(1)),
+        (5, Content::Random(5)),
+        (6, Content::Zero),
+    ];
+    let pages = build(&contents);
+    for (compression, moved) in [(Compression::Off, 0), (Compression::Zstd { level: 1 }, 2)] {
+        let cfg = EncoderConfig {
+            compression,
+            ..EncoderConfig::default()
+        };
+        let mut enc = BatchEncoder::new(cfg);
+        let mut payload = Vec::new();
+        let stats = enc.encode(&refs(&pages), &mut payload);
+        assert_eq!(stats.incompressible, moved, "{compression:?}");
+        assert_eq!((stats.normal, stats.dup, stats.zero), (4, 1, 1));
+        let mut dst = MemStore::new(GUEST_PAGES as usize);
+        BatchDecoder::new().decode(&payload, &mut dst).unwrap();
+        for (gfn, data) in &pages {
+            assert_eq!(dst.page(*gfn), &data[..], "gfn {gfn}");
+        }
+        if moved > 0 {
+            // The data section starts with the text pages: zstd halves them; raw random follows.
+            assert_eq!(stats.compression, CompressionUsed::Zstd);
+            assert!(payload.len() < 7 * PAGE_SIZE / 2, "{} bytes", payload.len());
+        }
+    }
+    // Repeated gfns are never reordered (the last version must stay last).
+    let repeated = build(&[(7, Content::Random(1)), (7, Content::Text(2))]);
+    let cfg = EncoderConfig {
+        compression: Compression::Lz4,
+        ..EncoderConfig::default()
+    };
+    let mut payload = Vec::new();
+    let stats = BatchEncoder::new(cfg).encode(&refs(&repeated), &mut payload);
+    assert_eq!(stats.incompressible, 0);
+    let mut dst = MemStore::new(GUEST_PAGES as usize);
+    BatchDecoder::new().decode(&payload, &mut dst).unwrap();
+    assert_eq!(dst.page(7), &repeated[1].1[..]);
 }

@@ -2,7 +2,9 @@
 
 use std::time::Instant;
 
-use super::adaptive::{AdaptiveDecision, AdaptivePolicy, AdaptiveState, CompressionSample};
+use super::adaptive::{
+    AdaptiveDecision, AdaptivePolicy, AdaptiveState, CompressionSample, LinkSample,
+};
 use super::compress::Compressors;
 use super::dedup::DedupIndex;
 use super::varint::{put_u64, zigzag};
@@ -40,6 +42,39 @@ pub struct BatchStats {
     pub encoded_bytes: usize,
     /// Compression applied to the data section.
     pub compression: CompressionUsed,
+    /// Normal pages that looked incompressible and went last (compressed batches only).
+    pub incompressible: usize,
+}
+
+/// One page's encoding, kept until the descriptors are written in travel order.
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    gfn: u64,
+    tag: u8,
+    /// Dup: the source's index in the batch as given; Xbzrle: the delta's length.
+    extra: u64,
+    /// Travels in the tail (after every head page).
+    tail: bool,
+    /// Position within its part (head or tail).
+    rank: u32,
+}
+
+/// Whether the gfns strictly increase, so no gfn repeats and pages may travel in any order.
+fn gfns_increase(pages: &[PageRef<'_>]) -> bool {
+    pages.windows(2).all(|w| w[0].gfn < w[1].gfn)
+}
+
+/// Whether a page looks like random bytes: 64 bytes sampled at a stride of 7 (every offset modulo
+/// 8, so word-structured data is not sampled at one byte position) over its first 448 bytes take
+/// at least 48 distinct values. Random bytes give about 57; text, code and tables far fewer.
+/// Reads only the first 7 cache lines, which the copy that follows needs anyway.
+pub(crate) fn looks_incompressible(page: &[u8]) -> bool {
+    let mut seen = [0u64; 4];
+    for k in 0..64 {
+        let b = page[7 * k] as usize;
+        seen[b >> 6] |= 1 << (b & 63);
+    }
+    seen.iter().map(|w| w.count_ones()).sum::<u32>() >= 48
 }
 
 /// Encodes batches of pages; keeps the xbzrle cache, compressor contexts and scratch buffers.
@@ -56,10 +91,17 @@ pub struct BatchEncoder {
     compressed: Vec<u8>,
     /// Descriptor section.
     desc: Vec<u8>,
+    /// Per-page encodings of the batch being encoded.
+    entries: Vec<Entry>,
+    /// Data of the pages that travel last (see [`looks_incompressible`]).
+    tail: Vec<u8>,
     /// One xbzrle delta; its length is the give-up limit.
     delta: Box<[u8; DELTA_BUF]>,
     /// Batch sequence number, so the xbzrle cache can tell "sent earlier in this batch".
     seq: u64,
+    /// When the previous adaptive batch was encoded, and its payload length: the time until the
+    /// next call is what sending it took, which is how the adaptive policy learns the link.
+    last_batch: Option<(Instant, usize)>,
 }
 
 impl BatchEncoder {
@@ -75,8 +117,11 @@ impl BatchEncoder {
             data: Vec::new(),
             compressed: Vec::new(),
             desc: Vec::new(),
+            entries: Vec::with_capacity(MAX_BATCH_PAGES),
+            tail: Vec::new(),
             delta: Box::new([0; DELTA_BUF]),
             seq: 0,
+            last_batch: None,
         }
     }
 
@@ -116,6 +161,7 @@ impl BatchEncoder {
             cache.clear();
         }
         self.adaptive = AdaptiveState::default();
+        self.last_batch = None;
     }
 
     /// Appends one encoded batch payload for `pages` to `out` and says how it was encoded.
@@ -130,14 +176,25 @@ impl BatchEncoder {
             pages.len()
         );
         self.seq += 1;
+        let adaptive = self.cfg.compression == Compression::Adaptive;
+        if let Some((at, bytes)) = self.last_batch.take() {
+            let nanos = u64::try_from(at.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            self.policy
+                .observe_link(&mut self.adaptive, LinkSample { bytes, nanos });
+        }
+        let mut decision = AdaptiveDecision::Raw;
         let (want, zstd_level) = match self.cfg.compression {
             Compression::Off => (CompressionUsed::None, 0),
             Compression::Lz4 => (CompressionUsed::Lz4, 0),
             Compression::Zstd { level } => (CompressionUsed::Zstd, level),
-            Compression::Adaptive => match self.policy.decide(&mut self.adaptive) {
-                AdaptiveDecision::Raw => (CompressionUsed::None, 0),
-                AdaptiveDecision::Lz4 => (CompressionUsed::Lz4, 0),
-            },
+            Compression::Adaptive => {
+                decision = self.policy.decide(&mut self.adaptive);
+                match decision {
+                    AdaptiveDecision::Raw => (CompressionUsed::None, 0),
+                    AdaptiveDecision::Lz4 => (CompressionUsed::Lz4, 0),
+                    AdaptiveDecision::Zstd => (CompressionUsed::Zstd, self.policy.zstd_level),
+                }
+            }
         };
 
         let start = out.len();
@@ -153,9 +210,16 @@ impl BatchEncoder {
             ..BatchStats::default()
         };
 
+        // A compressed batch puts the pages that look incompressible last, descriptors and data
+        // alike (the order within a batch is the encoder's choice: every descriptor names its
+        // gfn), so the compressor sees the compressible pages together and stores the random
+        // ones as raw blocks. Only when no gfn repeats: a gfn's last version must stay last.
+        let group = !direct && gfns_increase(pages);
+        self.entries.clear();
+        self.tail.clear();
+        let (mut head_len, mut tail_len) = (0u32, 0u32);
         {
             let sink: &mut Vec<u8> = if direct { out } else { &mut self.data };
-            let mut prev_gfn = u64::MAX;
             for (i, page) in pages.iter().enumerate() {
                 assert_eq!(
                     page.data.len(),
@@ -163,41 +227,78 @@ impl BatchEncoder {
                     "page {i} is not {PAGE_SIZE} bytes"
                 );
                 let gfn = page.gfn;
-                let gfn_delta = zigzag(gfn.wrapping_sub(prev_gfn.wrapping_add(1)) as i64);
-                prev_gfn = gfn;
-
-                if self.cfg.zero_pages && is_zero_page(page.data) {
-                    self.desc.push(TAG_ZERO);
-                    put_u64(&mut self.desc, gfn_delta);
+                let (tag, extra, in_tail) = if self.cfg.zero_pages && is_zero_page(page.data) {
                     stats.zero += 1;
+                    (TAG_ZERO, 0, false)
                 } else if let Some(src) = self
                     .cfg
                     .dedup
                     .then(|| self.dedup.find_or_insert(pages, i))
                     .flatten()
                 {
-                    self.desc.push(TAG_DUP);
-                    put_u64(&mut self.desc, gfn_delta);
-                    put_u64(&mut self.desc, src as u64);
                     stats.dup += 1;
+                    // Next to its source, so the source always comes first.
+                    (TAG_DUP, src as u64, self.entries[src].tail)
                 } else if let Some(n) = self.xbzrle.as_mut().and_then(|cache| {
                     let old = cache.get(gfn, self.seq)?;
                     xbzrle_encode(old, page.data, &mut self.delta[..])
                 }) {
-                    self.desc.push(TAG_XBZRLE);
-                    put_u64(&mut self.desc, gfn_delta);
-                    put_u64(&mut self.desc, n as u64);
                     sink.extend_from_slice(&self.delta[..n]);
                     stats.xbzrle += 1;
+                    (TAG_XBZRLE, n as u64, false)
+                } else if group && looks_incompressible(page.data) {
+                    self.tail.extend_from_slice(page.data);
+                    stats.normal += 1;
+                    stats.incompressible += 1;
+                    (TAG_NORMAL, 0, true)
                 } else {
-                    self.desc.push(TAG_NORMAL);
-                    put_u64(&mut self.desc, gfn_delta);
                     sink.extend_from_slice(page.data);
                     stats.normal += 1;
-                }
+                    (TAG_NORMAL, 0, false)
+                };
+                let counter = if in_tail {
+                    &mut tail_len
+                } else {
+                    &mut head_len
+                };
+                self.entries.push(Entry {
+                    gfn,
+                    tag,
+                    extra,
+                    tail: in_tail,
+                    rank: *counter,
+                });
+                *counter += 1;
                 // Whatever the encoding, the destination now holds this version.
                 if let Some(cache) = &mut self.xbzrle {
                     cache.put(gfn, page.data, self.seq);
+                }
+            }
+            sink.extend_from_slice(&self.tail);
+        }
+        // Descriptors in the order the pages travel: the head, then the tail.
+        let (entries, desc) = (&self.entries, &mut self.desc);
+        let mut prev_gfn = u64::MAX;
+        for tail in [false, true] {
+            for e in entries.iter().filter(|e| e.tail == tail) {
+                desc.push(e.tag);
+                put_u64(
+                    desc,
+                    zigzag(e.gfn.wrapping_sub(prev_gfn.wrapping_add(1)) as i64),
+                );
+                prev_gfn = e.gfn;
+                match e.tag {
+                    TAG_DUP => {
+                        let src = &entries[e.extra as usize];
+                        let at = if src.tail {
+                            head_len + src.rank
+                        } else {
+                            src.rank
+                        };
+                        put_u64(desc, u64::from(at));
+                    }
+                    TAG_XBZRLE => put_u64(desc, e.extra),
+                    _ => {}
                 }
             }
         }
@@ -211,7 +312,7 @@ impl BatchEncoder {
                 && self
                     .compressors
                     .compress(want, zstd_level, &self.data, &mut self.compressed);
-            if self.cfg.compression == Compression::Adaptive && self.data.len() >= PAGE_SIZE {
+            if adaptive && self.data.len() >= PAGE_SIZE {
                 let sample = CompressionSample {
                     input_len: self.data.len(),
                     output_len: if ok {
@@ -221,7 +322,7 @@ impl BatchEncoder {
                     },
                     nanos: u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX),
                 };
-                self.policy.observe(&mut self.adaptive, sample);
+                self.policy.observe(&mut self.adaptive, decision, sample);
             }
             if ok {
                 out.extend_from_slice(&self.compressed);
@@ -244,6 +345,46 @@ impl BatchEncoder {
         stats.data_bytes = data_len;
         stats.encoded_bytes = out.len() - start;
         stats.compression = used;
+        if adaptive {
+            self.last_batch = Some((Instant::now(), stats.encoded_bytes));
+        }
         stats
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn xorshift_page(seed: u64, map: impl Fn(u64) -> u8) -> Vec<u8> {
+        let mut s = seed | 1;
+        (0..PAGE_SIZE)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                map(s)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn incompressible_pages_are_told_from_the_rest() {
+        for seed in 1..200 {
+            assert!(looks_incompressible(&xorshift_page(seed, |x| x as u8)));
+            // 16 letters, and 64 (about what English text uses).
+            assert!(!looks_incompressible(
+                &xorshift_page(seed, |x| b'a' + (x % 16) as u8)
+            ));
+            assert!(!looks_incompressible(
+                &xorshift_page(seed, |x| b' ' + (x % 64) as u8)
+            ));
+        }
+        assert!(!looks_incompressible(&[0u8; PAGE_SIZE]));
+        // A table of counters: random-looking low bytes, but most bytes are zero.
+        let counters: Vec<u8> = (0..PAGE_SIZE as u64 / 8)
+            .flat_map(|i| (i * 0x9E37).to_le_bytes())
+            .collect();
+        assert!(!looks_incompressible(&counters));
     }
 }

@@ -33,6 +33,10 @@
 //! the delta of every Xbzrle page. It comes first so the encoder can write it straight into the
 //! output when it does not compress.
 //!
+//! Page order is the encoder's choice. When it compresses a batch whose gfns strictly increase, it
+//! sends the Normal pages that look random last (with any Dup of them), so the compressor sees the
+//! compressible pages together; the decoder needs nothing for that: descriptors carry their gfns.
+//!
 //! A descriptor is:
 //!
 //! | size      | field                                                                        |
@@ -74,7 +78,10 @@ mod zero;
 use std::fmt;
 use std::str::FromStr;
 
-pub use adaptive::{AdaptiveDecision, AdaptivePolicy, AdaptiveState, CompressionSample};
+pub use adaptive::{
+    saving_per_byte, AdaptiveDecision, AdaptivePolicy, AdaptiveState, CodecEstimate,
+    CompressionSample, LinkSample,
+};
 pub use decoder::{BatchDecoder, DecodeStats};
 pub use encoder::{BatchEncoder, BatchStats};
 pub use xbzrle::{xbzrle_check, xbzrle_decode, xbzrle_encode};
@@ -116,7 +123,8 @@ pub enum Compression {
         /// zstd level (1..=22; 0 means zstd's default, 3).
         level: i32,
     },
-    /// Decide per batch from measured ratio and speed (see [`AdaptivePolicy`]).
+    /// Decide per batch between raw, lz4 and zstd from measured ratio, speed and link (see
+    /// [`AdaptivePolicy`]).
     Adaptive,
 }
 
