@@ -16,6 +16,7 @@ pub mod memory;
 pub mod postcopy;
 pub mod priority;
 pub mod rate;
+pub mod recovery;
 pub mod report;
 pub mod sink;
 pub mod source;

@@ -52,6 +52,23 @@ pub struct Incoming<K> {
     pub total_ms: f64,
     /// Set when a post-copy link failed: the VM is paused here, waiting for pages the source keeps.
     pub postcopy_incomplete: Option<String>,
+    /// What finishing that post-copy needs ([`crate::recovery::recover_in`]).
+    pub recovery: Option<Recovery>,
+}
+
+/// An interrupted post-copy, kept so the source can reconnect and send the pages still missing.
+pub struct Recovery {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) id: [u8; 16],
+}
+
+impl Recovery {
+    /// Pages the destination still lacks.
+    pub fn missing_pages(&self) -> u64 {
+        self.shared.postcopy.get().map_or(0, |pc| {
+            pc.needed.count() - pc.arrived_count.load(Ordering::SeqCst)
+        })
+    }
 }
 
 /// The destination's final word to the source.
@@ -114,20 +131,60 @@ enum Msg {
 }
 
 /// Post-copy bookkeeping shared by the page pump and the fault handler.
-struct Postcopy {
-    target: Arc<dyn PostcopyTarget>,
+pub(crate) struct Postcopy {
+    pub(crate) target: Arc<dyn PostcopyTarget>,
     /// Pages the source still had to send when the guest started here.
-    needed: DirtyBitmap,
-    arrived: Mutex<DirtyBitmap>,
-    arrived_count: AtomicU64,
+    pub(crate) needed: DirtyBitmap,
+    pub(crate) arrived: Mutex<DirtyBitmap>,
+    pub(crate) arrived_count: AtomicU64,
+}
+
+impl Postcopy {
+    /// Installs decoded pages and counts the needed ones that are new.
+    pub(crate) fn place(
+        &self,
+        scratch: &ScratchStore,
+        hashes: &PageHashes,
+    ) -> Result<(), MigrateError> {
+        // Consecutive pages go in with one system call (pushed batches are sorted).
+        for (first, run) in scratch.runs() {
+            self.target.place(first, run)?;
+        }
+        for (gfn, data) in scratch.pages() {
+            hashes.set(gfn, data);
+            let fresh = self
+                .arrived
+                .lock()
+                .map(|mut a| {
+                    !a.get(gfn) && {
+                        a.set(gfn);
+                        true
+                    }
+                })
+                .unwrap_or(false);
+            if fresh && self.needed.get(gfn) {
+                self.arrived_count.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        Ok(())
+    }
+
+    /// Pages still missing.
+    pub(crate) fn missing(&self) -> DirtyBitmap {
+        let mut m = self.needed.clone();
+        if let Ok(a) = self.arrived.lock() {
+            m.and_not(&a);
+        }
+        m
+    }
 }
 
 /// What every channel's thread shares.
-struct Shared {
-    mem: Arc<dyn GuestMemory>,
-    hashes: PageHashes,
-    running: AtomicBool,
-    postcopy: OnceLock<Postcopy>,
+pub(crate) struct Shared {
+    pub(crate) mem: Arc<dyn GuestMemory>,
+    pub(crate) hashes: PageHashes,
+    pub(crate) running: AtomicBool,
+    pub(crate) postcopy: OnceLock<Postcopy>,
 }
 
 /// Receives one VM: `accept` yields the source's connections (one per channel).
@@ -202,12 +259,17 @@ pub fn receive<F: SinkFactory>(
                 0
             } + w0.lock().map(|w| w.bytes).unwrap_or(0);
             let guest_observed = sink.guest_observed();
+            let recovery = end.postcopy_incomplete.is_some().then(|| Recovery {
+                shared: shared.clone(),
+                id: hello.migration_id,
+            });
             Ok(Incoming {
                 sink,
                 digest_match: end.digest_match,
                 guest_observed,
                 bytes,
                 total_ms,
+                recovery,
                 postcopy_incomplete: end.postcopy_incomplete,
             })
         }
@@ -221,7 +283,7 @@ pub fn receive<F: SinkFactory>(
     }
 }
 
-fn accept_channel(
+pub(crate) fn accept_channel(
     accept: &mut dyn FnMut() -> std::io::Result<Stream>,
     opts: &ReceiveOptions,
     expect: Option<(&[u8; 16], u16)>,
@@ -271,7 +333,7 @@ fn accept_channel(
     Ok((r, w, hello))
 }
 
-fn refuse(w: &mut FrameWriter, why: &str) {
+pub(crate) fn refuse(w: &mut FrameWriter, why: &str) {
     let ack = HelloAck {
         version: PROTOCOL_VERSION,
         features: 0,
@@ -311,26 +373,7 @@ fn pump(
                     }
                     // The guest may be running: pages go in atomically, through the fault tracker.
                     decoder.decode(p, &mut scratch)?;
-                    // Consecutive pages go in with one system call (pushed batches are sorted).
-                    for (first, run) in scratch.runs() {
-                        pc.target.place(first, run)?;
-                    }
-                    for (gfn, data) in scratch.pages() {
-                        shared.hashes.set(gfn, data);
-                        let fresh = pc
-                            .arrived
-                            .lock()
-                            .map(|mut a| {
-                                !a.get(gfn) && {
-                                    a.set(gfn);
-                                    true
-                                }
-                            })
-                            .unwrap_or(false);
-                        if fresh && pc.needed.get(gfn) {
-                            pc.arrived_count.fetch_add(1, Ordering::SeqCst);
-                        }
-                    }
+                    pc.place(&scratch, &shared.hashes)?;
                     scratch.clear();
                 }
                 None if shared.running.load(Ordering::SeqCst) => {
@@ -380,14 +423,14 @@ fn pump(
 }
 
 /// Decoded pages of one post-copy batch, held until they are placed atomically.
-struct ScratchStore {
+pub(crate) struct ScratchStore {
     pages: u64,
     data: Vec<u8>,
     gfns: Vec<u64>,
 }
 
 impl ScratchStore {
-    fn new(pages: u64) -> Self {
+    pub(crate) fn new(pages: u64) -> Self {
         Self {
             pages,
             data: vec![0; MAX_BATCH_PAGES * PAGE_SIZE],
@@ -413,7 +456,7 @@ impl ScratchStore {
             Some((first, &self.data[start * PAGE_SIZE..i * PAGE_SIZE]))
         })
     }
-    fn clear(&mut self) {
+    pub(crate) fn clear(&mut self) {
         self.gfns.clear();
     }
 }

@@ -63,6 +63,9 @@ pub struct SourceOptions {
     pub hybrid_rounds: u32,
     /// Bandwidth limit over all channels together (changeable while the migration runs).
     pub max_bandwidth: Arc<crate::rate::RateLimit>,
+    /// The migration's id (random if None). A caller that keeps it can finish an interrupted
+    /// post-copy later ([`crate::recovery::recover_out`]).
+    pub migration_id: Option<[u8; 16]>,
 }
 
 impl Default for SourceOptions {
@@ -78,6 +81,7 @@ impl Default for SourceOptions {
             cancel: Arc::new(AtomicBool::new(false)),
             hybrid_rounds: 2,
             max_bandwidth: Arc::new(crate::rate::RateLimit::new(0)),
+            migration_id: None,
         }
     }
 }
@@ -225,8 +229,7 @@ fn handshake(
     connect: &dyn Fn() -> std::io::Result<Stream>,
     opts: &SourceOptions,
 ) -> Result<Link, MigrateError> {
-    let mut id = [0u8; 16];
-    rand::Rng::fill(&mut rand::thread_rng(), &mut id);
+    let id = opts.migration_id.unwrap_or_else(new_migration_id);
     let (mut control, mut writers, mut postcopy, mut handover) = (None, Vec::new(), false, false);
     // Hello and its answer cost the destination next to nothing: their exchange times the link.
     let mut rtt = Duration::MAX;
@@ -587,6 +590,13 @@ fn low_memory(pages: u64) -> DirtyBitmap {
     let mut low = DirtyBitmap::new(pages);
     (0..LOW_MEMORY_PAGES.min(pages)).for_each(|p| low.set(p));
     low
+}
+
+/// A fresh random migration id (keep it to finish an interrupted post-copy later).
+pub fn new_migration_id() -> [u8; 16] {
+    let mut id = [0u8; 16];
+    rand::Rng::fill(&mut rand::thread_rng(), &mut id);
+    id
 }
 
 /// Pages and bytes the sender threads of one round have put on the wire so far.
@@ -1198,7 +1208,7 @@ fn push_pages(
 
 /// Reads `pages` from guest memory (a copy: the source is paused, but this keeps one code path),
 /// encodes them as one batch and sends it.
-fn send_pages(
+pub(crate) fn send_pages(
     mem: &dyn GuestMemory,
     w: &mut FrameWriter,
     enc: &mut BatchEncoder,

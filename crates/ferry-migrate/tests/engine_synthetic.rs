@@ -7,6 +7,7 @@ use std::thread;
 use std::time::Duration;
 
 use ferry_migrate::channel::Stream;
+use ferry_migrate::recovery::{recover_in, recover_out};
 use ferry_migrate::synthetic::{DirtyScript, SyntheticFactory, SyntheticVm};
 use ferry_migrate::{
     migrate_out, receive, GuestMemory, MigrateError, MigrationSource, ReceiveOptions,
@@ -377,7 +378,8 @@ fn postcopy_over_a_long_link_commits_in_one_round_trip() {
     assert_eq!(report.digest_match, Some(true));
 }
 
-/// The source dies half way through post-copy: the destination keeps the VM, paused, and says so.
+/// The source dies half way through post-copy: the destination keeps the VM, paused, and says so;
+/// a recovery connection with the same migration id then finishes the migration.
 #[test]
 fn postcopy_link_loss_keeps_the_vm_paused_on_the_destination() {
     let (l, addr) = listener();
@@ -414,19 +416,57 @@ fn postcopy_link_loss_keeps_the_vm_paused_on_the_destination() {
     let connect = || TcpStream::connect(proxy_addr).map(Stream::Tcp);
     let mut o = opts(Strategy::Postcopy, 1);
     o.encoder.compression = ferry_wire::codec::Compression::Off;
+    o.migration_id = Some([7; 16]);
     let err = migrate_out(&mut src, &connect, &o, &mut |_| {}).unwrap_err();
     assert!(matches!(err, MigrateError::PostcopyInterrupted(_)), "{err}");
     assert!(
         !src.is_running(),
         "after Go the source must never resume on its own"
     );
-    let incoming = rx.join().unwrap().expect("the destination keeps the VM");
+    let mut incoming = rx.join().unwrap().expect("the destination keeps the VM");
     let why = incoming
         .postcopy_incomplete
+        .clone()
         .expect("the destination says pages are missing");
     assert!(why.contains("paused"), "{why}");
     assert!(!incoming.sink.is_running(), "the destination pauses the VM");
     let _ = proxy.join();
+
+    // Recovery: a connection with another migration's id is refused and changes nothing...
+    let rec = incoming.recovery.take().expect("recoverable");
+    let missing = rec.missing_pages();
+    assert!(missing > 0);
+    let (l, addr) = listener();
+    let dst = thread::spawn(move || {
+        let mut accept = || l.accept().map(|(s, _)| Stream::Tcp(s));
+        let ro = ReceiveOptions {
+            timeout: Duration::from_secs(5),
+        };
+        let mut sink = incoming.sink;
+        let first = recover_in(&mut accept, &mut sink, &rec, &ro);
+        assert!(matches!(first, Err(MigrateError::Refused(_))), "{first:?}");
+        assert_eq!(rec.missing_pages(), missing);
+        // ...then the right one brings every missing page over and the guest runs again.
+        let done = recover_in(&mut accept, &mut sink, &rec, &ro).unwrap();
+        (sink, done)
+    });
+    let connect = || TcpStream::connect(addr).map(Stream::Tcp);
+    let wrong = SourceOptions {
+        migration_id: Some([8; 16]),
+        ..opts(Strategy::Postcopy, 1)
+    };
+    assert!(matches!(
+        recover_out(&mut src, &connect, &wrong),
+        Err(MigrateError::Refused(_))
+    ));
+    let report = recover_out(&mut src, &connect, &o).unwrap();
+    let (sink, done) = dst.join().unwrap();
+    assert_eq!(done.pages, missing);
+    assert_eq!(report.pages_sent, missing);
+    assert_eq!(report.digest_match, Some(true));
+    assert_eq!(done.digest_match, Some(true));
+    assert!(sink.is_running(), "the guest runs on the destination again");
+    assert!(!src.is_running(), "and only there");
 }
 
 /// The bandwidth limit holds over the copy, and a change while it runs takes effect.

@@ -51,6 +51,8 @@ pub enum FrameType {
     PostcopyStart = 14,
     /// Before a switch to post-copy: pages whose copy at the destination is stale (drop them now).
     Discard = 15,
+    /// Destination, resuming an interrupted post-copy: the pages it still lacks.
+    Missing = 16,
 }
 
 impl FrameType {
@@ -73,6 +75,7 @@ impl FrameType {
             13 => Done,
             14 => PostcopyStart,
             15 => Discard,
+            16 => Missing,
             other => return Err(WireError::UnknownFrameType(other)),
         })
     }

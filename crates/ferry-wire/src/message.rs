@@ -32,6 +32,9 @@ pub mod features {
     /// Everything this build implements.
     pub const ALL: u64 =
         ZERO_PAGES | DEDUP | XBZRLE | LZ4 | ZSTD | POSTCOPY | MULTI_CHANNEL | FD_HANDOVER;
+    /// Not a capability but an intent: this connection finishes an interrupted post-copy (same
+    /// migration id) instead of starting a migration.
+    pub const RECOVER: u64 = 1 << 8;
 }
 
 /// Cursor over a payload that fails instead of panicking.

@@ -54,6 +54,9 @@ pub struct MigrateRequest {
     /// Bandwidth limit in bytes/s over all channels (0 = unlimited).
     #[serde(default)]
     pub max_bandwidth: u64,
+    /// Finish this VM's interrupted post-copy at `to` instead of starting a migration.
+    #[serde(default)]
+    pub recover: bool,
 }
 
 /// Sends a request and calls `on_event` for each event line; returns the final line.

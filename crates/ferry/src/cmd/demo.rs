@@ -128,6 +128,7 @@ fn demo(a: &DemoArgs, dir: &Path) -> anyhow::Result<ExitCode> {
         max_rounds: 30,
         tls_name: None,
         max_bandwidth: 0,
+        recover: false,
     };
     let report = request_migration(&src.socket, req, !a.json)?;
     match src.wait(Duration::from_secs(10)) {

@@ -52,6 +52,10 @@ pub struct MigrateArgs {
     /// Print the final report as JSON (no progress bar).
     #[arg(long)]
     pub json: bool,
+    /// Finish a post-copy whose link failed: reconnect to the same destination (still waiting,
+    /// with the guest paused) and send the pages it lacks; the guest then runs there again.
+    #[arg(long)]
+    pub recover: bool,
 }
 
 impl MigrateArgs {
@@ -69,6 +73,7 @@ impl MigrateArgs {
             max_rounds: self.max_rounds,
             tls_name: self.tls_name.clone(),
             max_bandwidth: self.max_bandwidth,
+            recover: self.recover,
         }
     }
 }

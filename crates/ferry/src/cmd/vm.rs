@@ -289,7 +289,40 @@ fn receive_vm(a: ReceiveArgs) -> anyhow::Result<ExitCode> {
                 if let Some(why) = &incoming.postcopy_incomplete {
                     eprintln!("ferry: WARNING: {why}");
                 }
-                return serve(incoming.sink.vm, control, &security);
+                let mut sink = incoming.sink;
+                if let Some(rec) = incoming.recovery {
+                    // The guest stays paused here (its missing pages can never read as zero) until
+                    // the source reconnects with the same migration and sends them.
+                    eprintln!(
+                        "ferry: waiting on {} for the source to finish the migration \
+                         (`ferry migrate --recover --to {}` on the source); {} pages missing",
+                        listener.address(),
+                        listener.address(),
+                        rec.missing_pages()
+                    );
+                    loop {
+                        match ferry_migrate::recovery::recover_in(&mut accept, &mut sink, &rec, &opts)
+                        {
+                            Ok(done) => {
+                                eprintln!(
+                                    "ferry: post-copy recovered ({} pages, digest {}); the VM runs here",
+                                    done.pages,
+                                    match done.digest_match {
+                                        Some(true) => "matches",
+                                        Some(false) => "MISMATCH",
+                                        None => "not checked",
+                                    }
+                                );
+                                break;
+                            }
+                            Err(e) => eprintln!(
+                                "ferry: recovery attempt failed ({}); the VM stays paused, still waiting",
+                                chain(&e)
+                            ),
+                        }
+                    }
+                }
+                return serve(sink.vm, control, &security);
             }
             Err(e) => {
                 eprintln!("ferry: incoming migration failed: {}", chain(&e));
@@ -340,6 +373,8 @@ fn bind_control(path: &Path) -> anyhow::Result<ControlSocket> {
 
 fn serve(mut vm: Vm, control: ControlSocket, security: &Security) -> anyhow::Result<ExitCode> {
     let mut paused_unknown = false;
+    // The id of a post-copy whose link failed: `ferry migrate --recover` finishes it.
+    let mut interrupted: Option<[u8; 16]> = None;
     loop {
         if let Some(reason) = vm.exit_reason() {
             eprintln!("ferry: guest stopped: {reason:?}");
@@ -377,8 +412,22 @@ fn serve(mut vm: Vm, control: ControlSocket, security: &Security) -> anyhow::Res
             Ok(Request::Cancel | Request::SetBandwidth { .. }) => {
                 json!({"ok": false, "error": "no migration in progress"})
             }
+            Ok(Request::Migrate(req)) if req.recover && interrupted.is_none() => {
+                json!({"ok": false, "error": "no interrupted post-copy to recover on this host"})
+            }
+            // The guest may be running (or waiting for pages) on the earlier destination: a new
+            // migration from this copy could make a second one.
+            Ok(Request::Migrate(req)) if !req.recover && paused_unknown => json!({
+                "ok": false,
+                "error": "an earlier migration of this VM did not finish cleanly (see `ferry vm status`); \
+                          finish a post-copy with `ferry migrate --recover`, or resolve it by hand"
+            }),
             Ok(Request::Migrate(req)) => {
-                match migrate_serving_control(&mut vm, &req, &mut out, security, &control.0) {
+                let id = match (req.recover, interrupted) {
+                    (true, Some(id)) => id,
+                    _ => ferry_migrate::source::new_migration_id(),
+                };
+                match migrate_serving_control(&mut vm, &req, id, &mut out, security, &control.0) {
                     Ok(report) => {
                         let _ = writeln!(out, "{}", json!({"ok": true, "report": report}));
                         // The VM lives on the destination now: scrub our copy before we go (unless
@@ -394,7 +443,15 @@ fn serve(mut vm: Vm, control: ControlSocket, security: &Security) -> anyhow::Res
                             e,
                             MigrateError::OutcomeUnknown(_) | MigrateError::PostcopyInterrupted(_)
                         );
-                        json!({"ok": false, "error": chain(&e)})
+                        if matches!(e, MigrateError::PostcopyInterrupted(_)) {
+                            interrupted = Some(id);
+                        }
+                        let hint = if interrupted.is_some() {
+                            "; the guest is paused on both hosts and nothing is lost: `ferry migrate --recover` with the same --to finishes the migration"
+                        } else {
+                            ""
+                        };
+                        json!({"ok": false, "error": format!("{}{hint}", chain(&e))})
                     }
                 }
             }
@@ -429,6 +486,7 @@ fn status(vm: &Vm, paused_unknown: bool) -> serde_json::Value {
 fn migrate_serving_control(
     vm: &mut Vm,
     req: &MigrateRequest,
+    id: [u8; 16],
     out: &mut UnixStream,
     security: &Security,
     listener: &UnixListener,
@@ -445,7 +503,7 @@ fn migrate_serving_control(
                 }
             }
         });
-        let r = migrate(vm, req, out, security, cancel.clone(), limit.clone());
+        let r = migrate(vm, req, id, out, security, cancel.clone(), limit.clone());
         done.store(true, Ordering::SeqCst);
         r
     })
@@ -481,6 +539,7 @@ fn answer_during_migration(stream: UnixStream, cancel: &AtomicBool, limit: &Rate
 fn migrate(
     vm: &mut Vm,
     req: &MigrateRequest,
+    id: [u8; 16],
     out: &mut UnixStream,
     security: &Security,
     cancel: Arc<AtomicBool>,
@@ -513,6 +572,7 @@ fn migrate(
             ..Default::default()
         },
         verify: req.verify,
+        migration_id: Some(id),
         ..SourceOptions::default()
     };
     let server_name = req.tls_name.clone().unwrap_or_else(|| host_part(&req.to));
@@ -553,7 +613,11 @@ fn migrate(
     let mut events = |e: ferry_migrate::Event| {
         let _ = writeln!(out, "{}", json!({ "event": e }));
     };
-    let result = migrate_out(vm, &connect, &opts, &mut events);
+    let result = if req.recover {
+        ferry_migrate::recovery::recover_out(vm, &connect, &opts)
+    } else {
+        migrate_out(vm, &connect, &opts, &mut events)
+    };
     let hb = vm.heartbeats();
     result.map(|mut r| {
         r.transport = transport.lock().map(|t| t.clone()).unwrap_or_default();
