@@ -86,6 +86,8 @@ impl MigrationSink for KvmSink {
         Some(GuestObserved {
             gap_ns: log.arrival_gap_ns?,
             sequence_continues: log.arrival_seq_ok?,
+            // The log holds this host's heartbeats only: every gap in it came after the arrival.
+            after_max_gap_ns: log.max_gap_since(0).unwrap_or(0),
         })
     }
 }

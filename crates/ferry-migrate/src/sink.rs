@@ -93,25 +93,29 @@ impl DoneReport {
         }
         let mut v = vec![flags];
         v.extend_from_slice(&g.gap_ns.to_le_bytes());
+        v.extend_from_slice(&g.after_max_gap_ns.to_le_bytes());
         v
     }
 
     /// Decodes the Done payload.
     pub fn decode(b: &[u8]) -> Result<Self, WireError> {
-        if b.len() != 9 {
-            return Err(WireError::Malformed("Done payload must be 9 bytes"));
+        if b.len() != 17 {
+            return Err(WireError::Malformed("Done payload must be 17 bytes"));
         }
         let f = b[0];
-        let gap_ns = u64::from_le_bytes(
-            b[1..9]
-                .try_into()
-                .map_err(|_| WireError::Malformed("Done"))?,
-        );
+        let word = |i: usize| -> Result<u64, WireError> {
+            Ok(u64::from_le_bytes(
+                b[i..i + 8]
+                    .try_into()
+                    .map_err(|_| WireError::Malformed("Done"))?,
+            ))
+        };
         Ok(Self {
             digest_match: (f & 1 != 0).then_some(f & 2 != 0),
             guest_observed: (f & 4 != 0).then_some(GuestObserved {
-                gap_ns,
+                gap_ns: word(1)?,
                 sequence_continues: f & 8 != 0,
+                after_max_gap_ns: word(9)?,
             }),
         })
     }
@@ -771,6 +775,7 @@ mod tests {
                 guest_observed: Some(GuestObserved {
                     gap_ns: 1234,
                     sequence_continues: true,
+                    after_max_gap_ns: 5678,
                 }),
             },
         ] {

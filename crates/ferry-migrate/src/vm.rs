@@ -71,4 +71,16 @@ pub struct GuestObserved {
     pub gap_ns: u64,
     /// Whether the heartbeat sequence continued without a lost beat.
     pub sequence_continues: bool,
+    /// Largest gap between heartbeats on the destination after that, until the migration ended, in
+    /// ns (post-copy: the guest waits for pages while it runs).
+    #[serde(default)]
+    pub after_max_gap_ns: u64,
+}
+
+impl GuestObserved {
+    /// The longest the guest saw itself stopped from the switch-over on: the arrival gap or a later
+    /// one on the destination.
+    pub fn max_gap_ns(&self) -> u64 {
+        self.gap_ns.max(self.after_max_gap_ns)
+    }
 }

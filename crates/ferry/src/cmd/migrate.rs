@@ -150,6 +150,12 @@ pub fn print_report(r: &Report) {
     if let Some(g) = r.source_max_gap_ms {
         println!("largest pause before switch-over (guest)  {g:.2} ms");
     }
+    if let Some(g) = r.guest_observed {
+        println!(
+            "largest pause after switch-over (guest)   {:.2} ms",
+            g.after_max_gap_ns as f64 / 1e6
+        );
+    }
     println!("rounds              {}", r.rounds.len());
     println!("pages sent          {}", r.pages_sent);
     println!(
