@@ -38,10 +38,14 @@ pub struct StopAndCopyArgs {
     /// Page compression for a single run: off, lz4, zstd, zstd:LEVEL, adaptive.
     #[arg(long, default_value = "off", conflicts_with = "compare_codecs")]
     pub compression: String,
-    /// Migrate twice in one run, compression off then adaptive (the CLI default), and print the
-    /// ratios of time and bytes on the wire.
+    /// Migrate twice in one run, compression off then with --codecs, and print the ratios of time
+    /// and bytes on the wire.
     #[arg(long, conflicts_with = "compare_tls")]
     pub compare_codecs: bool,
+    /// The codecs --compare-codecs measures against compression off (default: adaptive, the CLI's
+    /// default).
+    #[arg(long, default_value = "adaptive", requires = "compare_codecs")]
+    pub codecs: String,
     /// Bandwidth limit over all channels, bytes/s like 100M or bits/s like 1gbit (default: none),
     /// e.g. to see what the adaptive codecs do on a slower link.
     #[arg(long, value_parser = crate::size::parse_rate, default_value = "unlimited")]
@@ -130,9 +134,11 @@ impl RunResult {
 }
 
 fn stop_and_copy(a: &StopAndCopyArgs) -> anyhow::Result<ExitCode> {
-    a.compression
-        .parse::<ferry_wire::codec::Compression>()
-        .map_err(|e| anyhow::anyhow!("--compression: {e}"))?;
+    for (flag, value) in [("--compression", &a.compression), ("--codecs", &a.codecs)] {
+        value
+            .parse::<ferry_wire::codec::Compression>()
+            .map_err(|e| anyhow::anyhow!("{flag}: {e}"))?;
+    }
     let dir = std::env::temp_dir().join(format!("ferry-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let ws = a
@@ -159,7 +165,7 @@ fn stop_and_copy(a: &StopAndCopyArgs) -> anyhow::Result<ExitCode> {
     let specs: Vec<RunSpec> = if a.compare_tls {
         vec![spec(false, &a.compression), spec(true, &a.compression)]
     } else if a.compare_codecs {
-        vec![spec(a.tls, "off"), spec(a.tls, "adaptive")]
+        vec![spec(a.tls, "off"), spec(a.tls, &a.codecs)]
     } else {
         vec![spec(a.tls, &a.compression)]
     };
