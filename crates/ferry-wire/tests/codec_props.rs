@@ -721,3 +721,29 @@ fn random_pages_travel_last_in_a_compressed_batch() {
     BatchDecoder::new().decode(&payload, &mut dst).unwrap();
     assert_eq!(dst.page(7), &repeated[1].1[..]);
 }
+
+#[test]
+fn adaptive_leaves_small_batches_raw_without_spending_a_probe() {
+    let cfg = EncoderConfig {
+        compression: Compression::Adaptive,
+        ..EncoderConfig::default()
+    };
+    // A post-copy fault's page: text that zstd would halve, on a slow link.
+    let policy = AdaptivePolicy {
+        link_bytes_per_sec: 10e6,
+        measure_link: false,
+        ..AdaptivePolicy::default()
+    };
+    let mut enc = BatchEncoder::new(cfg).with_adaptive_policy(policy);
+    let before = *enc.adaptive_state();
+    let one = uniform(1, |g| Content::Text(g + 1));
+    let mut payload = Vec::new();
+    let stats = enc.encode(&refs(&one), &mut payload);
+    assert_eq!(stats.compression, CompressionUsed::None);
+    assert_eq!(*enc.adaptive_state(), before);
+    // A batch big enough to measure gets the probe.
+    let big = uniform(32, |g| Content::Text(g + 1));
+    payload.clear();
+    enc.encode(&refs(&big), &mut payload);
+    assert!(enc.adaptive_state().lz4.is_some());
+}

@@ -187,6 +187,11 @@ impl BatchEncoder {
             Compression::Off => (CompressionUsed::None, 0),
             Compression::Lz4 => (CompressionUsed::Lz4, 0),
             Compression::Zstd { level } => (CompressionUsed::Zstd, level),
+            // Batches too small to measure (a post-copy fault's page, a last round's dregs) go raw
+            // without using up a probe: compressing them would only add latency.
+            Compression::Adaptive if pages.len() * PAGE_SIZE < self.policy.min_sample_bytes => {
+                (CompressionUsed::None, 0)
+            }
             Compression::Adaptive => {
                 decision = self.policy.decide(&mut self.adaptive);
                 match decision {
