@@ -34,6 +34,7 @@ for x in r["rounds"]:
     mbit = x["bytes"] * 8 / x["seconds"] / 1e6 if x["seconds"] > 0 else 0
     print(f"  round {x['round']}: {x['bytes']/1e6:.1f} MB in {x['seconds']*1e3:.0f} ms = {mbit:.0f} Mbit/s ({mbit/10:.1f}% of the link)")
 print(f"  total {r['total_ms']:.0f} ms, engine downtime {r['downtime_ms']:.1f} ms, "
-      f"guest-observed {g['gap_ns']/1e6:.1f} ms (sequence {'continues' if g['sequence_continues'] else 'BROKEN'}), "
+      f"guest-observed {g['gap_ns']/1e6:.1f} ms at the switch-over (sequence {'continues' if g['sequence_continues'] else 'BROKEN'}), "
+      f"largest gap before it {r.get('source_max_gap_ms') or 0:.1f} ms, after it {g.get('after_max_gap_ns', 0)/1e6:.1f} ms, "
       f"{r['bytes_sent']/2**20:.0f} MiB sent, post-copy pages {r['postcopy_pages']}, on demand {r['postcopy_requests']}")
 PY
