@@ -20,9 +20,10 @@
 //! While not compressing, one batch in `probe_interval` is compressed with lz4 to re-measure. If
 //! lz4 does not shrink it (text with a small alphabet has no repeats for lz4 to find, but halves
 //! under an entropy coder), the next batch probes zstd. A probe that finds nothing worth using
-//! doubles the interval, up to `max_probe_interval`, so incompressible memory costs almost no
-//! compression time. While one codec is in use, one batch in `probe_interval` tries the other, and
-//! the one that saves more wins.
+//! at least doubles the interval, and stretches it as far as the link would have to slow down for
+//! the codec to pay (up to `max_probe_interval`), so incompressible memory, or a link too fast
+//! for any codec, costs almost no compression time. While one codec is in use, now and then a
+//! batch tries the other, and the one that saves more wins.
 //!
 //! # Link speed
 //!
@@ -292,7 +293,20 @@ impl AdaptivePolicy {
                 }
                 // lz4 found no repeats to shrink: an entropy coder may still halve the data.
                 None if codec == Lz4 && ratio > self.max_ratio => state.probe_zstd_next = true,
-                None => self.back_off(state),
+                None => {
+                    // Probe again the sooner, the closer it came to paying: a codec that would
+                    // need a link ten times slower is not re-tried for ten times as long.
+                    let pays_below = if est.ratio <= self.max_ratio {
+                        est.bytes_per_sec * (1.0 - est.ratio)
+                    } else {
+                        0.0
+                    };
+                    let factor = self.link(state) / pays_below.max(1.0);
+                    self.back_off(state);
+                    let wait = (f64::from(self.base_interval()) * factor)
+                        .min(f64::from(self.max_probe_interval));
+                    state.probe_interval = state.probe_interval.max(wait as u32);
+                }
             },
             current if current == codec => {
                 if this.is_none() {
@@ -435,7 +449,8 @@ mod tests {
             .filter(|(_, d)| **d != Raw)
             .map(|(i, _)| i)
             .collect();
-        assert_eq!(&probes[..4], [0, 1, 33, 34], "{probes:?}");
+        // Random data would not pay on any link: straight to the longest interval.
+        assert_eq!(&probes[..4], [0, 1, 257, 258], "{probes:?}");
         assert!(!s.compressing());
         // Backed off to the maximum: about 2 probes per 256 batches.
         assert_eq!(s.probe_interval, p.max_probe_interval);
@@ -468,11 +483,14 @@ mod tests {
         };
         let p = link(3.0);
         let mut s = AdaptiveState::default();
-        let d = run(&p, &mut s, 200, text);
+        let mut d = run(&p, &mut s, 2, text);
+        assert_eq!(d, [Lz4, Zstd]);
+        // zstd would pay only on a link 6 times slower: the next probe waits 6 base intervals.
+        assert_eq!(s.probe_interval, 6 * p.probe_interval);
+        d.extend(run(&p, &mut s, 198, text));
         assert!(!s.compressing());
-        assert_eq!(&d[..2], [Lz4, Zstd]);
         let compressed = d.iter().filter(|&&d| d != Raw).count();
-        assert!(compressed <= 12, "{compressed} of 200 batches compressed");
+        assert!(compressed <= 4, "{compressed} of 200 batches compressed");
     }
 
     #[test]
