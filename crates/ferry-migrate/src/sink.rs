@@ -353,6 +353,11 @@ fn pump(
     shared: &Shared,
     tx: &Sender<Msg>,
 ) -> Result<(), MigrateError> {
+    if ch != 0 {
+        // Bulk pages yield to the guests running on this host (channel 0 carries the control
+        // frames and the pages a post-copy guest waits for: it keeps its priority).
+        crate::priority::background();
+    }
     let mut decoder = BatchDecoder::new();
     let mut store = RamStore::new(shared.mem.clone());
     let mut scratch = ScratchStore::new(shared.mem.pages());

@@ -652,6 +652,10 @@ fn send_round(
                     let (mem, done, finished_tx) = (mem.clone(), &done, finished_tx.clone());
                     let cancel = cancel.clone();
                     s.spawn(move || {
+                        if !paused {
+                            // The guest runs: it keeps its CPU (priority.rs).
+                            priority::background();
+                        }
                         let r = send_shard(
                             &*mem, w, enc, bufs, round, dirty, data, paused, ch as u64, n, done,
                             &cancel,
