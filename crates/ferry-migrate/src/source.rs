@@ -618,12 +618,21 @@ fn send_round(
 ) -> Result<RoundStats, MigrateError> {
     let t = Instant::now();
     let before = link.bytes();
+    // The bulk round leaves out pages the memory knows to be zero (never touched): the
+    // destination's RAM is fresh, so they are zero there too, and its page checks start as zero
+    // pages. Sending them as zero flags cost 1.5 s for an idle 2 GiB guest (2.8 us a page).
+    let with_data = if round == 0 {
+        mem.data_pages().map(|mut d| {
+            d.and(dirty);
+            d
+        })
+    } else {
+        None
+    };
+    let dirty = with_data.as_ref().unwrap_or(dirty);
     let total = dirty.count();
     let n = link.writers.len() as u64;
     let done = RoundProgress::default();
-    // The bulk round skips pages the memory knows to be zero (never touched) without reading them.
-    let data = if round == 0 { mem.data_pages() } else { None };
-    let data = data.as_ref();
     let cancel = link.cancel.clone();
     // A small round (a final round, post-copy's core) goes from this thread, channel after
     // channel: starting a sender thread per channel cost about 0.4 ms each here, inside the pause.
@@ -635,7 +644,7 @@ fn send_round(
             .enumerate()
             .map(|(ch, ((w, enc), bufs))| {
                 send_shard(
-                    &**mem, w, enc, bufs, round, dirty, data, paused, ch as u64, n, &done, &cancel,
+                    &**mem, w, enc, bufs, round, dirty, paused, ch as u64, n, &done, &cancel,
                 )
             })
             .collect()
@@ -657,8 +666,7 @@ fn send_round(
                             priority::background();
                         }
                         let r = send_shard(
-                            &*mem, w, enc, bufs, round, dirty, data, paused, ch as u64, n, done,
-                            &cancel,
+                            &*mem, w, enc, bufs, round, dirty, paused, ch as u64, n, done, &cancel,
                         );
                         let _ = finished_tx.send(());
                         r
@@ -712,7 +720,6 @@ fn send_shard(
     bufs: &mut SendBuffers,
     round: u32,
     dirty: &DirtyBitmap,
-    data: Option<&DirtyBitmap>,
     paused: bool,
     ch: u64,
     channels: u64,
@@ -724,7 +731,6 @@ fn send_shard(
     }
     let SendBuffers { pages: buf, out } = bufs;
     let mut gfns = Vec::with_capacity(BATCH_PAGES);
-    let zero = [0u8; PAGE_SIZE];
     let mut flush =
         |gfns: &mut Vec<u64>, buf: &mut [u8], out: &mut Vec<u8>| -> Result<(), MigrateError> {
             if gfns.is_empty() {
@@ -733,18 +739,14 @@ fn send_shard(
             if !paused {
                 // The guest runs: take a copy, so the encoder sees one consistent version of each page.
                 for (i, &gfn) in gfns.iter().enumerate() {
-                    if data.is_none_or(|d| d.get(gfn)) {
-                        mem.read_page(gfn, &mut buf[i * PAGE_SIZE..(i + 1) * PAGE_SIZE]);
-                    }
+                    mem.read_page(gfn, &mut buf[i * PAGE_SIZE..(i + 1) * PAGE_SIZE]);
                 }
             }
             let refs: Vec<PageRef<'_>> = gfns
                 .iter()
                 .enumerate()
                 .map(|(i, &gfn)| {
-                    let data = if data.is_some_and(|d| !d.get(gfn)) {
-                        &zero[..]
-                    } else if paused {
+                    let data = if paused {
                         // SAFETY: the guest is paused for the whole send, so nothing writes this page
                         // while the encoder reads it (no copy needed).
                         unsafe { mem.page(gfn) }
