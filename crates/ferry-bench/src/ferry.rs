@@ -46,7 +46,8 @@ pub fn run(ctx: &RunCtx, s: &FerrySettings) -> Result<RunResult, BenchError> {
     // QEMU migrates in plaintext: compare like for like.
     cmd.args(["vm", "receive", "--listen"])
         .arg(format!("{}:0", ctx.listen_host()))
-        .args(["--once", "--insecure"])
+        // QEMU's destination does not fault its RAM in ahead of the copy: neither does ferry's.
+        .args(["--once", "--insecure", "--no-prefault"])
         .arg("--control")
         .arg(&dst_sock)
         .arg("--serial")
