@@ -5,8 +5,10 @@ use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
-use ferry_wire::{encode_header, FrameHeader, FrameType, HEADER_LEN};
+use ferry_wire::run::{crc_append_page, RunHeader, RUN_HEADER_LEN};
+use ferry_wire::{crc_start, encode_header_parts, FrameHeader, FrameType, HEADER_LEN};
 
+use crate::memory::GuestMemory;
 use crate::MigrateError;
 
 /// A byte stream a migration can run over.
@@ -248,11 +250,26 @@ pub fn split(stream: Stream, key: u32) -> Result<(FrameReader, FrameWriter), Mig
 impl FrameWriter {
     /// Sends one frame.
     pub fn send(&mut self, kind: FrameType, flags: u8, payload: &[u8]) -> Result<(), MigrateError> {
-        let h = encode_header(kind, flags, self.seq, payload, self.key)?;
+        self.send_parts(kind, flags, &[payload])
+    }
+
+    /// Sends one frame whose payload is `parts` in order, with one vectored write (no copy of the
+    /// parts into one buffer: a page run goes from guest RAM to the socket).
+    pub fn send_parts(
+        &mut self,
+        kind: FrameType,
+        flags: u8,
+        parts: &[&[u8]],
+    ) -> Result<(), MigrateError> {
+        let h = encode_header_parts(kind, flags, self.seq, parts, self.key)?;
+        let len: usize = parts.iter().map(|p| p.len()).sum();
         if let Some(limit) = &self.limit {
-            limit.acquire(HEADER_LEN + payload.len());
+            limit.acquire(HEADER_LEN + len);
         }
-        write_all_vectored(&mut self.stream, &h, payload).map_err(|e| match e.kind() {
+        let mut all = Vec::with_capacity(parts.len() + 1);
+        all.push(&h[..]);
+        all.extend_from_slice(parts);
+        write_all_parts(&mut self.stream, &mut all).map_err(|e| match e.kind() {
             std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset => {
                 MigrateError::PeerClosed("sending")
             }
@@ -262,7 +279,7 @@ impl FrameWriter {
             },
         })?;
         self.seq = self.seq.wrapping_add(1);
-        self.bytes += (HEADER_LEN + payload.len()) as u64;
+        self.bytes += (HEADER_LEN + len) as u64;
         Ok(())
     }
 
@@ -282,18 +299,53 @@ impl FrameWriter {
     }
 }
 
-fn write_all_vectored(s: &mut Stream, mut head: &[u8], mut body: &[u8]) -> std::io::Result<()> {
-    while !head.is_empty() || !body.is_empty() {
-        let n = s.write_vectored(&[IoSlice::new(head), IoSlice::new(body)])?;
+fn write_all_parts(s: &mut Stream, mut parts: &mut [&[u8]]) -> std::io::Result<()> {
+    loop {
+        while parts.first().is_some_and(|p| p.is_empty()) {
+            parts = &mut parts[1..];
+        }
+        if parts.is_empty() {
+            return Ok(());
+        }
+        let slices: Vec<IoSlice<'_>> = parts.iter().map(|p| IoSlice::new(p)).collect();
+        let mut n = s.write_vectored(&slices)?;
         if n == 0 {
             return Err(std::io::ErrorKind::WriteZero.into());
         }
-        let from_head = n.min(head.len());
-        head = &head[from_head..];
-        body = &body[n - from_head..];
+        for p in parts.iter_mut() {
+            let k = n.min(p.len());
+            *p = &p[k..];
+            n -= k;
+            if n == 0 {
+                break;
+            }
+        }
     }
-    Ok(())
 }
+
+/// What [`FrameReader::recv_or_run`] received.
+pub enum Received<'a> {
+    /// A frame other than a page run; the payload is valid until the next call.
+    Frame(FrameHeader, &'a [u8]),
+    /// A page run, written into guest RAM and checked; the per-page CRCs are in the caller's vector.
+    Run(RunHeader),
+}
+
+/// Which page runs a channel may write into guest RAM.
+pub struct RunTarget<'a> {
+    /// The destination's RAM.
+    pub mem: &'a dyn GuestMemory,
+    /// This channel.
+    pub channel: u64,
+    /// Channels of the migration (pages are sharded across them).
+    pub channels: u64,
+    /// Pages per shard.
+    pub shard_pages: u64,
+}
+
+/// Bytes read from the socket between per-page CRC passes: small enough that the pages are still
+/// in cache when their CRC is computed.
+const RUN_READ_CHUNK: usize = 64 << 10;
 
 impl FrameReader {
     /// Receives one frame; the payload is valid until the next call. `during` names the phase for errors.
@@ -301,9 +353,78 @@ impl FrameReader {
         let mut raw = [0u8; HEADER_LEN];
         read_exact(&mut self.stream, &mut raw, during)?;
         let h = FrameHeader::parse(&raw)?;
+        let p = self.finish_recv(&raw, h, during)?;
+        Ok((h, p))
+    }
+
+    /// Receives one frame like [`FrameReader::recv`], except that a page run is read straight into
+    /// `target`'s RAM (no staging copy), its per-page CRCs left in `crcs` and the frame CRC
+    /// computed from them. `target` is `None` when the guest may run here (a run is then refused).
+    ///
+    /// The pages land before the frame's CRC is checked: a bad CRC fails the migration, and the
+    /// destination, whose VM has not run, discards its RAM.
+    pub fn recv_or_run(
+        &mut self,
+        during: &'static str,
+        target: Option<&RunTarget<'_>>,
+        crcs: &mut Vec<u32>,
+    ) -> Result<Received<'_>, MigrateError> {
+        let mut raw = [0u8; HEADER_LEN];
+        read_exact(&mut self.stream, &mut raw, during)?;
+        let h = FrameHeader::parse(&raw)?;
+        if h.kind != FrameType::PageRun {
+            let p = self.finish_recv(&raw, h, during)?;
+            return Ok(Received::Frame(h, p));
+        }
+        let Some(t) = target else {
+            return Err(MigrateError::Unexpected {
+                got: h.kind,
+                during: "post-switch-over (the VM may run)",
+            });
+        };
+        let mut rh = [0u8; RUN_HEADER_LEN];
+        if (h.len as usize) < RUN_HEADER_LEN {
+            return Err(ferry_wire::WireError::Malformed("page run too short").into());
+        }
+        read_exact(&mut self.stream, &mut rh, during)?;
+        let run = RunHeader::decode(&rh, h.len, t.mem.pages())?;
+        let last = run.first + u64::from(run.count) - 1;
+        let shards = (run.first / t.shard_pages)..=(last / t.shard_pages);
+        if shards.into_iter().any(|s| s % t.channels != t.channel) {
+            return Err(
+                ferry_wire::WireError::Malformed("page run outside this channel's pages").into(),
+            );
+        }
+        // SAFETY: the pages are this channel's (checked just above: pages are sharded across
+        // channels, so no other receiver touches them) and the guest does not run here while runs
+        // are accepted (the caller passes no target once it may).
+        let dst = unsafe { t.mem.run_mut(run.first, u64::from(run.count)) };
+        let mut crc = crc32c::crc32c_append(crc_start(&raw, self.key), &rh);
+        crcs.clear();
+        for chunk in dst.chunks_mut(RUN_READ_CHUNK) {
+            read_exact(&mut self.stream, chunk, during)?;
+            for page in chunk.chunks(ferry_vmm::PAGE_SIZE) {
+                let c = crc32c::crc32c(page);
+                crcs.push(c);
+                crc = crc_append_page(crc, c);
+            }
+        }
+        h.verify_crc(crc, self.seq)?;
+        self.seq = self.seq.wrapping_add(1);
+        self.bytes += (HEADER_LEN as u64) + u64::from(h.len);
+        Ok(Received::Run(run))
+    }
+
+    /// Reads and checks the payload of a frame whose header is read.
+    fn finish_recv(
+        &mut self,
+        raw: &[u8; HEADER_LEN],
+        h: FrameHeader,
+        during: &'static str,
+    ) -> Result<&[u8], MigrateError> {
         self.buf.resize(h.len as usize, 0);
         read_exact(&mut self.stream, &mut self.buf, during)?;
-        h.verify(&raw, &self.buf, self.key, self.seq)?;
+        h.verify(raw, &self.buf, self.key, self.seq)?;
         self.seq = self.seq.wrapping_add(1);
         self.bytes += (HEADER_LEN + self.buf.len()) as u64;
         if h.kind == FrameType::Abort {
@@ -311,7 +432,7 @@ impl FrameReader {
                 .unwrap_or_else(|_| "no reason given".into());
             return Err(MigrateError::PeerAborted(reason));
         }
-        Ok((h, &self.buf))
+        Ok(&self.buf)
     }
 
     /// Receives a frame that must be of type `want`.
@@ -351,4 +472,105 @@ fn read_exact(s: &mut Stream, buf: &mut [u8], during: &'static str) -> Result<()
             source: e,
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::synthetic::SyntheticMemory;
+    use ferry_vmm::PAGE_SIZE;
+
+    fn pair() -> (FrameReader, FrameWriter) {
+        let (a, b) = UnixStream::pair().unwrap();
+        let (r, _) = split(Stream::Unix(a), 7).unwrap();
+        let (_, w) = split(Stream::Unix(b), 7).unwrap();
+        (r, w)
+    }
+
+    fn pages(count: usize, seed: u8) -> Vec<u8> {
+        (0..count * PAGE_SIZE)
+            .map(|i| (i as u8).wrapping_mul(31) ^ seed ^ (i / PAGE_SIZE) as u8)
+            .collect()
+    }
+
+    fn send_run(w: &mut FrameWriter, first: u64, data: &[u8]) {
+        let h = RunHeader {
+            first,
+            count: (data.len() / PAGE_SIZE) as u32,
+        };
+        w.send_parts(FrameType::PageRun, 0, &[&h.encode(), data])
+            .unwrap();
+    }
+
+    #[test]
+    fn a_page_run_lands_in_place_with_its_page_crcs() {
+        let mem = SyntheticMemory::new(1024);
+        let t = RunTarget {
+            mem: &mem,
+            channel: 1,
+            channels: 2,
+            shard_pages: 512,
+        };
+        let (mut r, mut w) = pair();
+        let data = pages(20, 5);
+        send_run(&mut w, 600, &data);
+        w.send(FrameType::RoundEnd, 0, b"x").unwrap();
+        let mut crcs = Vec::new();
+        let got = r.recv_or_run("test", Some(&t), &mut crcs).unwrap();
+        assert!(matches!(
+            got,
+            Received::Run(RunHeader {
+                first: 600,
+                count: 20
+            })
+        ));
+        // SAFETY: the test owns the memory and nothing else touches it.
+        assert_eq!(unsafe { mem.run(600, 20) }, &data[..]);
+        let want: Vec<u32> = data.chunks(PAGE_SIZE).map(crc32c::crc32c).collect();
+        assert_eq!(crcs, want);
+        let got = r.recv_or_run("test", Some(&t), &mut crcs).unwrap();
+        assert!(matches!(got, Received::Frame(h, b"x") if h.kind == FrameType::RoundEnd));
+    }
+
+    #[test]
+    fn bad_page_runs_are_refused() {
+        let mem = SyntheticMemory::new(1024);
+        let t = RunTarget {
+            mem: &mem,
+            channel: 1,
+            channels: 2,
+            shard_pages: 512,
+        };
+        let mut crcs = Vec::new();
+        // Channel 0's pages on channel 1.
+        let (mut r, mut w) = pair();
+        send_run(&mut w, 8, &pages(8, 1));
+        assert!(r.recv_or_run("test", Some(&t), &mut crcs).is_err());
+        // Once the guest may run, no run is taken.
+        let (mut r, mut w) = pair();
+        send_run(&mut w, 600, &pages(8, 1));
+        assert!(matches!(
+            r.recv_or_run("test", None, &mut crcs),
+            Err(MigrateError::Unexpected { .. })
+        ));
+        // A corrupted page fails the frame CRC.
+        let (mut r, w) = pair();
+        let data = pages(8, 1);
+        let h = RunHeader {
+            first: 600,
+            count: 8,
+        };
+        let hdr = encode_header_parts(FrameType::PageRun, 0, 0, &[&h.encode(), &data], 7).unwrap();
+        let mut bad = data.clone();
+        bad[5000] ^= 1;
+        let mut s = w.stream.try_clone().unwrap();
+        s.write_all(&hdr).unwrap();
+        s.write_all(&h.encode()).unwrap();
+        s.write_all(&bad).unwrap();
+        let e = r.recv_or_run("test", Some(&t), &mut crcs).err().unwrap();
+        assert!(
+            matches!(e, MigrateError::Wire(ferry_wire::WireError::BadCrc { .. })),
+            "{e:?}"
+        );
+    }
 }

@@ -41,6 +41,13 @@ impl PageHashes {
         }
     }
 
+    /// Records page `index`'s check value, computed by the caller (`crc32c` of its bytes).
+    pub fn set_crc(&self, index: u64, crc: u32) {
+        if let Some(h) = self.hashes.get(index as usize) {
+            h.store(u64::from(crc), Ordering::Relaxed);
+        }
+    }
+
     /// The combined digest.
     pub fn digest(&self) -> [u8; 16] {
         let mut bytes = Vec::with_capacity(self.hashes.len() * 8);

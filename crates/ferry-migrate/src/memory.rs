@@ -29,6 +29,27 @@ pub trait GuestMemory: Send + Sync {
     /// # Safety
     /// Nothing may write the page while the slice lives: the guest is paused.
     unsafe fn page(&self, index: u64) -> &[u8];
+    /// A view of `count` consecutive pages from `first`, which lie back to back in host memory.
+    ///
+    /// # Safety
+    /// As for [`GuestMemory::page`], for every page of the run.
+    unsafe fn run(&self, first: u64, count: u64) -> &[u8];
+    /// A mutable view of `count` consecutive pages from `first`.
+    ///
+    /// # Safety
+    /// As for [`GuestMemory::page_mut`], for every page of the run.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn run_mut(&self, first: u64, count: u64) -> &mut [u8];
+}
+
+/// Panics unless pages `first..first + count` exist in a RAM of `pages` pages; returns the byte
+/// offset and length of the run.
+fn run_bounds(first: u64, count: u64, pages: u64) -> (usize, usize) {
+    assert!(
+        first.checked_add(count).is_some_and(|end| end <= pages),
+        "page run {first}+{count} beyond {pages} pages"
+    );
+    (first as usize * PAGE_SIZE, count as usize * PAGE_SIZE)
 }
 
 impl GuestMemory for GuestRam {
@@ -59,6 +80,17 @@ impl GuestMemory for GuestRam {
         unsafe {
             std::slice::from_raw_parts(self.host_base().add(index as usize * PAGE_SIZE), PAGE_SIZE)
         }
+    }
+    unsafe fn run(&self, first: u64, count: u64) -> &[u8] {
+        let (at, len) = run_bounds(first, count, GuestRam::pages(self));
+        // SAFETY: one mapping holds all of RAM, and the run lies inside it (checked); no writer
+        // while it lives is the caller's contract.
+        unsafe { std::slice::from_raw_parts(self.host_base().add(at), len) }
+    }
+    unsafe fn run_mut(&self, first: u64, count: u64) -> &mut [u8] {
+        let (at, len) = run_bounds(first, count, GuestRam::pages(self));
+        // SAFETY: inside the one mapping (checked); exclusivity is the caller's contract.
+        unsafe { std::slice::from_raw_parts_mut(self.host_base().add(at), len) }
     }
 }
 

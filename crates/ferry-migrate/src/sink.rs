@@ -16,7 +16,7 @@ use ferry_wire::message::{
 };
 use ferry_wire::{FrameType, WireError};
 
-use crate::channel::{split, FrameReader, FrameWriter, Stream};
+use crate::channel::{split, FrameReader, FrameWriter, Received, RunTarget, Stream};
 use crate::digest::PageHashes;
 use crate::memory::{GuestMemory, RamStore};
 use crate::postcopy::{self, PostcopyTarget};
@@ -238,7 +238,7 @@ pub fn receive<F: SinkFactory>(
     for (ch, mut r) in readers.into_iter().enumerate() {
         let (tx, shared) = (tx.clone(), shared.clone());
         pumps.push(std::thread::spawn(move || {
-            if let Err(e) = pump(ch, &mut r, &shared, &tx) {
+            if let Err(e) = pump(ch, channels, &mut r, &shared, &tx) {
                 let _ = tx.send(Msg::Failed(e));
             }
             r.bytes
@@ -349,6 +349,7 @@ pub(crate) fn refuse(w: &mut FrameWriter, why: &str) {
 /// Applies frames of one channel until the source closes it.
 fn pump(
     ch: usize,
+    channels: usize,
     r: &mut FrameReader,
     shared: &Shared,
     tx: &Sender<Msg>,
@@ -362,9 +363,31 @@ fn pump(
     let mut store = RamStore::new(shared.mem.clone());
     let mut scratch = ScratchStore::new(shared.mem.pages());
     let mut idle = None;
+    let mut crcs = Vec::new();
+    let run_target = RunTarget {
+        mem: &*shared.mem,
+        channel: ch as u64,
+        channels: channels as u64,
+        shard_pages: crate::source::SHARD_PAGES,
+    };
     loop {
-        let (h, p) = match r.recv("page transfer") {
-            Ok(f) => f,
+        // Page runs land in place only while the guest cannot run here: once post-copy starts or
+        // the VM runs, a run is a protocol error (the source sends none then).
+        let before_guest =
+            shared.postcopy.get().is_none() && !shared.running.load(Ordering::SeqCst);
+        let got = r.recv_or_run(
+            "page transfer",
+            before_guest.then_some(&run_target),
+            &mut crcs,
+        );
+        let (h, p) = match got {
+            Ok(Received::Frame(h, p)) => (h, p),
+            Ok(Received::Run(run)) => {
+                for (i, &c) in crcs.iter().enumerate() {
+                    shared.hashes.set_crc(run.first + i as u64, c);
+                }
+                continue;
+            }
             Err(MigrateError::PeerClosed(_)) => {
                 let _ = tx.send(Msg::Closed);
                 return Ok(());

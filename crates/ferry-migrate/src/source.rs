@@ -12,6 +12,7 @@ use ferry_vmm::dirty::DirtyBitmap;
 use ferry_vmm::PAGE_SIZE;
 use ferry_wire::codec::{BatchEncoder, EncoderConfig, PageRef};
 use ferry_wire::message::{self, channel_key, features, Hello, HelloAck, RoundSummary, VmConfig};
+use ferry_wire::run::{RunHeader, RUN_HEADER_LEN};
 use ferry_wire::FrameType;
 
 use crate::channel::{split, FrameReader, FrameWriter, Stream};
@@ -91,6 +92,8 @@ struct Link {
     postcopy: bool,
     /// Same host (Unix socket) and the destination accepts guest RAM as a file descriptor.
     handover: bool,
+    /// The destination takes page runs (ferry_wire::run) before it runs the VM.
+    runs: bool,
     /// Set to cancel; checked between batches too, so a long round stops promptly.
     cancel: Arc<AtomicBool>,
     /// Round-trip time, measured by the handshake.
@@ -231,6 +234,7 @@ fn handshake(
 ) -> Result<Link, MigrateError> {
     let id = opts.migration_id.unwrap_or_else(new_migration_id);
     let (mut control, mut writers, mut postcopy, mut handover) = (None, Vec::new(), false, false);
+    let mut runs = false;
     // Hello and its answer cost the destination next to nothing: their exchange times the link.
     let mut rtt = Duration::MAX;
     for ch in 0..opts.channels {
@@ -262,6 +266,7 @@ fn handshake(
             control = Some(r);
             postcopy = ack.features & features::POSTCOPY != 0;
             handover = unix && ack.features & features::FD_HANDOVER != 0;
+            runs = ack.features & features::PAGE_RUNS != 0;
         }
     }
     let control = control.ok_or_else(|| MigrateError::Config("no channel".into()))?;
@@ -271,6 +276,7 @@ fn handshake(
     Ok(Link {
         postcopy,
         handover,
+        runs,
         cancel: opts.cancel.clone(),
         rtt,
         control,
@@ -634,6 +640,7 @@ fn send_round(
     let n = link.writers.len() as u64;
     let done = RoundProgress::default();
     let cancel = link.cancel.clone();
+    let runs = link.runs;
     // A small round (a final round, post-copy's core) goes from this thread, channel after
     // channel: starting a sender thread per channel cost about 0.4 ms each here, inside the pause.
     let results: Vec<Result<(), MigrateError>> = if total <= INLINE_ROUND_PAGES {
@@ -644,7 +651,7 @@ fn send_round(
             .enumerate()
             .map(|(ch, ((w, enc), bufs))| {
                 send_shard(
-                    &**mem, w, enc, bufs, round, dirty, paused, ch as u64, n, &done, &cancel,
+                    &**mem, w, enc, bufs, round, dirty, paused, runs, ch as u64, n, &done, &cancel,
                 )
             })
             .collect()
@@ -666,7 +673,8 @@ fn send_round(
                             priority::background();
                         }
                         let r = send_shard(
-                            &*mem, w, enc, bufs, round, dirty, paused, ch as u64, n, done, &cancel,
+                            &*mem, w, enc, bufs, round, dirty, paused, runs, ch as u64, n, done,
+                            &cancel,
                         );
                         let _ = finished_tx.send(());
                         r
@@ -721,6 +729,7 @@ fn send_shard(
     round: u32,
     dirty: &DirtyBitmap,
     paused: bool,
+    runs: bool,
     ch: u64,
     channels: u64,
     done: &RoundProgress,
@@ -731,6 +740,7 @@ fn send_shard(
     }
     let SendBuffers { pages: buf, out } = bufs;
     let mut gfns = Vec::with_capacity(BATCH_PAGES);
+    let mut run_list = Vec::new();
     let mut flush =
         |gfns: &mut Vec<u64>, buf: &mut [u8], out: &mut Vec<u8>| -> Result<(), MigrateError> {
             if gfns.is_empty() {
@@ -757,13 +767,40 @@ fn send_shard(
                 })
                 .collect();
             out.clear();
-            enc.encode(&refs, out);
-            w.send(FrameType::Pages, 0, out)?;
+            if !runs {
+                enc.encode(&refs, out);
+            } else {
+                // Long stretches of raw pages travel as page runs: straight from guest RAM (or
+                // this batch's copy) to the socket, and at the destination straight into RAM.
+                enc.encode_runs(&refs, out, &mut run_list);
+                for r in run_list.drain(..) {
+                    let (first, count) = (refs[r.start].gfn, r.len() as u64);
+                    let data = if paused {
+                        // SAFETY: the guest is paused for the whole send; the run's pages are
+                        // consecutive guest pages (the encoder checked their numbers).
+                        unsafe { mem.run(first, count) }
+                    } else {
+                        &buf[r.start * PAGE_SIZE..r.end * PAGE_SIZE]
+                    };
+                    let header = RunHeader {
+                        first,
+                        count: count as u32,
+                    };
+                    w.send_parts(FrameType::PageRun, 0, &[&header.encode(), data])?;
+                    done.bytes.fetch_add(
+                        (ferry_wire::HEADER_LEN + RUN_HEADER_LEN + data.len()) as u64,
+                        Ordering::Relaxed,
+                    );
+                }
+            }
+            if !out.is_empty() {
+                w.send(FrameType::Pages, 0, out)?;
+                done.bytes.fetch_add(
+                    (ferry_wire::HEADER_LEN + out.len()) as u64,
+                    Ordering::Relaxed,
+                );
+            }
             done.pages.fetch_add(gfns.len() as u64, Ordering::Relaxed);
-            done.bytes.fetch_add(
-                (ferry_wire::HEADER_LEN + out.len()) as u64,
-                Ordering::Relaxed,
-            );
             gfns.clear();
             Ok(())
         };

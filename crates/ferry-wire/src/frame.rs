@@ -53,6 +53,8 @@ pub enum FrameType {
     Discard = 15,
     /// Destination, resuming an interrupted post-copy: the pages it still lacks.
     Missing = 16,
+    /// Consecutive whole pages, raw, in guest order (see [`crate::run`]): the large-page fast path.
+    PageRun = 17,
 }
 
 impl FrameType {
@@ -76,6 +78,7 @@ impl FrameType {
             14 => PostcopyStart,
             15 => Discard,
             16 => Missing,
+            17 => PageRun,
             other => return Err(WireError::UnknownFrameType(other)),
         })
     }
@@ -132,7 +135,13 @@ impl FrameHeader {
                 "payload length differs from the header",
             ));
         }
-        let crc = crc32c::crc32c_append(crc32c::crc32c_append(key, &raw_header[..12]), payload);
+        let crc = crc32c::crc32c_append(crc_start(raw_header, key), payload);
+        self.verify_crc(crc, expect_seq)
+    }
+
+    /// Checks a CRC computed by the caller (from [`crc_start`], over exactly `len` payload bytes)
+    /// and the expected sequence number: for payloads read straight into their destination.
+    pub fn verify_crc(&self, crc: u32, expect_seq: u32) -> Result<(), WireError> {
         if crc != self.crc {
             return Err(WireError::BadCrc {
                 kind: self.kind,
@@ -149,6 +158,12 @@ impl FrameHeader {
     }
 }
 
+/// The CRC state after a frame's header bytes 0..12, seeded with the channel key; the payload
+/// continues it (`crc32c_append`).
+pub fn crc_start(raw_header: &[u8; HEADER_LEN], key: u32) -> u32 {
+    crc32c::crc32c_append(key, &raw_header[..12])
+}
+
 /// Writes a header for `payload` into `out[..16]`.
 pub fn encode_header(
     kind: FrameType,
@@ -157,11 +172,24 @@ pub fn encode_header(
     payload: &[u8],
     key: u32,
 ) -> Result<[u8; HEADER_LEN], WireError> {
-    let len = u32::try_from(payload.len())
+    encode_header_parts(kind, flags, seq, &[payload], key)
+}
+
+/// Writes a header for the payload made of `parts` in order (sent with one vectored write, so the
+/// parts need not be copied together first).
+pub fn encode_header_parts(
+    kind: FrameType,
+    flags: u8,
+    seq: u32,
+    parts: &[&[u8]],
+    key: u32,
+) -> Result<[u8; HEADER_LEN], WireError> {
+    let total: usize = parts.iter().map(|p| p.len()).sum();
+    let len = u32::try_from(total)
         .ok()
         .filter(|&l| l <= MAX_PAYLOAD)
         .ok_or(WireError::TooLarge {
-            len: payload.len().min(u32::MAX as usize) as u32,
+            len: total.min(u32::MAX as usize) as u32,
             max: MAX_PAYLOAD,
         })?;
     let mut h = [0u8; HEADER_LEN];
@@ -169,7 +197,9 @@ pub fn encode_header(
     h[1] = flags;
     h[4..8].copy_from_slice(&len.to_le_bytes());
     h[8..12].copy_from_slice(&seq.to_le_bytes());
-    let crc = crc32c::crc32c_append(crc32c::crc32c_append(key, &h[..12]), payload);
+    let crc = parts
+        .iter()
+        .fold(crc_start(&h, key), |c, p| crc32c::crc32c_append(c, p));
     h[12..16].copy_from_slice(&crc.to_le_bytes());
     Ok(h)
 }
@@ -203,6 +233,13 @@ mod tests {
             p.verify(&h, payload, 0xabc, 8),
             Err(WireError::BadSequence { .. })
         ));
+    }
+
+    #[test]
+    fn a_header_over_parts_equals_one_over_their_concatenation() {
+        let whole = encode_header(FrameType::PageRun, 0, 3, b"abcdefgh", 9).unwrap();
+        let parts = encode_header_parts(FrameType::PageRun, 0, 3, &[b"abc", b"", b"defgh"], 9);
+        assert_eq!(parts.unwrap(), whole);
     }
 
     #[test]

@@ -7,8 +7,11 @@
 pub mod codec;
 pub mod frame;
 pub mod message;
+pub mod run;
 
-pub use frame::{encode_header, FrameHeader, FrameType, HEADER_LEN, MAX_PAYLOAD};
+pub use frame::{
+    crc_start, encode_header, encode_header_parts, FrameHeader, FrameType, HEADER_LEN, MAX_PAYLOAD,
+};
 
 /// Why a stream was refused.
 #[derive(Debug, thiserror::Error)]

@@ -29,9 +29,19 @@ pub mod features {
     pub const MULTI_CHANNEL: u64 = 1 << 6;
     /// Same host: guest RAM handed over as a file descriptor instead of copied.
     pub const FD_HANDOVER: u64 = 1 << 7;
+    /// Runs of consecutive raw pages in [`crate::FrameType::PageRun`] frames, which the
+    /// destination reads straight into guest RAM.
+    pub const PAGE_RUNS: u64 = 1 << 9;
     /// Everything this build implements.
-    pub const ALL: u64 =
-        ZERO_PAGES | DEDUP | XBZRLE | LZ4 | ZSTD | POSTCOPY | MULTI_CHANNEL | FD_HANDOVER;
+    pub const ALL: u64 = ZERO_PAGES
+        | DEDUP
+        | XBZRLE
+        | LZ4
+        | ZSTD
+        | POSTCOPY
+        | MULTI_CHANNEL
+        | FD_HANDOVER
+        | PAGE_RUNS;
     /// Not a capability but an intent: this connection finishes an interrupted post-copy (same
     /// migration id) instead of starting a migration.
     pub const RECOVER: u64 = 1 << 8;

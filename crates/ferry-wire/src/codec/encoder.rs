@@ -44,7 +44,13 @@ pub struct BatchStats {
     pub compression: CompressionUsed,
     /// Normal pages that looked incompressible and went last (compressed batches only).
     pub incompressible: usize,
+    /// Pages left to the caller as page runs ([`BatchEncoder::encode_runs`]); not in `pages`.
+    pub run_pages: usize,
 }
+
+/// Shortest run [`BatchEncoder::encode_runs`] hands out: a run costs a frame (32 bytes) and a
+/// system call on each side, a Normal page two bytes of descriptor.
+pub const MIN_RUN_PAGES: usize = 8;
 
 /// One page's encoding, kept until the descriptors are written in travel order.
 #[derive(Debug, Clone, Copy)]
@@ -170,6 +176,32 @@ impl BatchEncoder {
     /// If `pages.len() > MAX_BATCH_PAGES` or a page is not [`PAGE_SIZE`] bytes: both are caller
     /// bugs, and a payload the decoder must reject is worse than failing here.
     pub fn encode(&mut self, pages: &[PageRef<'_>], out: &mut Vec<u8>) -> BatchStats {
+        self.encode_inner(pages, out, None)
+    }
+
+    /// Like [`BatchEncoder::encode`], but when this batch goes uncompressed (and xbzrle is off),
+    /// takes out runs of at least [`MIN_RUN_PAGES`] consecutive page numbers whose pages are
+    /// neither zero nor equal to the page before, and leaves them to the caller as index ranges
+    /// into `pages` (sent as [`crate::FrameType::PageRun`] frames, crate::run). The other pages
+    /// are encoded into `out` as usual; when none are left, nothing is appended.
+    ///
+    /// The encoder still makes every decision, so the adaptive policy keeps probing and timing
+    /// the link (the runs count as part of the batch sent).
+    pub fn encode_runs(
+        &mut self,
+        pages: &[PageRef<'_>],
+        out: &mut Vec<u8>,
+        runs: &mut Vec<std::ops::Range<usize>>,
+    ) -> BatchStats {
+        self.encode_inner(pages, out, Some(runs))
+    }
+
+    fn encode_inner(
+        &mut self,
+        pages: &[PageRef<'_>],
+        out: &mut Vec<u8>,
+        mut runs: Option<&mut Vec<std::ops::Range<usize>>>,
+    ) -> BatchStats {
         assert!(
             pages.len() <= MAX_BATCH_PAGES,
             "batch of {} pages exceeds MAX_BATCH_PAGES",
@@ -202,6 +234,29 @@ impl BatchEncoder {
             }
         };
 
+        let mut run_pages = 0;
+        let rest: Vec<PageRef<'_>>;
+        if let Some(runs) = runs.as_deref_mut() {
+            runs.clear();
+        }
+        let pages = match runs {
+            Some(runs) if want == CompressionUsed::None && self.xbzrle.is_none() => {
+                rest = split_runs(pages, runs);
+                run_pages = pages.len() - rest.len();
+                if rest.is_empty() {
+                    if adaptive {
+                        self.last_batch = Some((Instant::now(), run_pages * PAGE_SIZE));
+                    }
+                    return BatchStats {
+                        run_pages,
+                        ..BatchStats::default()
+                    };
+                }
+                &rest[..]
+            }
+            _ => pages,
+        };
+
         let start = out.len();
         out.extend_from_slice(&[0; HEADER_LEN]);
         // Uncompressed batches write page bytes straight into `out`, saving a copy.
@@ -212,6 +267,7 @@ impl BatchEncoder {
         let mut stats = BatchStats {
             pages: pages.len(),
             raw_bytes: pages.len() * PAGE_SIZE,
+            run_pages,
             ..BatchStats::default()
         };
 
@@ -351,10 +407,42 @@ impl BatchEncoder {
         stats.encoded_bytes = out.len() - start;
         stats.compression = used;
         if adaptive {
-            self.last_batch = Some((Instant::now(), stats.encoded_bytes));
+            self.last_batch = Some((Instant::now(), stats.encoded_bytes + run_pages * PAGE_SIZE));
         }
         stats
     }
+}
+
+/// Finds the runs [`BatchEncoder::encode_runs`] hands out (pushed to `runs`); returns the pages
+/// that stay in the batch, in order.
+fn split_runs<'a>(
+    pages: &[PageRef<'a>],
+    runs: &mut Vec<std::ops::Range<usize>>,
+) -> Vec<PageRef<'a>> {
+    let mut rest = Vec::with_capacity(pages.len());
+    let mut i = 0;
+    while i < pages.len() {
+        let start = i;
+        if !is_zero_page(pages[i].data) {
+            i += 1;
+            while i < pages.len()
+                && pages[i].gfn == pages[i - 1].gfn + 1
+                && i - start < crate::run::MAX_RUN_PAGES as usize
+                && !is_zero_page(pages[i].data)
+                && pages[i].data != pages[i - 1].data
+            {
+                i += 1;
+            }
+        } else {
+            i += 1;
+        }
+        if i - start >= MIN_RUN_PAGES && !is_zero_page(pages[start].data) {
+            runs.push(start..i);
+        } else {
+            rest.extend_from_slice(&pages[start..i]);
+        }
+    }
+    rest
 }
 
 #[cfg(test)]
@@ -371,6 +459,62 @@ mod tests {
                 map(s)
             })
             .collect()
+    }
+
+    #[test]
+    fn runs_take_long_stretches_of_distinct_data_and_the_batch_keeps_the_rest() {
+        use crate::codec::{BatchDecoder, EncoderConfig};
+        // gfns 0..20 then 40..44: a zero page at 5, a page equal to its neighbour at 12.
+        let mut data: Vec<Vec<u8>> = (0..24)
+            .map(|i| xorshift_page(2 * i + 1, |x| x as u8))
+            .collect();
+        data[5] = vec![0; PAGE_SIZE];
+        data[12] = data[11].clone();
+        let gfn = |i: usize| if i < 20 { i as u64 } else { 20 + i as u64 };
+        let pages: Vec<PageRef<'_>> = data
+            .iter()
+            .enumerate()
+            .map(|(i, d)| PageRef {
+                gfn: gfn(i),
+                data: d,
+            })
+            .collect();
+        let mut enc = BatchEncoder::new(EncoderConfig {
+            compression: crate::codec::Compression::Off,
+            ..EncoderConfig::default()
+        });
+        let (mut out, mut runs) = (Vec::new(), Vec::new());
+        let stats = enc.encode_runs(&pages, &mut out, &mut runs);
+        // 0..5 is too short, 6..12 stops at the copy of page 11 (7 pages: too short), 12..20 is
+        // a run (8 pages), 20..24 has new numbers but only 4 pages.
+        assert_eq!(runs, vec![12..20]);
+        assert_eq!((stats.run_pages, stats.pages), (8, 16));
+        let mut store: std::collections::BTreeMap<u64, Vec<u8>> = Default::default();
+        struct Map<'a>(&'a mut std::collections::BTreeMap<u64, Vec<u8>>);
+        impl crate::codec::PageStore for Map<'_> {
+            fn page_mut(&mut self, gfn: u64) -> Result<&mut [u8], crate::codec::CodecError> {
+                Ok(self.0.entry(gfn).or_insert_with(|| vec![0xAA; PAGE_SIZE]))
+            }
+        }
+        BatchDecoder::new()
+            .decode(&out, &mut Map(&mut store))
+            .unwrap();
+        for (i, d) in data.iter().enumerate() {
+            let in_run = (12..20).contains(&i);
+            assert_eq!(store.contains_key(&gfn(i)), !in_run, "page {i}");
+            if !in_run {
+                assert_eq!(&store[&gfn(i)], d, "page {i}");
+            }
+        }
+        // With compression the batch keeps every page.
+        let mut enc = BatchEncoder::new(EncoderConfig {
+            compression: crate::codec::Compression::Lz4,
+            ..EncoderConfig::default()
+        });
+        out.clear();
+        let stats = enc.encode_runs(&pages, &mut out, &mut runs);
+        assert!(runs.is_empty());
+        assert_eq!((stats.run_pages, stats.pages), (0, 24));
     }
 
     #[test]

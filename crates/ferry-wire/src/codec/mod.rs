@@ -83,7 +83,7 @@ pub use adaptive::{
     CompressionSample, LinkSample,
 };
 pub use decoder::{BatchDecoder, DecodeStats};
-pub use encoder::{BatchEncoder, BatchStats};
+pub use encoder::{BatchEncoder, BatchStats, MIN_RUN_PAGES};
 pub use xbzrle::{xbzrle_check, xbzrle_decode, xbzrle_encode};
 pub use zero::is_zero_page;
 
