@@ -403,7 +403,12 @@ fn copy_phases<S: MigrationSource>(
     if opts.strategy != Strategy::StopAndCopy {
         // Dirty logging stays on: turning it off rewrites the memory slots (milliseconds, inside
         // the pause). On success this VM is done; on failure the error path turns it off.
+        let t = Instant::now();
         src.collect_dirty(&mut dirty)?;
+        tracing::debug!(
+            us = t.elapsed().as_micros() as u64,
+            "dirty log read in the pause"
+        );
         src.set_throttle(0)?;
     }
     let stats = send_round(mem, link, round, &dirty, true, report, events)?;

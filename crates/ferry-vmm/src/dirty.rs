@@ -7,6 +7,12 @@ use vmm_sys_util::ioctl_iow_nr;
 
 const KVMIO: u32 = 0xAE;
 ioctl_iow_nr!(KVM_GET_DIRTY_LOG, KVMIO, 0x42, kvm_dirty_log);
+vmm_sys_util::ioctl_iowr_nr!(
+    KVM_CLEAR_DIRTY_LOG,
+    KVMIO,
+    0xc0,
+    kvm_bindings::kvm_clear_dirty_log
+);
 
 /// One bit per guest page.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -154,7 +160,8 @@ impl DirtyBitmap {
     }
 }
 
-/// Reads one slot's KVM dirty log into `buf` (resized once, then reused). Reading clears the log.
+/// Reads one slot's KVM dirty log into `buf` (resized once, then reused). Reading clears the log,
+/// unless manual clearing is on ([`enable_manual_clear`]).
 pub fn get_dirty_log(
     vm: &kvm_ioctls::VmFd,
     slot: u32,
@@ -172,6 +179,53 @@ pub fn get_dirty_log(
     // SAFETY: `log` points at a buffer of ceil(pages/64) u64s, exactly the bitmap size KVM writes for a
     // slot of `pages` pages; the VM fd is valid for the call's duration.
     let ret = unsafe { ioctl_with_ref(vm, KVM_GET_DIRTY_LOG(), &log) };
+    if ret < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Turns on manual clearing of the dirty log (KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2) if this KVM has it:
+/// reading the log then neither clears it nor write-protects pages; [`clear_dirty_log`] does that
+/// for exactly the pages given. Returns whether it is on.
+pub fn enable_manual_clear(vm: &kvm_ioctls::VmFd) -> bool {
+    let cap = kvm_bindings::kvm_enable_cap {
+        cap: kvm_bindings::KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2,
+        args: [
+            u64::from(kvm_bindings::KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE),
+            0,
+            0,
+            0,
+        ],
+        ..Default::default()
+    };
+    vm.check_extension_raw(u64::from(kvm_bindings::KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2)) > 0
+        && vm.enable_cap(&cap).is_ok()
+}
+
+/// Clears (and write-protects again) the pages of `slot` whose bits are set in `bitmap`, which
+/// covers the whole slot of `pages` pages: after this, writes to them are logged anew.
+pub fn clear_dirty_log(
+    vm: &kvm_ioctls::VmFd,
+    slot: u32,
+    pages: u64,
+    bitmap: &mut [u64],
+) -> std::io::Result<()> {
+    let num_pages = u32::try_from(pages).map_err(|_| std::io::Error::other("slot too large"))?;
+    if bitmap.len() as u64 != pages.div_ceil(64) {
+        return Err(std::io::Error::other("bitmap does not cover the slot"));
+    }
+    let log = kvm_bindings::kvm_clear_dirty_log {
+        slot,
+        num_pages,
+        first_page: 0,
+        __bindgen_anon_1: kvm_bindings::kvm_clear_dirty_log__bindgen_ty_1 {
+            dirty_bitmap: bitmap.as_mut_ptr().cast(),
+        },
+    };
+    // SAFETY: the bitmap holds ceil(pages/64) u64s (checked), the size KVM reads for `num_pages`
+    // pages from page 0 of the slot; the VM fd is valid for the call.
+    let ret = unsafe { ioctl_with_ref(vm, KVM_CLEAR_DIRTY_LOG(), &log) };
     if ret < 0 {
         return Err(std::io::Error::last_os_error());
     }

@@ -11,7 +11,7 @@ use kvm_bindings::{
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 
 use crate::devices::{Console, HeartbeatLog, HeartbeatSnapshot, PortBus};
-use crate::dirty::{get_dirty_log, DirtyBitmap};
+use crate::dirty::{clear_dirty_log, enable_manual_clear, get_dirty_log, DirtyBitmap};
 use crate::loader::{load_multiboot, BootInfo};
 use crate::memory::{GuestRam, PAGE_SIZE};
 use crate::state::{VcpuState, VmState};
@@ -40,6 +40,8 @@ pub struct Vm {
     msr_index: Vec<u32>,
     running: bool,
     dirty_logging: bool,
+    /// KVM leaves clearing the dirty log to us (see [`Vm::collect_dirty`]).
+    manual_clear: bool,
     slot_scratch: Vec<u64>,
 }
 
@@ -59,6 +61,7 @@ impl Vm {
         let ram = Arc::new(ram);
         // Memory first: SET_USER_MEMORY_REGION is ~100x slower once the irqchip exists.
         set_slots(&fd, &ram, false)?;
+        let manual_clear = enable_manual_clear(&fd);
         fd.set_tss_address(0xfffb_d000)
             .map_err(VmmError::kvm("SET_TSS_ADDR"))?;
         fd.create_irq_chip()
@@ -104,6 +107,7 @@ impl Vm {
             msr_index,
             running: false,
             dirty_logging: false,
+            manual_clear,
             slot_scratch: Vec::new(),
         })
     }
@@ -396,17 +400,31 @@ impl Vm {
     }
 
     /// ORs the pages written since the last call into `into` (and clears KVM's log).
+    ///
+    /// With manual clearing (KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2, used when KVM has it) reading the
+    /// log only copies it, and KVM_CLEAR_DIRTY_LOG then write-protects exactly the pages read as
+    /// dirty, skipped for a slot with none: classic reading walks and re-protects every slot.
     pub fn collect_dirty(&mut self, into: &mut DirtyBitmap) -> Result<(), VmmError> {
         if !self.dirty_logging {
             return Err(VmmError::BadState("dirty logging is off".into()));
         }
         let page = PAGE_SIZE as u64;
         for slot in self.ram.slots() {
-            get_dirty_log(&self.fd, slot.id, slot.len / page, &mut self.slot_scratch)
+            let pages = slot.len / page;
+            get_dirty_log(&self.fd, slot.id, pages, &mut self.slot_scratch)
                 .map_err(|e| VmmError::BadState(format!("KVM_GET_DIRTY_LOG: {e}")))?;
+            if self.manual_clear && self.slot_scratch.iter().any(|&w| w != 0) {
+                clear_dirty_log(&self.fd, slot.id, pages, &mut self.slot_scratch)
+                    .map_err(|e| VmmError::BadState(format!("KVM_CLEAR_DIRTY_LOG: {e}")))?;
+            }
             into.or_words_at(slot.offset / page, &self.slot_scratch);
         }
         Ok(())
+    }
+
+    /// Whether the dirty log is cleared manually (KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2).
+    pub fn manual_dirty_clear(&self) -> bool {
+        self.manual_clear
     }
 }
 

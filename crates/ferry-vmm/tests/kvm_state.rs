@@ -13,6 +13,16 @@ const MSR_SYSENTER_EIP: u32 = 0x176;
 /// A multiboot a.out-kludge image whose 32-bit code counts in ECX forever, or (with `exit`)
 /// writes 7 to the exit port.
 fn tiny_image(exit: bool) -> Vec<u8> {
+    let code: &[u8] = if exit {
+        &[0x66, 0xba, 0x01, 0x05, 0xb0, 0x07, 0xee, 0xf4] // mov dx,0x501; mov al,7; out dx,al; hlt
+    } else {
+        &[0x31, 0xc9, 0x41, 0xeb, 0xfd] // xor ecx,ecx; l: inc ecx; jmp l
+    };
+    image_with(code)
+}
+
+/// A multiboot a.out-kludge image running `code` (32-bit, loaded at 1 MiB + 0x100).
+fn image_with(code: &[u8]) -> Vec<u8> {
     let load = 0x10_0000u32;
     let mut img = vec![0u8; 0x200];
     let flags = (1u32 << 16) | 2;
@@ -29,11 +39,6 @@ fn tiny_image(exit: bool) -> Vec<u8> {
     for (i, w) in words.iter().enumerate() {
         img[4 * i..4 * i + 4].copy_from_slice(&w.to_le_bytes());
     }
-    let code: &[u8] = if exit {
-        &[0x66, 0xba, 0x01, 0x05, 0xb0, 0x07, 0xee, 0xf4] // mov dx,0x501; mov al,7; out dx,al; hlt
-    } else {
-        &[0x31, 0xc9, 0x41, 0xeb, 0xfd] // xor ecx,ecx; l: inc ecx; jmp l
-    };
     img[0x100..0x100 + code.len()].copy_from_slice(code);
     img
 }
@@ -57,6 +62,49 @@ fn booted(image: &[u8]) -> Vm {
 
 fn msr(s: &VmState, i: u32) -> Option<u64> {
     s.vcpus[0].msr(i)
+}
+
+#[test]
+fn dirty_log_sees_writes_once_and_again_after_they_recur() {
+    if !require_kvm() {
+        return;
+    }
+    // l: inc dword [0x200000]; jmp l  -- writes guest page 512 and nothing else in RAM.
+    let mut vm = booted(&image_with(&[
+        0xff, 0x05, 0x00, 0x00, 0x20, 0x00, 0xeb, 0xf8,
+    ]));
+    vm.set_dirty_logging(true).unwrap();
+    eprintln!("manual dirty-log clearing: {}", vm.manual_dirty_clear());
+    let pages = vm.ram().pages();
+    let mut d = ferry_vmm::dirty::DirtyBitmap::new(pages);
+    vm.collect_dirty(&mut d).unwrap(); // forget the boot's writes
+    vm.resume().unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    vm.pause().unwrap();
+    let mut d = ferry_vmm::dirty::DirtyBitmap::new(pages);
+    vm.collect_dirty(&mut d).unwrap();
+    assert!(d.get(512), "the written page is dirty");
+    assert_eq!(
+        d.count(),
+        1,
+        "only the written page: {:?}",
+        d.iter().collect::<Vec<_>>()
+    );
+    // Read once, the log is clear (manual clearing: KVM_CLEAR_DIRTY_LOG did it).
+    let mut again = ferry_vmm::dirty::DirtyBitmap::new(pages);
+    vm.collect_dirty(&mut again).unwrap();
+    assert_eq!(
+        again.count(),
+        0,
+        "manual clear: {}",
+        vm.manual_dirty_clear()
+    );
+    // The page was write-protected again: new writes are logged.
+    vm.resume().unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    vm.pause().unwrap();
+    vm.collect_dirty(&mut again).unwrap();
+    assert!(again.get(512) && again.count() == 1);
 }
 
 #[test]
