@@ -29,7 +29,7 @@ python3 - "$W/r.json" "$strategy" "$ws" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
 g = r["guest_observed"]
-print(f"1 Gbit/s, 20 ms RTT, 1 GiB guest, ws {sys.argv[3]}, strategy {sys.argv[2]} (used: {r['strategy_used']})")
+print(f"1 Gbit/s, 20 ms RTT, 1 GiB guest, ws {sys.argv[3]}, strategy {sys.argv[2]} (used: {r['strategy_used']}), {r['channels']} channels, RTT measured {r['rtt_ms']:.1f} ms")
 for x in r["rounds"]:
     mbit = x["bytes"] * 8 / x["seconds"] / 1e6 if x["seconds"] > 0 else 0
     print(f"  round {x['round']}: {x['bytes']/1e6:.1f} MB in {x['seconds']*1e3:.0f} ms = {mbit:.0f} Mbit/s ({mbit/10:.1f}% of the link)")

@@ -92,8 +92,7 @@ pub struct FerrySettings {
     pub strategy: String,
     /// --downtime (ms)
     pub downtime_ms: u64,
-    /// --channels (None: `ferry migrate`'s default for the strategy: 2 for those that may end in
-    /// post-copy, so requested pages get a connection of their own; 1 otherwise)
+    /// --channels (None: `ferry migrate`'s default, chosen from the link and the cores)
     pub channels: Option<u16>,
     /// --compression
     pub compression: String,
@@ -123,12 +122,10 @@ impl FerrySettings {
         }
     }
 
-    /// Channels `ferry migrate` uses with these settings.
-    pub fn channel_count(&self) -> u16 {
-        self.channels.unwrap_or(match self.strategy.as_str() {
-            "postcopy" | "hybrid" | "auto" => 2,
-            _ => 1,
-        })
+    /// Channels as the table shows them (`auto`: `ferry migrate` chooses from the link).
+    pub fn channel_label(&self) -> String {
+        self.channels
+            .map_or_else(|| "auto".to_string(), |n| n.to_string())
     }
 
     fn describe(&self) -> String {
@@ -136,7 +133,7 @@ impl FerrySettings {
             "{}, downtime {} ms, {} ch, {}",
             self.strategy,
             self.downtime_ms,
-            self.channel_count(),
+            self.channel_label(),
             self.compression
         )
     }

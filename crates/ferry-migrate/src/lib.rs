@@ -13,6 +13,7 @@ mod error;
 pub mod heat;
 mod kvm;
 pub mod memory;
+pub mod parallelism;
 pub mod postcopy;
 pub mod priority;
 pub mod rate;

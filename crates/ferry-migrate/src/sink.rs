@@ -198,8 +198,21 @@ pub fn receive<F: SinkFactory>(
     opts: &ReceiveOptions,
 ) -> Result<Incoming<F::Sink>, MigrateError> {
     let (mut r0, mut w0, hello) = accept_channel(accept, opts, None)?;
+    let channels = if hello.channels == 0 {
+        // The source picks the count once this handshake has timed the link.
+        let p = r0.expect(FrameType::Channels, "handshake")?;
+        let n = <[u8; 2]>::try_from(p)
+            .map(u16::from_le_bytes)
+            .map_err(|_| WireError::Malformed("channel count"))?;
+        if n == 0 || n > crate::source::MAX_CHANNELS {
+            return Err(WireError::Malformed("channel count out of range").into());
+        }
+        n
+    } else {
+        hello.channels
+    };
     let mut readers = vec![];
-    for ch in 1..hello.channels {
+    for ch in 1..channels {
         let (r, _w, _) = accept_channel(accept, opts, Some((&hello.migration_id, ch)))?;
         readers.push(r);
     }

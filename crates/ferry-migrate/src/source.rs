@@ -20,6 +20,7 @@ use crate::convergence::{decide, expected_postcopy_pause, ConvergenceConfig, Dec
 use crate::digest::{digest_memory, hex};
 use crate::heat::PageHeat;
 use crate::memory::GuestMemory;
+use crate::parallelism::{auto_channels, tcp_window_bytes, LinkFacts};
 use crate::postcopy::{self, next_push_batch};
 use crate::priority;
 use crate::report::{Event, Phase, Report, RoundStats, Strategy};
@@ -37,6 +38,9 @@ const PAUSED_CORE_MAX_PAGES: u64 = 256;
 const POSTCOPY_URGENT_BATCH: usize = 32;
 /// Rounds of at most this many pages are sent without sender threads.
 const INLINE_ROUND_PAGES: u64 = 1024;
+/// Most channels one migration may open (either side refuses more).
+pub const MAX_CHANNELS: u16 = 64;
+
 /// Pages in one shard: a page always travels on channel `(page / SHARD_PAGES) % channels`, so pages
 /// never overtake their own older copies on another channel.
 pub const SHARD_PAGES: u64 = 512;
@@ -50,7 +54,8 @@ pub struct SourceOptions {
     pub downtime_target: Duration,
     /// Live rounds at most.
     pub max_rounds: u32,
-    /// Parallel connections.
+    /// Parallel connections; 0 lets the source choose from its cores and the measured link
+    /// (parallelism.rs).
     pub channels: u16,
     /// Page encoding.
     pub encoder: EncoderConfig,
@@ -134,10 +139,10 @@ pub fn migrate_out<S: MigrationSource>(
     opts: &SourceOptions,
     events: &mut dyn FnMut(Event),
 ) -> Result<Report, MigrateError> {
-    if opts.channels == 0 || opts.channels > 64 {
-        return Err(MigrateError::Config(
-            "channels must be between 1 and 64".into(),
-        ));
+    if opts.channels > MAX_CHANNELS {
+        return Err(MigrateError::Config(format!(
+            "channels must be between 1 and {MAX_CHANNELS} (or 0: chosen from the link)"
+        )));
     }
     let t0 = Instant::now();
     events(Event::Phase {
@@ -180,7 +185,7 @@ pub fn migrate_out<S: MigrationSource>(
         rtt_ms: link.rtt.as_secs_f64() * 1e3,
         strategy: opts.strategy.to_string(),
         ram_bytes: cfg.memory,
-        channels: opts.channels,
+        channels: link.writers.len() as u16,
         ..Report::default()
     };
     let mut paused = false;
@@ -237,7 +242,11 @@ fn handshake(
     let mut runs = false;
     // Hello and its answer cost the destination next to nothing: their exchange times the link.
     let mut rtt = Duration::MAX;
-    for ch in 0..opts.channels {
+    // No count given: channel 0 announces 0 and, once its handshake has timed the link, says how
+    // many channels follow (parallelism.rs).
+    let mut total = opts.channels;
+    let mut ch = 0;
+    while ch < total.max(1) {
         let stream = connect().map_err(MigrateError::io("cannot connect to the destination"))?;
         stream.prepare(opts.timeout)?;
         let unix = stream.is_unix();
@@ -248,7 +257,7 @@ fn handshake(
             features: features::ALL,
             migration_id: id,
             channel: ch,
-            channels: opts.channels,
+            channels: total,
         };
         let t = Instant::now();
         w.send(FrameType::Hello, 0, &hello.encode())?;
@@ -261,16 +270,32 @@ fn handshake(
         r.set_key(key);
         w.set_key(key);
         w.set_rate_limit(opts.max_bandwidth.clone());
-        writers.push(w);
         if ch == 0 {
             control = Some(r);
             postcopy = ack.features & features::POSTCOPY != 0;
             handover = unix && ack.features & features::FD_HANDOVER != 0;
             runs = ack.features & features::PAGE_RUNS != 0;
+            if total == 0 {
+                let facts = LinkFacts {
+                    rtt,
+                    cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+                    window_bytes: tcp_window_bytes(),
+                    max_bandwidth: Some(opts.max_bandwidth.get()).filter(|&b| b > 0),
+                    needs_request_channel: matches!(
+                        opts.strategy,
+                        Strategy::Postcopy | Strategy::Hybrid | Strategy::Auto
+                    ),
+                };
+                total = auto_channels(&facts);
+                tracing::debug!(?facts, total, "channel count chosen");
+                w.send(FrameType::Channels, 0, &total.to_le_bytes())?;
+            }
         }
+        writers.push(w);
+        ch += 1;
     }
     let control = control.ok_or_else(|| MigrateError::Config("no channel".into()))?;
-    let encoders = (0..opts.channels)
+    let encoders = (0..total)
         .map(|_| BatchEncoder::new(opts.encoder))
         .collect();
     Ok(Link {
@@ -282,7 +307,7 @@ fn handshake(
         control,
         writers,
         encoders,
-        buffers: (0..opts.channels).map(|_| SendBuffers::default()).collect(),
+        buffers: (0..total).map(|_| SendBuffers::default()).collect(),
     })
 }
 

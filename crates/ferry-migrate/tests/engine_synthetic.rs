@@ -64,7 +64,7 @@ fn same_memory(a: &dyn GuestMemory, b: &dyn GuestMemory) -> bool {
     })
 }
 
-fn run(strategy: Strategy, channels: u16, s: DirtyScript) {
+fn run(strategy: Strategy, channels: u16, s: DirtyScript) -> ferry_migrate::Report {
     let (l, addr) = listener();
     let rx = spawn_receiver(l, s);
     let mut src = SyntheticVm::new(PAGES, s);
@@ -96,6 +96,7 @@ fn run(strategy: Strategy, channels: u16, s: DirtyScript) {
         dst.iterations() >= src.iterations(),
         "the guest continues from where it stopped"
     );
+    report
 }
 
 #[test]
@@ -106,6 +107,24 @@ fn stop_and_copy_moves_an_idle_vm_exactly() {
 #[test]
 fn precopy_moves_a_busy_vm_with_matching_digest() {
     run(Strategy::Precopy, 1, script(50_000, PAGES / 4));
+}
+
+#[test]
+fn channel_count_is_chosen_after_the_handshake_when_not_given() {
+    // Loopback: one stream covers the link, and post-copy keeps a channel for requested pages.
+    let r = run(Strategy::Postcopy, 0, script(50_000, PAGES / 4));
+    let cores = thread::available_parallelism().map_or(1, |n| n.get()) as u16;
+    assert!(
+        r.channels >= 2 && r.channels <= cores.max(2),
+        "{}",
+        r.channels
+    );
+    let r = run(Strategy::StopAndCopy, 0, script(0, PAGES));
+    assert!(
+        r.channels >= 1 && r.channels <= cores.max(1),
+        "{}",
+        r.channels
+    );
 }
 
 #[test]
@@ -252,6 +271,45 @@ fn corrupt_frame_is_refused_and_the_source_resumes() {
     );
     assert!(src.is_running(), "source resumes after {err}");
     let _ = proxy.join();
+}
+
+#[test]
+fn a_channel_count_out_of_range_is_refused() {
+    let (l, addr) = listener();
+    let rx = spawn_receiver(l, script(0, 1));
+    let mut s = TcpStream::connect(addr).unwrap();
+    let id = [3; 16];
+    let hello = ferry_wire::message::Hello {
+        min_version: ferry_wire::message::MIN_PROTOCOL_VERSION,
+        max_version: ferry_wire::message::PROTOCOL_VERSION,
+        features: 0,
+        migration_id: id,
+        channel: 0,
+        channels: 0,
+    }
+    .encode();
+    s.write_all(&ferry_wire::encode_header(ferry_wire::FrameType::Hello, 0, 0, &hello, 0).unwrap())
+        .unwrap();
+    s.write_all(&hello).unwrap();
+    let mut h = [0u8; 16];
+    s.read_exact(&mut h).unwrap();
+    let hdr = ferry_wire::FrameHeader::parse(&h).unwrap();
+    let mut p = vec![0u8; hdr.len as usize];
+    s.read_exact(&mut p).unwrap();
+    assert!(ferry_wire::message::HelloAck::decode(&p)
+        .unwrap()
+        .refusal
+        .is_none());
+    // 65 channels: more than any migration may open.
+    let key = ferry_wire::message::channel_key(&id, 0);
+    let count = 65u16.to_le_bytes();
+    s.write_all(
+        &ferry_wire::encode_header(ferry_wire::FrameType::Channels, 0, 1, &count, key).unwrap(),
+    )
+    .unwrap();
+    s.write_all(&count).unwrap();
+    let err = rx.join().unwrap().err().unwrap();
+    assert!(format!("{err:?}").contains("channel count"), "{err:?}");
 }
 
 #[test]

@@ -55,6 +55,9 @@ pub enum FrameType {
     Missing = 16,
     /// Consecutive whole pages, raw, in guest order (see [`crate::run`]): the large-page fast path.
     PageRun = 17,
+    /// Source, on channel 0 after a `Hello` announcing 0 channels: how many channels it opens,
+    /// chosen once the handshake has timed the link (u16).
+    Channels = 18,
 }
 
 impl FrameType {
@@ -79,6 +82,7 @@ impl FrameType {
             15 => Discard,
             16 => Missing,
             17 => PageRun,
+            18 => Channels,
             other => return Err(WireError::UnknownFrameType(other)),
         })
     }

@@ -124,7 +124,8 @@ pub struct Hello {
     pub migration_id: [u8; 16],
     /// Index of this channel (0 is the control channel).
     pub channel: u16,
-    /// How many channels the migration uses.
+    /// How many channels the migration uses; 0 (channel 0 only) means a `Channels` frame follows
+    /// the handshake with the count.
     pub channels: u16,
 }
 
@@ -157,7 +158,7 @@ impl Hello {
             channels: r.u16()?,
         };
         r.end()?;
-        if h.channels == 0 || h.channel >= h.channels {
+        if (h.channels == 0 && h.channel != 0) || (h.channels != 0 && h.channel >= h.channels) {
             return Err(WireError::Malformed("channel index out of range"));
         }
         Ok(h)

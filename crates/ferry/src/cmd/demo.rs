@@ -28,7 +28,7 @@ pub struct DemoArgs {
     /// Strategy (auto is ferry's best: pre-copy that throttles a guest that will not converge).
     #[arg(long, default_value = "auto")]
     pub strategy: Strategy,
-    /// Parallel channels (default: 2 for strategies that may end in post-copy, else 1).
+    /// Parallel channels (default: chosen from the link and the cores, as `ferry migrate` does).
     #[arg(long)]
     pub channels: Option<u16>,
     /// Seconds the guest runs before the migration starts.

@@ -29,8 +29,9 @@ pub struct MigrateArgs {
     /// Pause the guest may see at switch-over (ms); pre-copy keeps copying until the rest fits.
     #[arg(long, default_value_t = 10)]
     pub downtime: u64,
-    /// Parallel connections (default: 2 for strategies that may end in post-copy, so requested pages
-    /// get a connection of their own; 1 otherwise).
+    /// Parallel connections, 1-64 (default: chosen once the first connection has timed the link:
+    /// enough for the TCP windows to cover the link, at most one per core; at least 2 for
+    /// strategies that may end in post-copy, so requested pages get a connection of their own).
     #[arg(long)]
     pub channels: Option<u16>,
     /// Page compression: off, lz4, zstd, zstd:LEVEL, adaptive.
@@ -144,6 +145,7 @@ pub fn print_report(r: &Report) {
     );
     println!("guest RAM           {}", human(r.ram_bytes));
     println!("transport           {}", r.transport);
+    println!("channels            {}", r.channels);
     println!("total time          {:.1} ms", r.total_ms);
     println!("downtime (engine)   {:.2} ms", r.downtime_ms);
     println!("downtime (guest)    {guest}");
@@ -201,10 +203,7 @@ pub fn run(a: MigrateArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// Channels when the user names none: post-copy serves requested pages on a connection of their own.
-pub fn default_channels(strategy: Strategy) -> u16 {
-    match strategy {
-        Strategy::Postcopy | Strategy::Hybrid | Strategy::Auto => 2,
-        Strategy::StopAndCopy | Strategy::Precopy => 1,
-    }
+/// Channels when the user names none: 0, the engine chooses from the link (parallelism.rs).
+pub fn default_channels(_strategy: Strategy) -> u16 {
+    0
 }
