@@ -22,6 +22,8 @@ impl MigrationSource for Vm {
         self.vcpu_count()
     }
     fn start_dirty_log(&mut self) -> Result<(), MigrateError> {
+        // Off and on again: a final read may have left KVM's log unarmed (collect_dirty_final).
+        self.set_dirty_logging(false)?;
         self.set_dirty_logging(true)?;
         let mut scratch = DirtyBitmap::new(self.ram().pages());
         self.collect_dirty(&mut scratch)?; // forget writes from before tracking started
@@ -29,6 +31,9 @@ impl MigrationSource for Vm {
     }
     fn collect_dirty(&mut self, into: &mut DirtyBitmap) -> Result<(), MigrateError> {
         Ok(Vm::collect_dirty(self, into)?)
+    }
+    fn collect_dirty_final(&mut self, into: &mut DirtyBitmap) -> Result<(), MigrateError> {
+        Ok(Vm::collect_dirty_final(self, into)?)
     }
     fn stop_dirty_log(&mut self) -> Result<(), MigrateError> {
         Ok(self.set_dirty_logging(false)?)

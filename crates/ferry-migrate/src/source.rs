@@ -429,7 +429,7 @@ fn copy_phases<S: MigrationSource>(
         // Dirty logging stays on: turning it off rewrites the memory slots (milliseconds, inside
         // the pause). On success this VM is done; on failure the error path turns it off.
         let t = Instant::now();
-        src.collect_dirty(&mut dirty)?;
+        src.collect_dirty_final(&mut dirty)?;
         tracing::debug!(
             us = t.elapsed().as_micros() as u64,
             "dirty log read in the pause"
@@ -551,7 +551,12 @@ fn postcopy_switch<S: MigrationSource>(
     src.pause()?;
     *paused = true;
     // Dirty logging stays on (see copy_phases): turning it off would lengthen the pause.
-    src.collect_dirty(&mut dirty)?;
+    let t = Instant::now();
+    src.collect_dirty_final(&mut dirty)?;
+    tracing::debug!(
+        us = t.elapsed().as_micros() as u64,
+        "dirty log read in the pause"
+    );
     src.set_throttle(0)?;
     // Core pages written since go inside the pause when they are few (a stack, counters: tens of
     // pages, microseconds); the guest would fault on them first thing.

@@ -20,6 +20,12 @@ pub trait MigrationSource {
     fn start_dirty_log(&mut self) -> Result<(), MigrateError>;
     /// ORs pages written since the last call into `into`.
     fn collect_dirty(&mut self, into: &mut DirtyBitmap) -> Result<(), MigrateError>;
+    /// Like [`MigrationSource::collect_dirty`], for the last time in a migration (the VM is
+    /// paused): the log need not be re-armed, which may be cheaper. Logging must be stopped or
+    /// restarted before another migration relies on it.
+    fn collect_dirty_final(&mut self, into: &mut DirtyBitmap) -> Result<(), MigrateError> {
+        self.collect_dirty(into)
+    }
     /// Stops tracking.
     fn stop_dirty_log(&mut self) -> Result<(), MigrateError>;
     /// Stops the vCPUs.

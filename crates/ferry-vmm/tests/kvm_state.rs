@@ -105,6 +105,24 @@ fn dirty_log_sees_writes_once_and_again_after_they_recur() {
     vm.pause().unwrap();
     vm.collect_dirty(&mut again).unwrap();
     assert!(again.get(512) && again.count() == 1);
+    // A final read (inside a migration's pause) sees the writes too, and after logging is turned
+    // off and on the log works as before.
+    vm.resume().unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    vm.pause().unwrap();
+    let mut last = ferry_vmm::dirty::DirtyBitmap::new(pages);
+    vm.collect_dirty_final(&mut last).unwrap();
+    assert!(last.get(512) && last.count() == 1);
+    vm.set_dirty_logging(false).unwrap();
+    vm.set_dirty_logging(true).unwrap();
+    let mut fresh = ferry_vmm::dirty::DirtyBitmap::new(pages);
+    vm.collect_dirty(&mut fresh).unwrap();
+    assert_eq!(fresh.count(), 0, "nothing written since logging restarted");
+    vm.resume().unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    vm.pause().unwrap();
+    vm.collect_dirty(&mut fresh).unwrap();
+    assert!(fresh.get(512) && fresh.count() == 1);
 }
 
 #[test]
