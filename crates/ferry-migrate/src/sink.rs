@@ -727,6 +727,7 @@ impl<K: MigrationSink> SwitchOver<'_, K> {
             if !loaded {
                 if let Some((r, state, needed)) = &pending {
                     if last_round.iter().all(|l| l.is_some_and(|l| l >= *r)) {
+                        let t = Instant::now();
                         if let Some(needed) = needed {
                             let target = match early_target.take() {
                                 Some(t) => t,
@@ -745,7 +746,16 @@ impl<K: MigrationSink> SwitchOver<'_, K> {
                                 }
                             }
                             target.discard(&stale)?;
+                            tracing::debug!(
+                                us = t.elapsed().as_micros() as u64,
+                                stale = stale.count(),
+                                "post-copy: stale pages dropped"
+                            );
                             target.arm()?;
+                            tracing::debug!(
+                                us = t.elapsed().as_micros() as u64,
+                                "post-copy: armed"
+                            );
                             let pc = Postcopy {
                                 target,
                                 needed: needed.clone(),
@@ -760,6 +770,7 @@ impl<K: MigrationSink> SwitchOver<'_, K> {
                             std::thread::spawn(move || serve_faults(&shared, &w0, &stop));
                         }
                         self.sink.restore_state(state)?;
+                        tracing::debug!(us = t.elapsed().as_micros() as u64, "state restored");
                         loaded = true;
                         if go_implied {
                             self.run_here()?;
