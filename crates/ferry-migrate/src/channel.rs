@@ -502,15 +502,19 @@ mod tests {
             .unwrap();
     }
 
-    #[test]
-    fn a_page_run_lands_in_place_with_its_page_crcs() {
-        let mem = SyntheticMemory::new(1024);
-        let t = RunTarget {
-            mem: &mem,
+    fn channel_1_of_2(mem: &SyntheticMemory) -> RunTarget<'_> {
+        RunTarget {
+            mem,
             channel: 1,
             channels: 2,
             shard_pages: 512,
-        };
+        }
+    }
+
+    #[test]
+    fn a_page_run_lands_in_place_with_its_page_crcs() {
+        let mem = SyntheticMemory::new(1024);
+        let t = channel_1_of_2(&mem);
         let (mut r, mut w) = pair();
         let data = pages(20, 5);
         send_run(&mut w, 600, &data);
@@ -535,12 +539,7 @@ mod tests {
     #[test]
     fn bad_page_runs_are_refused() {
         let mem = SyntheticMemory::new(1024);
-        let t = RunTarget {
-            mem: &mem,
-            channel: 1,
-            channels: 2,
-            shard_pages: 512,
-        };
+        let t = channel_1_of_2(&mem);
         let mut crcs = Vec::new();
         // Channel 0's pages on channel 1.
         let (mut r, mut w) = pair();

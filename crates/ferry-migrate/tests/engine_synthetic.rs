@@ -273,21 +273,12 @@ fn corrupt_frame_is_refused_and_the_source_resumes() {
     let _ = proxy.join();
 }
 
-#[test]
-fn a_channel_count_out_of_range_is_refused() {
-    let (l, addr) = listener();
-    let rx = spawn_receiver(l, script(0, 1));
-    let mut s = TcpStream::connect(addr).unwrap();
-    let id = [3; 16];
-    let hello = ferry_wire::message::Hello {
-        min_version: ferry_wire::message::MIN_PROTOCOL_VERSION,
-        max_version: ferry_wire::message::PROTOCOL_VERSION,
-        features: 0,
-        migration_id: id,
-        channel: 0,
-        channels: 0,
-    }
-    .encode();
+/// Sends `hello` as a raw frame and reads the destination's answer.
+fn hand_shake(
+    s: &mut TcpStream,
+    hello: ferry_wire::message::Hello,
+) -> ferry_wire::message::HelloAck {
+    let hello = hello.encode();
     s.write_all(&ferry_wire::encode_header(ferry_wire::FrameType::Hello, 0, 0, &hello, 0).unwrap())
         .unwrap();
     s.write_all(&hello).unwrap();
@@ -296,10 +287,27 @@ fn a_channel_count_out_of_range_is_refused() {
     let hdr = ferry_wire::FrameHeader::parse(&h).unwrap();
     let mut p = vec![0u8; hdr.len as usize];
     s.read_exact(&mut p).unwrap();
-    assert!(ferry_wire::message::HelloAck::decode(&p)
-        .unwrap()
-        .refusal
-        .is_none());
+    ferry_wire::message::HelloAck::decode(&p).unwrap()
+}
+
+#[test]
+fn a_channel_count_out_of_range_is_refused() {
+    let (l, addr) = listener();
+    let rx = spawn_receiver(l, script(0, 1));
+    let mut s = TcpStream::connect(addr).unwrap();
+    let id = [3; 16];
+    let ack = hand_shake(
+        &mut s,
+        ferry_wire::message::Hello {
+            min_version: ferry_wire::message::MIN_PROTOCOL_VERSION,
+            max_version: ferry_wire::message::PROTOCOL_VERSION,
+            features: 0,
+            migration_id: id,
+            channel: 0,
+            channels: 0,
+        },
+    );
+    assert!(ack.refusal.is_none());
     // 65 channels: more than any migration may open.
     let key = ferry_wire::message::channel_key(&id, 0);
     let count = 65u16.to_le_bytes();
@@ -317,24 +325,17 @@ fn version_mismatch_is_refused_with_a_clear_error() {
     let (l, addr) = listener();
     let rx = spawn_receiver(l, script(0, 1));
     let mut s = TcpStream::connect(addr).unwrap();
-    let hello = ferry_wire::message::Hello {
-        min_version: 7,
-        max_version: 9,
-        features: 0,
-        migration_id: [1; 16],
-        channel: 0,
-        channels: 1,
-    }
-    .encode();
-    s.write_all(&ferry_wire::encode_header(ferry_wire::FrameType::Hello, 0, 0, &hello, 0).unwrap())
-        .unwrap();
-    s.write_all(&hello).unwrap();
-    let mut h = [0u8; 16];
-    s.read_exact(&mut h).unwrap();
-    let hdr = ferry_wire::FrameHeader::parse(&h).unwrap();
-    let mut p = vec![0u8; hdr.len as usize];
-    s.read_exact(&mut p).unwrap();
-    let ack = ferry_wire::message::HelloAck::decode(&p).unwrap();
+    let ack = hand_shake(
+        &mut s,
+        ferry_wire::message::Hello {
+            min_version: 7,
+            max_version: 9,
+            features: 0,
+            migration_id: [1; 16],
+            channel: 0,
+            channels: 1,
+        },
+    );
     assert!(ack.refusal.unwrap().contains("version mismatch"));
     let err = rx.join().unwrap().err().unwrap();
     assert!(matches!(err, MigrateError::Refused(_)), "{err}");
