@@ -281,10 +281,12 @@ fn handshake(
                     cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
                     window_bytes: tcp_window_bytes(),
                     max_bandwidth: Some(opts.max_bandwidth.get()).filter(|&b| b > 0),
-                    needs_request_channel: matches!(
-                        opts.strategy,
-                        Strategy::Postcopy | Strategy::Hybrid | Strategy::Auto
-                    ),
+                    // A same-host handover never ends in post-copy.
+                    needs_request_channel: !handover
+                        && matches!(
+                            opts.strategy,
+                            Strategy::Postcopy | Strategy::Hybrid | Strategy::Auto
+                        ),
                 };
                 total = auto_channels(&facts);
                 tracing::debug!(?facts, total, "channel count chosen");
