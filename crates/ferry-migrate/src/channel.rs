@@ -395,6 +395,8 @@ impl FrameReader {
                 ferry_wire::WireError::Malformed("page run outside this channel's pages").into(),
             );
         }
+        // Fresh pages faulted in by the socket copy cost several times a populate call here.
+        t.mem.populate(run.first, u64::from(run.count));
         // SAFETY: the pages are this channel's (checked just above: pages are sharded across
         // channels, so no other receiver touches them) and the guest does not run here while runs
         // are accepted (the caller passes no target once it may).

@@ -40,6 +40,9 @@ pub trait GuestMemory: Send + Sync {
     /// As for [`GuestMemory::page_mut`], for every page of the run.
     #[allow(clippy::mut_from_ref)]
     unsafe fn run_mut(&self, first: u64, count: u64) -> &mut [u8];
+    /// Makes pages `first..first + count` present before they are written (best effort: memory
+    /// that cannot, or need not, does nothing).
+    fn populate(&self, _first: u64, _count: u64) {}
 }
 
 /// Panics unless pages `first..first + count` exist in a RAM of `pages` pages; returns the byte
@@ -86,6 +89,10 @@ impl GuestMemory for GuestRam {
         // SAFETY: one mapping holds all of RAM, and the run lies inside it (checked); no writer
         // while it lives is the caller's contract.
         unsafe { std::slice::from_raw_parts(self.host_base().add(at), len) }
+    }
+    fn populate(&self, first: u64, count: u64) {
+        // Best effort: on failure the copy faults the pages in itself.
+        let _ = self.populate_range(first, count);
     }
     unsafe fn run_mut(&self, first: u64, count: u64) -> &mut [u8] {
         let (at, len) = run_bounds(first, count, GuestRam::pages(self));

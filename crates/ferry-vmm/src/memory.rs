@@ -267,6 +267,30 @@ impl GuestRam {
         Ok(())
     }
 
+    /// Faults pages `first..first + count` in with one system call (a no-op for pages already
+    /// there). Receiving into fresh pages otherwise faults each one inside the kernel's copy, which
+    /// costs more: in a socket-to-memfd test here, 1 GiB received into a fresh memfd took
+    /// 0.86-2.3 s, into a populated one 0.33 s plus 0.33 s to populate it.
+    pub fn populate_range(&self, first: u64, count: u64) -> Result<(), VmmError> {
+        let end = first
+            .checked_add(count)
+            .filter(|&e| e <= self.pages())
+            .ok_or_else(|| VmmError::BadState(format!("pages {first}+{count} beyond RAM")))?;
+        // SAFETY: the range lies inside our own live mapping (checked); MADV_POPULATE_WRITE only
+        // faults pages in, it changes no content.
+        let r = unsafe {
+            libc::madvise(
+                self.base.add(first as usize * PAGE_SIZE).cast(),
+                (end - first) as usize * PAGE_SIZE,
+                libc::MADV_POPULATE_WRITE,
+            )
+        };
+        if r != 0 {
+            return Err(mem_err((end - first) * PAGE_SIZE as u64));
+        }
+        Ok(())
+    }
+
     /// Zeroes all of RAM and gives the memory back to the kernel (after the VM has left this host).
     pub fn scrub(&self) -> Result<(), VmmError> {
         // SAFETY: our own live mapping; MADV_REMOVE on a shared memfd mapping frees the backing pages,
