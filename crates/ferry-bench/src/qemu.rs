@@ -221,6 +221,7 @@ pub fn run(ctx: &RunCtx, s: &QemuSettings) -> Result<RunResult, BenchError> {
         Duration::from_secs(30),
     );
 
+    crate::warm_host_memory(ctx.guest.memory);
     let (src_cpu0, dst_cpu0) = (src.cpu_ms(), dst.cpu_ms());
     let t0 = Instant::now();
     sq.exec(
