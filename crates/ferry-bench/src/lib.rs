@@ -2,7 +2,8 @@
 //! same machine, measured the same way, reported as ratios ferry/QEMU.
 //!
 //! For every run both engines get the same guest image (from `ferry-guest`), one vCPU, a destination
-//! that is not pre-faulted, and loopback TCP, or for a scenario that asks for it a shaped link of the
+//! that is not pre-faulted, host memory warmed the same way just before the migration
+//! ([`warm_host_memory`]), and loopback TCP, or for a scenario that asks for it a shaped link of the
 //! network lab ([`netlab`]: source and destination in two network namespaces, the migration stream
 //! through a delay proxy and a `tc tbf` veth). Measured for each:
 //! - total migration time and downtime as the engine reports them (ferry: `total_ms`, `downtime_ms`

@@ -56,9 +56,17 @@ impl Qmp {
         let mut q = Qmp {
             r: BufReader::new(s),
         };
+        // QEMU 7.2 may hand a newly connected client an event (seen: RESUME) before the greeting;
+        // events carry "event" and are skipped, anything else must be the greeting.
         let mut greeting = String::new();
-        q.r.read_line(&mut greeting)
-            .map_err(|e| BenchError::io("QMP greeting", e))?;
+        for _ in 0..16 {
+            greeting.clear();
+            q.r.read_line(&mut greeting)
+                .map_err(|e| BenchError::io("QMP greeting", e))?;
+            if !greeting.contains("\"event\"") {
+                break;
+            }
+        }
         if !greeting.contains("QMP") {
             return Err(BenchError::Qmp(format!("bad greeting {greeting:?}")));
         }
