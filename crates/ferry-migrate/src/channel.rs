@@ -337,10 +337,8 @@ pub struct RunTarget<'a> {
     pub mem: &'a dyn GuestMemory,
     /// This channel.
     pub channel: u64,
-    /// Channels of the migration (pages are sharded across them).
+    /// Channels of the migration (pages are sharded across them, `source::channel_of`).
     pub channels: u64,
-    /// Pages per shard.
-    pub shard_pages: u64,
 }
 
 /// Bytes read from the socket between per-page CRC passes: small enough that the pages are still
@@ -389,8 +387,11 @@ impl FrameReader {
         read_exact(&mut self.stream, &mut rh, during)?;
         let run = RunHeader::decode(&rh, h.len, t.mem.pages())?;
         let last = run.first + u64::from(run.count) - 1;
-        let shards = (run.first / t.shard_pages)..=(last / t.shard_pages);
-        if shards.into_iter().any(|s| s % t.channels != t.channel) {
+        // A run is at most one shard long, so its first and last pages name every shard it touches.
+        if [run.first, last]
+            .iter()
+            .any(|&p| crate::source::channel_of(p, t.channels) != t.channel)
+        {
             return Err(
                 ferry_wire::WireError::Malformed("page run outside this channel's pages").into(),
             );
@@ -509,7 +510,6 @@ mod tests {
             mem,
             channel: 1,
             channels: 2,
-            shard_pages: 512,
         }
     }
 

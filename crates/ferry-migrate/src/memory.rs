@@ -47,7 +47,7 @@ pub trait GuestMemory: Send + Sync {
 
 /// Panics unless pages `first..first + count` exist in a RAM of `pages` pages; returns the byte
 /// offset and length of the run.
-fn run_bounds(first: u64, count: u64, pages: u64) -> (usize, usize) {
+pub(crate) fn run_bounds(first: u64, count: u64, pages: u64) -> (usize, usize) {
     assert!(
         first.checked_add(count).is_some_and(|end| end <= pages),
         "page run {first}+{count} beyond {pages} pages"

@@ -381,7 +381,6 @@ fn pump(
         mem: &*shared.mem,
         channel: ch as u64,
         channels: channels as u64,
-        shard_pages: crate::source::SHARD_PAGES,
     };
     loop {
         // Page runs land in place only while the guest cannot run here: once post-copy starts or

@@ -45,6 +45,15 @@ pub const MAX_CHANNELS: u16 = 64;
 /// never overtake their own older copies on another channel.
 pub const SHARD_PAGES: u64 = 512;
 
+// A page run spans at most two shards, so its first and last pages name every shard it touches
+// (the destination checks runs that way).
+const _: () = assert!(ferry_wire::run::MAX_RUN_PAGES as u64 <= SHARD_PAGES);
+
+/// The channel page `page` travels on when a migration has `channels` channels.
+pub fn channel_of(page: u64, channels: u64) -> u64 {
+    (page / SHARD_PAGES) % channels
+}
+
 /// How to run a migration.
 #[derive(Clone, Debug)]
 pub struct SourceOptions {
@@ -858,7 +867,7 @@ fn send_shard(
             gfns.clear();
             Ok(())
         };
-    for p in dirty.iter().filter(|p| (p / SHARD_PAGES) % channels == ch) {
+    for p in dirty.iter().filter(|&p| channel_of(p, channels) == ch) {
         gfns.push(p);
         if gfns.len() == BATCH_PAGES {
             if cancel.load(Ordering::SeqCst) {

@@ -96,24 +96,14 @@ impl GuestMemory for SyntheticMemory {
         unsafe { std::slice::from_raw_parts(self.ptr.add(index as usize * PAGE_SIZE), PAGE_SIZE) }
     }
     unsafe fn run(&self, first: u64, count: u64) -> &[u8] {
-        assert!(first.checked_add(count).is_some_and(|e| e <= self.pages));
+        let (at, len) = crate::memory::run_bounds(first, count, self.pages);
         // SAFETY: in bounds of the one buffer (checked); no writer is the caller's contract.
-        unsafe {
-            std::slice::from_raw_parts(
-                self.ptr.add(first as usize * PAGE_SIZE),
-                count as usize * PAGE_SIZE,
-            )
-        }
+        unsafe { std::slice::from_raw_parts(self.ptr.add(at), len) }
     }
     unsafe fn run_mut(&self, first: u64, count: u64) -> &mut [u8] {
-        assert!(first.checked_add(count).is_some_and(|e| e <= self.pages));
+        let (at, len) = crate::memory::run_bounds(first, count, self.pages);
         // SAFETY: in bounds (checked); exclusivity is the caller's contract.
-        unsafe {
-            std::slice::from_raw_parts_mut(
-                self.ptr.add(first as usize * PAGE_SIZE),
-                count as usize * PAGE_SIZE,
-            )
-        }
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(at), len) }
     }
 }
 
