@@ -243,6 +243,7 @@ pub fn run(ctx: &RunCtx, s: &QemuSettings) -> Result<RunResult, BenchError> {
     let mut postcopy_seen: Option<Instant> = None;
     // A cancelled migration reports no RAM counters: keep the last ones seen.
     let mut last_ram = Value::Null;
+    let mut completed_polls = 0;
     let last = loop {
         let v = sq.exec("query-migrate", None)?;
         let status = v["status"].as_str().unwrap_or("").to_string();
@@ -250,6 +251,14 @@ pub fn run(ctx: &RunCtx, s: &QemuSettings) -> Result<RunResult, BenchError> {
             last_ram = v["ram"].clone();
         }
         match status.as_str() {
+            // QEMU 7.2 sets COMPLETED before it computes total-time and downtime
+            // (migration_completion, then migration_calculate_complete): a query in
+            // between reads 0 for both, so wait for the numbers.
+            "completed"
+                if v["total-time"].as_f64().unwrap_or(0.0) <= 0.0 && completed_polls < 100 =>
+            {
+                completed_polls += 1;
+            }
             "completed" => break v,
             "failed" => {
                 r.outcome = Outcome::Failed(format!(
