@@ -541,6 +541,10 @@ pub struct BenchQemuArgs {
     /// Runs per engine configuration (median and min-max are reported).
     #[arg(long, default_value_t = 3)]
     pub repeat: u32,
+    /// Only the variants whose label contains one of these (e.g. "ferry auto", "QEMU"); default all.
+    /// Ratios need a QEMU variant in the same scenario.
+    #[arg(long = "variant", value_delimiter = ',')]
+    pub variants: Vec<String>,
     /// Smaller guests (RAM and working sets / 4), 10 s timeout: a quick look, not for the record.
     #[arg(long)]
     pub quick: bool,
@@ -578,6 +582,22 @@ impl BenchQemuArgs {
                     ))
                 })?;
                 cfg.scenarios.push(sc.clone());
+            }
+        }
+        if !self.variants.is_empty() {
+            for sc in &mut cfg.scenarios {
+                sc.variants.retain(|v| {
+                    self.variants
+                        .iter()
+                        .any(|want| v.label.contains(want.as_str()))
+                });
+            }
+            cfg.scenarios.retain(|sc| !sc.variants.is_empty());
+            if cfg.scenarios.is_empty() {
+                return Err(BenchError::Setup(format!(
+                    "no variant of the chosen scenarios matches {:?}",
+                    self.variants
+                )));
             }
         }
         if self.quick {
