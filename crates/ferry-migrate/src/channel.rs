@@ -327,8 +327,9 @@ fn write_all_parts(s: &mut Stream, mut parts: &mut [&[u8]]) -> std::io::Result<(
 pub enum Received<'a> {
     /// A frame other than a page run; the payload is valid until the next call.
     Frame(FrameHeader, &'a [u8]),
-    /// A page run, written into guest RAM and checked; the per-page CRCs are in the caller's vector.
-    Run(RunHeader),
+    /// A page run, written into guest RAM and checked, with its frame flags; the per-page CRCs
+    /// are in the caller's vector.
+    Run(RunHeader, u8),
 }
 
 /// Which page runs a channel may write into guest RAM.
@@ -415,7 +416,7 @@ impl FrameReader {
         h.verify_crc(crc, self.seq)?;
         self.seq = self.seq.wrapping_add(1);
         self.bytes += (HEADER_LEN as u64) + u64::from(h.len);
-        Ok(Received::Run(run))
+        Ok(Received::Run(run, h.flags))
     }
 
     /// Reads and checks the payload of a frame whose header is read.
@@ -525,10 +526,13 @@ mod tests {
         let got = r.recv_or_run("test", Some(&t), &mut crcs).unwrap();
         assert!(matches!(
             got,
-            Received::Run(RunHeader {
-                first: 600,
-                count: 20
-            })
+            Received::Run(
+                RunHeader {
+                    first: 600,
+                    count: 20
+                },
+                0
+            )
         ));
         // SAFETY: the test owns the memory and nothing else touches it.
         assert_eq!(unsafe { mem.run(600, 20) }, &data[..]);

@@ -22,10 +22,227 @@ const BACKGROUND_NICE: libc::c_int = 10;
 pub fn background() {
     // SAFETY: getpriority/setpriority on the calling thread (who = 0 means the caller, and for
     // PRIO_PROCESS Linux applies it to the calling thread) only read or lower its nice value.
-    unsafe {
+    let nice = unsafe {
         let current = libc::getpriority(libc::PRIO_PROCESS, 0);
         if current < BACKGROUND_NICE {
             libc::setpriority(libc::PRIO_PROCESS, 0, BACKGROUND_NICE);
+        }
+        current.max(BACKGROUND_NICE)
+    };
+    set_slice(nice, BACKGROUND_SLICE_NS);
+}
+
+/// Scheduler slice of a background copy thread. A weight of 1/10 decides how often a copy thread
+/// runs beside a vCPU; the slice decides for how long: with the default slice (about 3 ms here) a
+/// copy thread picked on the vCPU's core kept the guest off it for 3-7 ms at a time (perf sched,
+/// `ferry bench qemu` scenario a). Linux 6.12+ takes a fair thread's own slice from
+/// `sched_runtime`; older kernels ignore it.
+const BACKGROUND_SLICE_NS: u64 = 100_000;
+
+/// Sets the calling thread's fair-class slice (0: the default) at nice `nice`; failure is harmless.
+fn set_slice(nice: libc::c_int, slice_ns: u64) {
+    let attr = libc::sched_attr {
+        size: std::mem::size_of::<libc::sched_attr>() as u32,
+        sched_policy: libc::SCHED_OTHER as u32,
+        sched_flags: 0,
+        sched_nice: nice,
+        sched_priority: 0,
+        sched_runtime: slice_ns,
+        sched_deadline: 0,
+        sched_period: 0,
+    };
+    // SAFETY: pid 0 is the calling thread; `attr` is a valid, fully initialised sched_attr whose
+    // `size` field tells the kernel how much of it to read; flags 0.
+    unsafe {
+        libc::syscall(
+            libc::SYS_sched_setattr,
+            0,
+            &attr as *const libc::sched_attr,
+            0,
+        );
+    }
+}
+
+/// How long a bulk thread in the idle class measures its progress before judging it starved.
+const STARVE_WINDOW: Duration = Duration::from_millis(100);
+
+/// Below this many bytes a second a bulk thread that also waited for a CPU most of the time is
+/// starving, not merely sharing: a thread held up by the link waits in a socket call, not for a
+/// CPU, and one sharing a core with other copy threads still moves hundreds of MB/s.
+const STARVE_FLOOR_BYTES_PER_S: u64 = 32 << 20;
+
+/// Whether a thread in the idle class starves: over `window` it waited for a CPU more than half
+/// the time and moved fewer bytes than [`STARVE_FLOOR_BYTES_PER_S`].
+pub fn starved(window: Duration, run_delay: Duration, bytes: u64) -> bool {
+    let floor = STARVE_FLOOR_BYTES_PER_S as f64 * window.as_secs_f64();
+    run_delay * 2 > window && (bytes as f64) < floor
+}
+
+/// Time the calling thread has waited on a run queue since it started (`/proc/thread-self/schedstat`).
+fn run_delay() -> Option<Duration> {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    let ns = s.split_whitespace().nth(1)?.parse().ok()?;
+    Some(Duration::from_nanos(ns))
+}
+
+/// CPUs on which this process's vCPU threads (threads named `vcpu*`) last ran.
+fn vcpu_cpus() -> Vec<usize> {
+    let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
+        return vec![];
+    };
+    dir.flatten()
+        .filter_map(|t| {
+            let comm = std::fs::read_to_string(t.path().join("comm")).ok()?;
+            if !comm.starts_with("vcpu") {
+                return None;
+            }
+            let stat = std::fs::read_to_string(t.path().join("stat")).ok()?;
+            // Fields after the command name (which may hold spaces) start at "state" (field 3);
+            // field 39 is the CPU the thread last ran on. A halted vCPU sleeps: it needs no CPU.
+            let mut fields = stat.rsplit_once(')')?.1.split_whitespace();
+            if fields.next()? != "R" {
+                return None;
+            }
+            fields.nth(35)?.parse().ok()
+        })
+        .collect()
+}
+
+/// Keeps the calling thread off the CPUs this process's running vCPUs are on, if a CPU is left;
+/// the thread's affinity before, if it changed it.
+fn avoid_vcpu_cpus() -> Option<libc::cpu_set_t> {
+    let busy = vcpu_cpus();
+    if busy.is_empty() {
+        return None;
+    }
+    // SAFETY: cpu_set_t is plain data (all zero is the empty set); sched_getaffinity and
+    // sched_setaffinity on the calling thread (pid 0) read and write one set we own, of the size
+    // we pass; CPU_CLR ignores CPUs beyond the set.
+    unsafe {
+        let mut before: libc::cpu_set_t = std::mem::zeroed();
+        let size = std::mem::size_of::<libc::cpu_set_t>();
+        if libc::sched_getaffinity(0, size, &mut before) != 0 {
+            return None;
+        }
+        let mut left = before;
+        for &c in &busy {
+            libc::CPU_CLR(c, &mut left);
+        }
+        (libc::CPU_COUNT(&left) > 0 && libc::sched_setaffinity(0, size, &left) == 0)
+            .then_some(before)
+    }
+}
+
+/// Sets the calling thread's CPU affinity back.
+fn set_affinity(set: &libc::cpu_set_t) {
+    // SAFETY: pid 0 is the calling thread; `set` is a valid cpu_set_t of the size we pass.
+    unsafe {
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), set);
+    }
+}
+
+/// Where a [`Bulk`] thread is now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BulkClass {
+    /// The idle class: it runs only on a CPU that nothing else wants.
+    Idle,
+    /// Nice 10 with a short slice ([`background`]): it had starved in the idle class, or the
+    /// thread may not come back from the idle class.
+    Background,
+    /// Back where it started ([`Bulk::restore`]).
+    Normal,
+}
+
+/// A thread that copies bulk pages while a guest runs on this host. A copy thread that the
+/// scheduler puts on a running vCPU's core keeps it until it blocks or the next tick (4 ms at
+/// HZ=250, whatever its weight or slice: `perf sched` showed nice-10 and idle-class copy threads
+/// holding a vCPU off for 2-4 ms). So it stays off the CPUs this process's running vCPUs are on
+/// when another CPU is left, and it runs in the idle class, which yields to every other thread
+/// on its CPU. Scenario a of `ferry bench qemu`, largest guest gap over 8 runs: median 4.1 ms at
+/// nice 10, 2.6 ms like this. On a host with no spare CPU the idle class would stall the
+/// migration, so a thread that starves there ([`starved`]) goes to nice 10, which still gets
+/// about a tenth of a core.
+#[derive(Debug)]
+pub struct Bulk {
+    class: BulkClass,
+    /// The nice value to go back to, when the thread may.
+    before: Option<libc::c_int>,
+    /// The CPU affinity to go back to, when the thread changed it.
+    affinity: Option<libc::cpu_set_t>,
+    window_start: Instant,
+    delay_at_start: Duration,
+    bytes: u64,
+}
+
+impl Bulk {
+    /// Puts the calling thread in the idle class if it may come back from it, otherwise at
+    /// background priority for good.
+    pub fn enter() -> Self {
+        // SAFETY: getpriority on the calling thread reads its nice value.
+        let nice = unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
+        let idle = may_leave_idle() && set_policy(libc::SCHED_IDLE);
+        if !idle {
+            background();
+        }
+        let affinity = avoid_vcpu_cpus();
+        Self {
+            class: if idle {
+                BulkClass::Idle
+            } else {
+                BulkClass::Background
+            },
+            before: idle.then_some(nice),
+            affinity,
+            window_start: Instant::now(),
+            delay_at_start: run_delay().unwrap_or_default(),
+            bytes: 0,
+        }
+    }
+
+    /// Where the thread is now.
+    pub fn class(&self) -> BulkClass {
+        self.class
+    }
+
+    /// Call after moving `bytes`: leaves the idle class if the thread starves there.
+    pub fn progress(&mut self, bytes: u64) {
+        if self.class != BulkClass::Idle {
+            return;
+        }
+        self.bytes += bytes;
+        let window = self.window_start.elapsed();
+        if window < STARVE_WINDOW {
+            return;
+        }
+        let Some(delay) = run_delay() else { return };
+        if starved(
+            window,
+            delay.saturating_sub(self.delay_at_start),
+            self.bytes,
+        ) {
+            tracing::debug!(
+                "a copy thread starves in the idle class ({} bytes in {window:?}): nice {BACKGROUND_NICE}",
+                self.bytes
+            );
+            set_policy(libc::SCHED_OTHER);
+            background();
+            self.class = BulkClass::Background;
+        }
+        self.window_start = Instant::now();
+        self.delay_at_start = delay;
+        self.bytes = 0;
+    }
+
+    /// Back to the normal class at the thread's first nice value, with the default slice, if it
+    /// may (the pages it moves are now on a paused or running guest's critical path).
+    pub fn restore(&mut self) {
+        if let Some(set) = self.affinity.take() {
+            set_affinity(&set);
+        }
+        if let Some(nice) = self.before.take() {
+            set_policy(libc::SCHED_OTHER);
+            set_slice(nice, 0);
+            self.class = BulkClass::Normal;
         }
     }
 }
@@ -112,6 +329,146 @@ mod tests {
         .unwrap();
         assert_eq!(inner, BACKGROUND_NICE.max(before));
         assert_eq!(nice(), before);
+    }
+
+    fn allowed_cpus() -> u32 {
+        // SAFETY: as in avoid_vcpu_cpus.
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set);
+            libc::CPU_COUNT(&set) as u32
+        }
+    }
+
+    #[test]
+    fn starving_needs_both_a_long_wait_and_little_progress() {
+        let w = Duration::from_millis(100);
+        assert!(starved(w, Duration::from_millis(90), 1 << 20));
+        assert!(
+            !starved(w, Duration::from_millis(90), 8 << 20),
+            "shares a core, moves data"
+        );
+        assert!(
+            !starved(w, Duration::from_millis(10), 0),
+            "waits on the link, not a CPU"
+        );
+        assert!(
+            !starved(w, Duration::from_millis(50), 0),
+            "half the time is not starving"
+        );
+    }
+
+    #[test]
+    fn bulk_goes_idle_and_comes_back() {
+        std::thread::spawn(|| {
+            // SAFETY: getpriority on the calling thread.
+            let nice = || unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
+            let before = nice();
+            let mut b = Bulk::enter();
+            if !may_leave_idle() {
+                assert_eq!(b.class(), BulkClass::Background);
+                return;
+            }
+            assert_eq!(b.class(), BulkClass::Idle);
+            assert_eq!(policy(), libc::SCHED_IDLE);
+            b.progress(1 << 30); // plenty of progress: stays idle
+            assert_eq!(b.class(), BulkClass::Idle);
+            b.restore();
+            assert_eq!(b.class(), BulkClass::Normal);
+            assert_eq!(policy(), libc::SCHED_OTHER);
+            assert_eq!(nice(), before);
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
+    fn a_starving_bulk_thread_leaves_the_idle_class() {
+        if !may_leave_idle() {
+            return; // it never enters the idle class then (checked above)
+        }
+        // A normal-class spinner and the bulk thread on one CPU: the idle class gets next to
+        // nothing there.
+        let cpu = {
+            // SAFETY: sched_getcpu has no preconditions.
+            let c = unsafe { libc::sched_getcpu() };
+            c.max(0) as usize
+        };
+        let pin = move || {
+            // SAFETY: as in avoid_vcpu_cpus; the set holds one CPU this thread may use.
+            unsafe {
+                let mut set: libc::cpu_set_t = std::mem::zeroed();
+                libc::CPU_SET(cpu, &mut set);
+                libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+            }
+        };
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let spinner = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                pin();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::hint::spin_loop();
+                }
+            })
+        };
+        let class = std::thread::spawn(move || {
+            pin();
+            let mut b = Bulk::enter();
+            let end = Instant::now() + Duration::from_secs(10);
+            // Work at a copy thread's pace (about 1 GB/s): the idle class's crumbs of CPU
+            // move far less than the floor.
+            let page = vec![1u8; 4096];
+            let mut sum = 0u64;
+            while b.class() == BulkClass::Idle && Instant::now() < end {
+                for &x in std::hint::black_box(&page).iter() {
+                    sum = sum.wrapping_mul(31).wrapping_add(u64::from(x));
+                }
+                b.progress(page.len() as u64);
+            }
+            std::hint::black_box(sum);
+            b.class()
+        })
+        .join()
+        .unwrap();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        spinner.join().unwrap();
+        assert_eq!(class, BulkClass::Background);
+    }
+
+    #[test]
+    fn bulk_keeps_off_a_running_vcpu() {
+        if allowed_cpus() < 2 {
+            return; // no CPU would be left
+        }
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let vcpu = {
+            let stop = stop.clone();
+            std::thread::Builder::new()
+                .name("vcpu0".into())
+                .spawn(move || {
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        std::hint::spin_loop();
+                    }
+                })
+                .unwrap()
+        };
+        std::thread::sleep(Duration::from_millis(20));
+        let (seen, during, after, all) = std::thread::spawn(|| {
+            let all = allowed_cpus();
+            let seen = vcpu_cpus();
+            let mut b = Bulk::enter();
+            let during = allowed_cpus();
+            b.restore();
+            (seen, during, allowed_cpus(), all)
+        })
+        .join()
+        .unwrap();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        vcpu.join().unwrap();
+        assert_eq!(seen.len(), 1, "the spinning vcpu0 thread is found");
+        assert_eq!(during, all - 1);
+        assert_eq!(after, all);
     }
 
     #[test]

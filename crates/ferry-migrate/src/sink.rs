@@ -14,7 +14,7 @@ use ferry_wire::codec::{BatchDecoder, CodecError, PageStore, MAX_BATCH_PAGES};
 use ferry_wire::message::{
     self, channel_key, features, Hello, HelloAck, RoundSummary, VmConfig, PROTOCOL_VERSION,
 };
-use ferry_wire::{FrameType, WireError};
+use ferry_wire::{FrameType, WireError, PAGES_PAUSED};
 
 use crate::channel::{split, FrameReader, FrameWriter, Received, RunTarget, Stream};
 use crate::digest::PageHashes;
@@ -367,11 +367,10 @@ fn pump(
     shared: &Shared,
     tx: &Sender<Msg>,
 ) -> Result<(), MigrateError> {
-    if ch != 0 {
-        // Bulk pages yield to the guests running on this host (channel 0 carries the control
-        // frames and the pages a post-copy guest waits for: it keeps its priority).
-        crate::priority::background();
-    }
+    // Bulk pages yield to the guests running on this host until they are on the downtime path:
+    // a page sent while the source is paused, or (channel 0, which also carries the control
+    // frames and the pages a post-copy guest waits for) the switch-over's first frame.
+    let mut bulk = crate::priority::Bulk::enter();
     let mut decoder = BatchDecoder::new();
     let mut store = RamStore::new(shared.mem.clone());
     let mut scratch = ScratchStore::new(shared.mem.pages());
@@ -394,7 +393,11 @@ fn pump(
         );
         let (h, p) = match got {
             Ok(Received::Frame(h, p)) => (h, p),
-            Ok(Received::Run(run)) => {
+            Ok(Received::Run(run, flags)) => {
+                if flags & PAGES_PAUSED != 0 {
+                    bulk.restore();
+                }
+                bulk.progress(u64::from(run.count) * ferry_vmm::PAGE_SIZE as u64);
                 for (i, &c) in crcs.iter().enumerate() {
                     shared.hashes.set_crc(run.first + i as u64, c);
                 }
@@ -406,14 +409,23 @@ fn pump(
             }
             Err(e) => return Err(e),
         };
+        if h.kind == FrameType::Pages {
+            if h.flags & PAGES_PAUSED != 0 {
+                bulk.restore();
+            }
+            bulk.progress(p.len() as u64);
+        }
         match h.kind {
             FrameType::Pages => match shared.postcopy.get() {
                 Some(pc) => {
                     if ch != 0 {
                         // The background push: let the guest and the requested pages (channel 0)
-                        // have the CPU first.
-                        idle.get_or_insert_with(crate::priority::IdleWindow::enter)
-                            .tick();
+                        // have the CPU first, and stay below them afterwards.
+                        idle.get_or_insert_with(|| {
+                            crate::priority::background();
+                            crate::priority::IdleWindow::enter()
+                        })
+                        .tick();
                     }
                     // The guest may be running: pages go in atomically, through the fault tracker.
                     decoder.decode(p, &mut scratch)?;
@@ -435,6 +447,7 @@ fn pump(
                 let _ = tx.send(Msg::RoundEnd(ch, RoundSummary::decode(p)?.round));
             }
             FrameType::DeviceState if ch == 0 => {
+                bulk.restore();
                 if p.len() < 4 {
                     return Err(WireError::Malformed("device state frame too short").into());
                 }
@@ -442,15 +455,18 @@ fn pump(
                 let _ = tx.send(Msg::DeviceState(round, p[4..].to_vec()));
             }
             FrameType::Discard if ch == 0 => {
+                bulk.restore();
                 let (_, pages, _) = postcopy::decode_start(p, shared.mem.pages())?;
                 let _ = tx.send(Msg::Discard(pages));
             }
             FrameType::PostcopyStart if ch == 0 => {
+                bulk.restore();
                 let (round, needed, state) = postcopy::decode_start(p, shared.mem.pages())?;
                 let runs = h.flags & postcopy::START_RUNS != 0;
                 let _ = tx.send(Msg::PostcopyStart(round, needed, state.to_vec(), runs));
             }
             FrameType::Go if ch == 0 => {
+                bulk.restore();
                 let _ = tx.send(Msg::Go);
             }
             FrameType::Complete if ch == 0 => {

@@ -13,7 +13,7 @@ use ferry_vmm::PAGE_SIZE;
 use ferry_wire::codec::{BatchEncoder, EncoderConfig, PageRef};
 use ferry_wire::message::{self, channel_key, features, Hello, HelloAck, RoundSummary, VmConfig};
 use ferry_wire::run::{RunHeader, RUN_HEADER_LEN};
-use ferry_wire::FrameType;
+use ferry_wire::{FrameType, PAGES_PAUSED};
 
 use crate::channel::{split, FrameReader, FrameWriter, Stream};
 use crate::convergence::{decide, expected_postcopy_pause, ConvergenceConfig, Decision};
@@ -715,6 +715,7 @@ fn send_round(
             .map(|(ch, ((w, enc), bufs))| {
                 send_shard(
                     &**mem, w, enc, bufs, round, dirty, paused, runs, ch as u64, n, &done, &cancel,
+                    None,
                 )
             })
             .collect()
@@ -731,13 +732,22 @@ fn send_round(
                     let (mem, done, finished_tx) = (mem.clone(), &done, finished_tx.clone());
                     let cancel = cancel.clone();
                     s.spawn(move || {
-                        if !paused {
-                            // The guest runs: it keeps its CPU (priority.rs).
-                            priority::background();
-                        }
+                        // The guest runs: it keeps its CPU (priority.rs).
+                        let mut bulk = (!paused).then(priority::Bulk::enter);
                         let r = send_shard(
-                            &*mem, w, enc, bufs, round, dirty, paused, runs, ch as u64, n, done,
+                            &*mem,
+                            w,
+                            enc,
+                            bufs,
+                            round,
+                            dirty,
+                            paused,
+                            runs,
+                            ch as u64,
+                            n,
+                            done,
                             &cancel,
+                            bulk.as_mut(),
                         );
                         let _ = finished_tx.send(());
                         r
@@ -797,6 +807,7 @@ fn send_shard(
     channels: u64,
     done: &RoundProgress,
     cancel: &AtomicBool,
+    mut bulk: Option<&mut priority::Bulk>,
 ) -> Result<(), MigrateError> {
     if !paused && bufs.pages.len() < BATCH_PAGES * PAGE_SIZE {
         bufs.pages.resize(BATCH_PAGES * PAGE_SIZE, 0);
@@ -804,6 +815,7 @@ fn send_shard(
     let SendBuffers { pages: buf, out } = bufs;
     let mut gfns = Vec::with_capacity(BATCH_PAGES);
     let mut run_list = Vec::new();
+    let flags = if paused { PAGES_PAUSED } else { 0 };
     let mut flush =
         |gfns: &mut Vec<u64>, buf: &mut [u8], out: &mut Vec<u8>| -> Result<(), MigrateError> {
             if gfns.is_empty() {
@@ -849,7 +861,7 @@ fn send_shard(
                         first,
                         count: count as u32,
                     };
-                    w.send_parts(FrameType::PageRun, 0, &[&header.encode(), data])?;
+                    w.send_parts(FrameType::PageRun, flags, &[&header.encode(), data])?;
                     done.bytes.fetch_add(
                         (ferry_wire::HEADER_LEN + RUN_HEADER_LEN + data.len()) as u64,
                         Ordering::Relaxed,
@@ -857,13 +869,16 @@ fn send_shard(
                 }
             }
             if !out.is_empty() {
-                w.send(FrameType::Pages, 0, out)?;
+                w.send(FrameType::Pages, flags, out)?;
                 done.bytes.fetch_add(
                     (ferry_wire::HEADER_LEN + out.len()) as u64,
                     Ordering::Relaxed,
                 );
             }
             done.pages.fetch_add(gfns.len() as u64, Ordering::Relaxed);
+            if let Some(b) = bulk.as_deref_mut() {
+                b.progress((gfns.len() * PAGE_SIZE) as u64);
+            }
             gfns.clear();
             Ok(())
         };

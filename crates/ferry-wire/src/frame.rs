@@ -17,6 +17,11 @@ pub const HEADER_LEN: usize = 16;
 /// Largest payload a peer may announce; anything bigger is refused before allocation.
 pub const MAX_PAYLOAD: u32 = 16 << 20;
 
+/// Flag of [`FrameType::Pages`] and [`FrameType::PageRun`] frames: the source's VM was paused when
+/// they were sent, so they are on the downtime path (the destination stops treating its page
+/// copy as background work). Receivers that do not know it ignore it.
+pub const PAGES_PAUSED: u8 = 1;
+
 /// What a frame carries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]

@@ -11,6 +11,7 @@ pub mod run;
 
 pub use frame::{
     crc_start, encode_header, encode_header_parts, FrameHeader, FrameType, HEADER_LEN, MAX_PAYLOAD,
+    PAGES_PAUSED,
 };
 
 /// Why a stream was refused.
