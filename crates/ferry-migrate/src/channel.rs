@@ -71,6 +71,16 @@ impl Stream {
             .map_err(MigrateError::io("socket option"))
     }
 
+    /// The connection's round-trip time as the kernel measures it (TCP, also under TLS).
+    pub fn rtt(&self) -> Option<Duration> {
+        use std::os::fd::AsRawFd;
+        match self {
+            Stream::Tcp(s) => crate::parallelism::tcp_rtt(s.as_raw_fd()),
+            Stream::Tls(s) => crate::parallelism::tcp_rtt(s.socket().as_raw_fd()),
+            Stream::Unix(_) => None,
+        }
+    }
+
     /// Whether this is a same-host (Unix) connection, over which RAM can be handed over as a file.
     pub fn is_unix(&self) -> bool {
         matches!(self, Stream::Unix(_))
@@ -222,6 +232,13 @@ pub struct FrameReader {
     buf: Vec<u8>,
     /// Bytes read, headers included.
     pub bytes: u64,
+}
+
+impl FrameWriter {
+    /// The connection's round-trip time as the kernel measures it, if it is TCP.
+    pub fn rtt(&self) -> Option<Duration> {
+        self.stream.rtt()
+    }
 }
 
 /// Splits a connection into framed halves keyed by `key` (0 until the handshake sets the key).

@@ -10,8 +10,13 @@
 //! docs/BENCHMARKS.md). Post-copy and anything that may end in it keep a second channel so the
 //! pages a running guest faults on never queue behind bulk pages.
 //!
-//! The count is fixed for the migration once chosen: pages are sharded across the channels, and
-//! the destination relies on that sharding to let each channel write its pages without locks.
+//! Between rounds the source may change how many of the opened channels carry pages
+//! ([`round_channels`]): from the link's round-trip time as the kernel measures it on the live
+//! connection and from the bandwidth limit, which a user may change while the migration runs.
+//! Pages are sharded across the channels that carry them, and the destination relies on that
+//! sharding to let each channel write its pages without locks, so the count changes only at a
+//! round boundary that the destination has acknowledged on every channel; each channel learns the
+//! new count from a `Channels` frame in its own stream, ahead of the round's pages.
 
 use std::time::Duration;
 
@@ -48,6 +53,41 @@ pub fn auto_channels(f: &LinkFacts) -> u16 {
         .unwrap_or(u16::MAX)
         .clamp(base, MAX_AUTO_CHANNELS.max(base));
     for_link.max(base).min(cap)
+}
+
+/// Channels to open when the count may change between rounds: enough for any link the host's
+/// cores can feed, so that a longer round trip or a higher bandwidth limit later can be met.
+pub fn channels_to_open(f: &LinkFacts) -> u16 {
+    let longest = LinkFacts {
+        rtt: Duration::from_secs(1),
+        max_bandwidth: None,
+        ..*f
+    };
+    auto_channels(f).max(auto_channels(&longest))
+}
+
+/// Channels that carry the next round's pages, of the `opened` ones: [`auto_channels`] for the
+/// link as measured now.
+pub fn round_channels(now: &LinkFacts, opened: u16) -> u16 {
+    auto_channels(now).clamp(1, opened.max(1))
+}
+
+/// The smoothed round-trip time the kernel measured on a TCP connection (`TCP_INFO`), if it is one.
+pub fn tcp_rtt(fd: std::os::fd::RawFd) -> Option<Duration> {
+    // SAFETY: tcp_info is plain data (all zero is valid); getsockopt writes at most `len` bytes
+    // of it and sets `len` to what it wrote; an fd that is not a TCP socket only makes it fail.
+    unsafe {
+        let mut info: libc::tcp_info = std::mem::zeroed();
+        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        let r = libc::getsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        );
+        (r == 0 && info.tcpi_rtt > 0).then(|| Duration::from_micros(u64::from(info.tcpi_rtt)))
+    }
 }
 
 /// The largest window one TCP stream may reach on this host: the smaller of the send buffer
@@ -101,6 +141,51 @@ mod tests {
             "1.5 GB/s a stream at 2 ms"
         );
         assert_eq!(auto_channels(&facts(5.0, 16)), 2);
+    }
+
+    #[test]
+    fn scaling_opens_what_the_cores_allow_and_follows_the_link() {
+        let short = facts(0.05, 4);
+        assert_eq!(auto_channels(&short), 1);
+        assert_eq!(channels_to_open(&short), 4, "room for a longer link later");
+        assert_eq!(channels_to_open(&facts(0.05, 1)), 1);
+        assert_eq!(round_channels(&short, 4), 1);
+        assert_eq!(round_channels(&facts(20.0, 4), 4), 4, "the round trip grew");
+        assert_eq!(
+            round_channels(&facts(20.0, 16), 3),
+            3,
+            "never more than opened"
+        );
+        let limited = LinkFacts {
+            max_bandwidth: Some(100_000_000),
+            ..facts(20.0, 4)
+        };
+        assert_eq!(round_channels(&limited, 4), 1, "a lower limit needs fewer");
+        let pc = LinkFacts {
+            needs_request_channel: true,
+            ..short
+        };
+        assert_eq!(
+            round_channels(&pc, 4),
+            2,
+            "post-copy's request channel stays"
+        );
+    }
+
+    #[test]
+    fn a_loopback_connection_reports_its_rtt() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (mut s, _) = l.accept().unwrap();
+        use std::io::{Read, Write};
+        (&c).write_all(b"ping").unwrap();
+        let mut b = [0u8; 4];
+        s.read_exact(&mut b).unwrap();
+        use std::os::fd::AsRawFd;
+        let rtt = tcp_rtt(c.as_raw_fd()).expect("TCP_INFO on a TCP socket");
+        assert!(rtt < Duration::from_secs(1), "{rtt:?}");
+        let (u, _) = std::os::unix::net::UnixStream::pair().unwrap();
+        assert_eq!(tcp_rtt(u.as_raw_fd()), None, "not TCP");
     }
 
     #[test]

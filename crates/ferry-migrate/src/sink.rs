@@ -247,11 +247,12 @@ pub fn receive<F: SinkFactory>(
     let (tx, rx) = channel();
     readers.insert(0, r0);
     let channels = readers.len();
+    let scaling = hello.features & features::CHANNEL_SCALING != 0;
     let mut pumps = Vec::new();
     for (ch, mut r) in readers.into_iter().enumerate() {
         let (tx, shared) = (tx.clone(), shared.clone());
         pumps.push(std::thread::spawn(move || {
-            if let Err(e) = pump(ch, channels, &mut r, &shared, &tx) {
+            if let Err(e) = pump(ch, channels, scaling, &mut r, &shared, &tx) {
                 let _ = tx.send(Msg::Failed(e));
             }
             r.bytes
@@ -363,6 +364,7 @@ pub(crate) fn refuse(w: &mut FrameWriter, why: &str) {
 fn pump(
     ch: usize,
     channels: usize,
+    scaling: bool,
     r: &mut FrameReader,
     shared: &Shared,
     tx: &Sender<Msg>,
@@ -376,7 +378,7 @@ fn pump(
     let mut scratch = ScratchStore::new(shared.mem.pages());
     let mut idle = None;
     let mut crcs = Vec::new();
-    let run_target = RunTarget {
+    let mut run_target = RunTarget {
         mem: &*shared.mem,
         channel: ch as u64,
         channels: channels as u64,
@@ -445,6 +447,19 @@ fn pump(
             },
             FrameType::RoundEnd => {
                 let _ = tx.send(Msg::RoundEnd(ch, RoundSummary::decode(p)?.round));
+            }
+            // How many channels carry the pages that follow (the source changes it only between
+            // acknowledged rounds, so no page is in flight on two channels).
+            FrameType::Channels if scaling => {
+                let n = <[u8; 2]>::try_from(p)
+                    .map(u16::from_le_bytes)
+                    .map_err(|_| WireError::Malformed("channel count"))?;
+                if n == 0 || usize::from(n) > channels {
+                    return Err(
+                        WireError::Malformed("more channels carrying pages than opened").into(),
+                    );
+                }
+                run_target.channels = u64::from(n);
             }
             FrameType::DeviceState if ch == 0 => {
                 bulk.restore();
@@ -828,6 +843,84 @@ impl<K: MigrationSink> SwitchOver<'_, K> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::channel::{split, Stream};
+    use crate::synthetic::SyntheticMemory;
+    use ferry_wire::run::RunHeader;
+    use std::os::unix::net::UnixStream;
+
+    /// Channel `ch` of `channels`: a pump reading frames the test writes. Returns the pump's result.
+    fn pump_frames(
+        ch: usize,
+        channels: usize,
+        scaling: bool,
+        write: impl FnOnce(&mut FrameWriter),
+    ) -> (Result<(), MigrateError>, Arc<dyn GuestMemory>) {
+        let (a, b) = UnixStream::pair().unwrap();
+        let (mut r, _) = split(Stream::Unix(a), 0).unwrap();
+        let (_, mut w) = split(Stream::Unix(b), 0).unwrap();
+        write(&mut w);
+        drop(w); // end of stream: the pump returns Ok once it has applied everything
+        let mem: Arc<dyn GuestMemory> = Arc::new(SyntheticMemory::new(4096));
+        let shared = Shared {
+            hashes: PageHashes::new(mem.pages()),
+            mem: mem.clone(),
+            running: AtomicBool::new(false),
+            postcopy: OnceLock::new(),
+        };
+        let (tx, _rx) = channel();
+        (pump(ch, channels, scaling, &mut r, &shared, &tx), mem)
+    }
+
+    fn run_of(w: &mut FrameWriter, first: u64, count: usize, byte: u8) {
+        let h = RunHeader {
+            first,
+            count: count as u32,
+        };
+        let data = vec![byte; count * PAGE_SIZE];
+        w.send_parts(FrameType::PageRun, 0, &[&h.encode(), &data])
+            .unwrap();
+    }
+
+    #[test]
+    fn a_channel_count_narrows_the_pages_a_channel_may_carry() {
+        // Channel 1 of 2 owns pages 512..1024; once one channel carries everything, it owns none.
+        let (r, mem) = pump_frames(1, 2, true, |w| run_of(w, 600, 8, 7));
+        r.unwrap();
+        let mut page = vec![0u8; PAGE_SIZE];
+        mem.read_page(600, &mut page);
+        assert!(page.iter().all(|&b| b == 7), "the run landed");
+        let (r, _) = pump_frames(1, 2, true, |w| {
+            w.send(FrameType::Channels, 0, &1u16.to_le_bytes()).unwrap();
+            run_of(w, 600, 8, 7);
+        });
+        let e = format!("{:?}", r.unwrap_err());
+        assert!(e.contains("outside this channel"), "{e}");
+        // Channel 0, told that one channel carries pages, takes pages of every shard.
+        let (r, _) = pump_frames(0, 2, true, |w| {
+            w.send(FrameType::Channels, 0, &1u16.to_le_bytes()).unwrap();
+            run_of(w, 600, 8, 7);
+        });
+        r.unwrap();
+    }
+
+    #[test]
+    fn a_hostile_channel_count_is_refused() {
+        for n in [0u16, 3, 65] {
+            let (r, _) = pump_frames(0, 2, true, |w| {
+                w.send(FrameType::Channels, 0, &n.to_le_bytes()).unwrap();
+            });
+            assert!(r.is_err(), "{n} channels of 2");
+        }
+        let (r, _) = pump_frames(0, 2, true, |w| {
+            w.send(FrameType::Channels, 0, &[1]).unwrap();
+        });
+        assert!(r.is_err(), "a short count");
+        // Without the feature the frame has no business mid-stream.
+        let (r, _) = pump_frames(0, 2, false, |w| {
+            w.send(FrameType::Channels, 0, &1u16.to_le_bytes()).unwrap();
+        });
+        assert!(matches!(r, Err(MigrateError::Unexpected { .. })));
+    }
 
     #[test]
     fn done_report_round_trips() {

@@ -20,7 +20,9 @@ use crate::convergence::{decide, expected_postcopy_pause, ConvergenceConfig, Dec
 use crate::digest::{digest_memory, hex};
 use crate::heat::PageHeat;
 use crate::memory::GuestMemory;
-use crate::parallelism::{auto_channels, tcp_window_bytes, LinkFacts};
+use crate::parallelism::{
+    auto_channels, channels_to_open, round_channels, tcp_window_bytes, LinkFacts,
+};
 use crate::postcopy::{self, next_push_batch};
 use crate::priority;
 use crate::report::{Event, Phase, Report, RoundStats, Strategy};
@@ -112,6 +114,11 @@ struct Link {
     cancel: Arc<AtomicBool>,
     /// Round-trip time, measured by the handshake.
     rtt: Duration,
+    /// What the channel count was chosen from, when the source chose it and may change between
+    /// rounds how many channels carry pages (parallelism.rs); None: fixed.
+    scaling: Option<LinkFacts>,
+    /// Channels that carry pages (the first `active` ones); the others only end each round.
+    active: usize,
     control: FrameReader,
     writers: Vec<FrameWriter>,
     encoders: Vec<BatchEncoder>,
@@ -249,6 +256,7 @@ fn handshake(
     let id = opts.migration_id.unwrap_or_else(new_migration_id);
     let (mut control, mut writers, mut postcopy, mut handover) = (None, Vec::new(), false, false);
     let mut runs = false;
+    let mut scaling = None;
     // Hello and its answer cost the destination next to nothing: their exchange times the link.
     let mut rtt = Duration::MAX;
     // No count given: channel 0 announces 0 and, once its handshake has timed the link, says how
@@ -285,7 +293,7 @@ fn handshake(
             handover = unix && ack.features & features::FD_HANDOVER != 0;
             runs = ack.features & features::PAGE_RUNS != 0;
             if total == 0 {
-                let facts = LinkFacts {
+                let mut facts = LinkFacts {
                     rtt,
                     cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
                     window_bytes: tcp_window_bytes(),
@@ -297,8 +305,17 @@ fn handshake(
                             Strategy::Postcopy | Strategy::Hybrid | Strategy::Auto
                         ),
                 };
-                total = auto_channels(&facts);
-                tracing::debug!(?facts, total, "channel count chosen");
+                if let Some(rtt) = w.rtt() {
+                    facts.rtt = rtt; // the kernel's measure, free of this process's scheduling
+                }
+                let scales = !handover && ack.features & features::CHANNEL_SCALING != 0;
+                total = if scales {
+                    channels_to_open(&facts)
+                } else {
+                    auto_channels(&facts)
+                };
+                scaling = scales.then_some(facts);
+                tracing::debug!(?facts, total, scales, "channel count chosen");
                 w.send(FrameType::Channels, 0, &total.to_le_bytes())?;
             }
         }
@@ -315,6 +332,8 @@ fn handshake(
         runs,
         cancel: opts.cancel.clone(),
         rtt,
+        scaling,
+        active: total as usize,
         control,
         writers,
         encoders,
@@ -377,6 +396,7 @@ fn copy_phases<S: MigrationSource>(
                 }
                 None => dirty.clone(),
             };
+            rescale(link, opts, events)?;
             let mut stats = send_round(mem, link, round, &to_send, false, report, events)?;
             // Count the round as done when the destination has applied it: bandwidth is then
             // measured end to end, and no backlog sits in socket buffers when the guest pauses.
@@ -700,7 +720,8 @@ fn send_round(
     };
     let dirty = with_data.as_ref().unwrap_or(dirty);
     let total = dirty.count();
-    let n = link.writers.len() as u64;
+    let active = link.active.clamp(1, link.writers.len());
+    let n = active as u64;
     let done = RoundProgress::default();
     let cancel = link.cancel.clone();
     let runs = link.runs;
@@ -712,6 +733,7 @@ fn send_round(
             .zip(link.encoders.iter_mut())
             .zip(link.buffers.iter_mut())
             .enumerate()
+            .take(active)
             .map(|(ch, ((w, enc), bufs))| {
                 send_shard(
                     &**mem, w, enc, bufs, round, dirty, paused, runs, ch as u64, n, &done, &cancel,
@@ -728,6 +750,7 @@ fn send_round(
                 .zip(link.encoders.iter_mut())
                 .zip(link.buffers.iter_mut())
                 .enumerate()
+                .take(active)
                 .map(|(ch, ((w, enc), bufs))| {
                     let (mem, done, finished_tx) = (mem.clone(), &done, finished_tx.clone());
                     let cancel = cancel.clone();
@@ -781,6 +804,10 @@ fn send_round(
     };
     for r in results {
         r?;
+    }
+    // Channels that carried nothing this round still end it: the destination counts every one.
+    for w in &mut link.writers[active..] {
+        send_round_end(w, round)?;
     }
     let bytes = link.bytes() - before;
     report.pages_sent += total;
@@ -892,12 +919,56 @@ fn send_shard(
         }
     }
     flush(&mut gfns, buf, out)?;
+    send_round_end(w, round)
+}
+
+fn send_round_end(w: &mut FrameWriter, round: u32) -> Result<(), MigrateError> {
     let end = RoundSummary {
         round,
         pages: 0,
         digest: [0; 16],
     };
     w.send(FrameType::RoundEnd, 0, &end.encode())
+}
+
+/// Between rounds (the destination has acknowledged the last one on every channel): lets as many
+/// channels carry pages as the link now needs, if the source chose the count
+/// (parallelism.rs). Every channel hears the new count ahead of its next pages.
+fn rescale(
+    link: &mut Link,
+    opts: &SourceOptions,
+    events: &mut dyn FnMut(Event),
+) -> Result<(), MigrateError> {
+    let Some(facts) = link.scaling else {
+        return Ok(());
+    };
+    let now = LinkFacts {
+        rtt: link.writers[0].rtt().unwrap_or(link.rtt),
+        max_bandwidth: Some(opts.max_bandwidth.get()).filter(|&b| b > 0),
+        ..facts
+    };
+    let opened = link.writers.len() as u16;
+    let n = round_channels(&now, opened);
+    if usize::from(n) == link.active {
+        return Ok(());
+    }
+    for w in &mut link.writers {
+        w.send(FrameType::Channels, 0, &n.to_le_bytes())?;
+    }
+    tracing::debug!(rtt = ?now.rtt, limit = ?now.max_bandwidth, from = link.active, to = n, "channels carrying pages");
+    if link.active != 0 {
+        events(Event::Adapt {
+            what: format!(
+                "{n} of {opened} channels carry pages (round trip {:.1} ms{})",
+                now.rtt.as_secs_f64() * 1e3,
+                now.max_bandwidth
+                    .map(|b| format!(", limit {} MB/s", b / 1_000_000))
+                    .unwrap_or_default()
+            ),
+        });
+    }
+    link.active = usize::from(n);
+    Ok(())
 }
 
 /// The source's RAM digest, computed once the destination runs: on a thread at background

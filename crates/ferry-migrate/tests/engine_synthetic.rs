@@ -128,6 +128,33 @@ fn channel_count_is_chosen_after_the_handshake_when_not_given() {
 }
 
 #[test]
+fn precopy_carries_pages_on_as_many_channels_as_the_link_needs() {
+    // Channels chosen by ferry: it opens what the cores allow, and on loopback one stream covers
+    // the link, so one channel carries the pages and the others only end each round.
+    let (l, addr) = listener();
+    let rx = spawn_receiver(l, script(50_000, PAGES / 4));
+    let mut src = SyntheticVm::new(PAGES, script(50_000, PAGES / 4));
+    src.fill();
+    src.resume().unwrap();
+    let connect = || TcpStream::connect(addr).map(Stream::Tcp);
+    let mut adapted = vec![];
+    let r = migrate_out(&mut src, &connect, &opts(Strategy::Precopy, 0), &mut |e| {
+        if let ferry_migrate::Event::Adapt { what } = e {
+            adapted.push(what);
+        }
+    })
+    .unwrap();
+    rx.join().unwrap().unwrap();
+    assert_eq!(r.digest_match, Some(true));
+    let cores = thread::available_parallelism().map_or(1, |n| n.get()) as u16;
+    assert_eq!(r.channels, cores.clamp(1, 8), "opened");
+    if r.channels > 1 {
+        let want = format!("1 of {} channels carry pages", r.channels);
+        assert!(adapted.iter().any(|a| a.starts_with(&want)), "{adapted:?}");
+    }
+}
+
+#[test]
 fn precopy_over_three_channels() {
     run(Strategy::Precopy, 3, script(50_000, PAGES));
 }

@@ -61,7 +61,8 @@ pub enum FrameType {
     /// Consecutive whole pages, raw, in guest order (see [`crate::run`]): the large-page fast path.
     PageRun = 17,
     /// Source, on channel 0 after a `Hello` announcing 0 channels: how many channels it opens,
-    /// chosen once the handshake has timed the link (u16).
+    /// chosen once the handshake has timed the link (u16). With channel scaling, also on every
+    /// channel between rounds: how many of the channels carry the pages that follow (u16).
     Channels = 18,
 }
 

@@ -32,6 +32,9 @@ pub mod features {
     /// Runs of consecutive raw pages in [`crate::FrameType::PageRun`] frames, which the
     /// destination reads straight into guest RAM.
     pub const PAGE_RUNS: u64 = 1 << 9;
+    /// The source may change how many channels carry pages between rounds (a
+    /// [`crate::FrameType::Channels`] frame on every channel; crates/ferry-migrate/src/parallelism.rs).
+    pub const CHANNEL_SCALING: u64 = 1 << 10;
     /// Everything this build implements.
     pub const ALL: u64 = ZERO_PAGES
         | DEDUP
@@ -41,7 +44,8 @@ pub mod features {
         | POSTCOPY
         | MULTI_CHANNEL
         | FD_HANDOVER
-        | PAGE_RUNS;
+        | PAGE_RUNS
+        | CHANNEL_SCALING;
     /// Not a capability but an intent: this connection finishes an interrupted post-copy (same
     /// migration id) instead of starting a migration.
     pub const RECOVER: u64 = 1 << 8;
