@@ -23,10 +23,14 @@ impl MigrationSource for Vm {
     }
     fn start_dirty_log(&mut self) -> Result<(), MigrateError> {
         // Off and on again: a final read may have left KVM's log unarmed (collect_dirty_final).
+        let t = std::time::Instant::now();
         self.set_dirty_logging(false)?;
+        let t1 = t.elapsed();
         self.set_dirty_logging(true)?;
+        let t2 = t.elapsed();
         let mut scratch = DirtyBitmap::new(self.ram().pages());
         self.collect_dirty(&mut scratch)?; // forget writes from before tracking started
+        tracing::debug!(off = ?t1, on = ?t2, collect = ?t.elapsed(), "dirty log started");
         Ok(())
     }
     fn collect_dirty(&mut self, into: &mut DirtyBitmap) -> Result<(), MigrateError> {
