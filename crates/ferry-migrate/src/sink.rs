@@ -141,6 +141,21 @@ pub(crate) struct Postcopy {
     pub(crate) needed: DirtyBitmap,
     pub(crate) arrived: Mutex<DirtyBitmap>,
     pub(crate) arrived_count: AtomicU64,
+    /// Faulted pages requested and not yet arrived, with when they were asked for.
+    pub(crate) waiting: Mutex<Vec<(u64, Instant)>>,
+    /// How long faults waited for their page (for the debug log at the end).
+    pub(crate) fault_wait: Mutex<FaultWait>,
+}
+
+/// How long the guest's faults waited for pages requested from the source.
+#[derive(Debug, Default)]
+pub(crate) struct FaultWait {
+    /// Faults served by a request.
+    pub(crate) count: u64,
+    /// Longest wait.
+    pub(crate) max: Duration,
+    /// Waits of over 1 ms.
+    pub(crate) over_1ms: u64,
 }
 
 impl Postcopy {
@@ -168,9 +183,25 @@ impl Postcopy {
                 .unwrap_or(false);
             if fresh && self.needed.get(gfn) {
                 self.arrived_count.fetch_add(1, Ordering::SeqCst);
+                self.served(gfn);
             }
         }
         Ok(())
+    }
+
+    /// Notes how long a requested page kept its fault waiting.
+    fn served(&self, gfn: u64) {
+        let Ok(mut w) = self.waiting.lock() else {
+            return;
+        };
+        if let Some(i) = w.iter().position(|&(p, _)| p == gfn) {
+            let waited = w.swap_remove(i).1.elapsed();
+            if let Ok(mut f) = self.fault_wait.lock() {
+                f.count += 1;
+                f.max = f.max.max(waited);
+                f.over_1ms += u64::from(waited > Duration::from_millis(1));
+            }
+        }
     }
 
     /// Pages still missing.
@@ -582,6 +613,9 @@ fn serve_faults(shared: &Shared, w0: &Mutex<FrameWriter>, stop: &AtomicBool) {
         let result = if !pc.needed.get(page) {
             pc.target.place(page, &zero)
         } else if pc.arrived.lock().is_ok_and(|a| !a.get(page)) {
+            if let Ok(mut w) = pc.waiting.lock() {
+                w.push((page, Instant::now()));
+            }
             w0.lock()
                 .map_err(|_| MigrateError::Config("writer lock poisoned".into()))
                 .and_then(|mut w| {
@@ -711,6 +745,14 @@ impl<K: MigrationSink> SwitchOver<'_, K> {
                         }
                         faults_stop.store(true, Ordering::SeqCst);
                         pc.target.disarm()?;
+                        if let Ok(f) = pc.fault_wait.lock() {
+                            tracing::debug!(
+                                faults = f.count,
+                                max = ?f.max,
+                                over_1ms = f.over_1ms,
+                                "post-copy: how long faults waited for requested pages"
+                            );
+                        }
                     }
                     let digest_match =
                         verify.then(|| self.shared.hashes.digest() == summary.digest);
@@ -791,6 +833,8 @@ impl<K: MigrationSink> SwitchOver<'_, K> {
                                 needed: needed.clone(),
                                 arrived: Mutex::new(DirtyBitmap::new(needed.pages())),
                                 arrived_count: AtomicU64::new(0),
+                                waiting: Mutex::new(Vec::new()),
+                                fault_wait: Mutex::new(FaultWait::default()),
                             };
                             let _ = self.shared.postcopy.set(pc);
                             // Serving faults from before the resume: the guest's first access
