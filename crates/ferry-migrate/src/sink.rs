@@ -8,7 +8,7 @@ use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use ferry_vmm::dirty::DirtyBitmap;
+use ferry_vmm::dirty::{AtomicBitmap, DirtyBitmap};
 use ferry_vmm::PAGE_SIZE;
 use ferry_wire::codec::{BatchDecoder, CodecError, PageStore, MAX_BATCH_PAGES};
 use ferry_wire::message::{
@@ -139,7 +139,8 @@ pub(crate) struct Postcopy {
     pub(crate) target: Arc<dyn PostcopyTarget>,
     /// Pages the source still had to send when the guest started here.
     pub(crate) needed: DirtyBitmap,
-    pub(crate) arrived: Mutex<DirtyBitmap>,
+    /// Needed pages that have arrived (no lock: the fault thread reads it while pumps set it).
+    pub(crate) arrived: AtomicBitmap,
     pub(crate) arrived_count: AtomicU64,
     /// Faulted pages requested and not yet arrived, with when they were asked for.
     pub(crate) waiting: Mutex<Vec<(u64, Instant)>>,
@@ -171,16 +172,7 @@ impl Postcopy {
         }
         for (gfn, data) in scratch.pages() {
             hashes.set(gfn, data);
-            let fresh = self
-                .arrived
-                .lock()
-                .map(|mut a| {
-                    !a.get(gfn) && {
-                        a.set(gfn);
-                        true
-                    }
-                })
-                .unwrap_or(false);
+            let fresh = self.arrived.test_and_set(gfn);
             if fresh && self.needed.get(gfn) {
                 self.arrived_count.fetch_add(1, Ordering::SeqCst);
                 self.served(gfn);
@@ -191,7 +183,7 @@ impl Postcopy {
 
     /// Notes how long a requested page kept its fault waiting.
     fn served(&self, gfn: u64) {
-        let Ok(mut w) = self.waiting.lock() else {
+        let Ok(mut w) = self.waiting.try_lock() else {
             return;
         };
         if let Some(i) = w.iter().position(|&(p, _)| p == gfn) {
@@ -207,9 +199,7 @@ impl Postcopy {
     /// Pages still missing.
     pub(crate) fn missing(&self) -> DirtyBitmap {
         let mut m = self.needed.clone();
-        if let Ok(a) = self.arrived.lock() {
-            m.and_not(&a);
-        }
+        m.and_not(&self.arrived.snapshot());
         m
     }
 }
@@ -612,8 +602,9 @@ fn serve_faults(shared: &Shared, w0: &Mutex<FrameWriter>, stop: &AtomicBool) {
         };
         let result = if !pc.needed.get(page) {
             pc.target.place(page, &zero)
-        } else if pc.arrived.lock().is_ok_and(|a| !a.get(page)) {
-            if let Ok(mut w) = pc.waiting.lock() {
+        } else if !pc.arrived.get(page) {
+            // Statistics only: never wait for a pump that holds the list.
+            if let Ok(mut w) = pc.waiting.try_lock() {
                 w.push((page, Instant::now()));
             }
             w0.lock()
@@ -831,7 +822,7 @@ impl<K: MigrationSink> SwitchOver<'_, K> {
                             let pc = Postcopy {
                                 target,
                                 needed: needed.clone(),
-                                arrived: Mutex::new(DirtyBitmap::new(needed.pages())),
+                                arrived: AtomicBitmap::new(needed.pages()),
                                 arrived_count: AtomicU64::new(0),
                                 waiting: Mutex::new(Vec::new()),
                                 fault_wait: Mutex::new(FaultWait::default()),

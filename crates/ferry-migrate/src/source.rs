@@ -1250,34 +1250,37 @@ fn push_pages(
                 if stop.load(Ordering::SeqCst) {
                     break Err(MigrateError::PeerClosed("post-copy"));
                 }
-                let batch = {
+                let batch = if dedicated {
+                    // Not the request queue's lock: a pusher descheduled while holding it (it
+                    // yields its CPU to everything) kept arriving requests waiting for it.
+                    let Ok(mut sent) = sent.lock() else {
+                        break Err(MigrateError::Config("lock poisoned".into()));
+                    };
+                    next_push_batch(
+                        needed,
+                        &mut sent,
+                        &mut cursor,
+                        &mut no_requests,
+                        &mut hot,
+                        BATCH_PAGES,
+                    )
+                } else {
                     let Ok(mut q) = requests.0.lock() else {
                         break Err(MigrateError::Config("lock poisoned".into()));
                     };
                     let Ok(mut sent) = sent.lock() else {
                         break Err(MigrateError::Config("lock poisoned".into()));
                     };
-                    if dedicated {
-                        next_push_batch(
-                            needed,
-                            &mut sent,
-                            &mut cursor,
-                            &mut no_requests,
-                            &mut hot,
-                            BATCH_PAGES,
-                        )
-                    } else {
-                        if !q.is_empty() {
-                            last_request = Instant::now();
-                        }
-                        // Sharing the channel with requests: small batches while the guest is faulting.
-                        let max = if last_request.elapsed() < Duration::from_millis(20) {
-                            POSTCOPY_URGENT_BATCH
-                        } else {
-                            BATCH_PAGES
-                        };
-                        next_push_batch(needed, &mut sent, &mut cursor, &mut q, &mut hot, max)
+                    if !q.is_empty() {
+                        last_request = Instant::now();
                     }
+                    // Sharing the channel with requests: small batches while the guest is faulting.
+                    let max = if last_request.elapsed() < Duration::from_millis(20) {
+                        POSTCOPY_URGENT_BATCH
+                    } else {
+                        BATCH_PAGES
+                    };
+                    next_push_batch(needed, &mut sent, &mut cursor, &mut q, &mut hot, max)
                 };
                 if batch.is_empty() {
                     break Ok(());

@@ -14,6 +14,55 @@ vmm_sys_util::ioctl_iowr_nr!(
     kvm_bindings::kvm_clear_dirty_log
 );
 
+/// One bit per guest page, set and read by several threads without a lock: for state that a
+/// latency-critical thread must read while bulk threads update it (a lock held by a descheduled
+/// bulk thread made post-copy fault requests wait for it).
+#[derive(Debug)]
+pub struct AtomicBitmap {
+    words: Vec<std::sync::atomic::AtomicU64>,
+    pages: u64,
+}
+
+impl AtomicBitmap {
+    /// An all-clear bitmap for `pages` pages.
+    pub fn new(pages: u64) -> Self {
+        Self {
+            words: (0..pages.div_ceil(64))
+                .map(|_| std::sync::atomic::AtomicU64::new(0))
+                .collect(),
+            pages,
+        }
+    }
+
+    /// Sets a page's bit; whether it was clear before (false for a page out of range).
+    pub fn test_and_set(&self, page: u64) -> bool {
+        if page >= self.pages {
+            return false;
+        }
+        let bit = 1u64 << (page % 64);
+        self.words[(page / 64) as usize].fetch_or(bit, std::sync::atomic::Ordering::AcqRel) & bit
+            == 0
+    }
+
+    /// Whether a page's bit is set.
+    pub fn get(&self, page: u64) -> bool {
+        page < self.pages
+            && self.words[(page / 64) as usize].load(std::sync::atomic::Ordering::Acquire)
+                & (1 << (page % 64))
+                != 0
+    }
+
+    /// A plain copy of the bits as they are now.
+    pub fn snapshot(&self) -> DirtyBitmap {
+        let words: Vec<u64> = self
+            .words
+            .iter()
+            .map(|w| w.load(std::sync::atomic::Ordering::Acquire))
+            .collect();
+        DirtyBitmap::from_words(self.pages, &words).unwrap_or_else(|| DirtyBitmap::new(self.pages))
+    }
+}
+
 /// One bit per guest page.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DirtyBitmap {
@@ -235,6 +284,22 @@ pub fn clear_dirty_log(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn atomic_bitmap_sets_once_across_threads() {
+        let b = std::sync::Arc::new(AtomicBitmap::new(130));
+        let firsts: usize = (0..4)
+            .map(|_| {
+                let b = b.clone();
+                std::thread::spawn(move || (0..130).filter(|&p| b.test_and_set(p)).count())
+            })
+            .map(|h| h.join().unwrap())
+            .sum();
+        assert_eq!(firsts, 130, "each page is new to exactly one thread");
+        assert!(b.get(129) && !b.get(130));
+        assert!(!b.test_and_set(500), "out of range");
+        assert_eq!(b.snapshot().count(), 130);
+    }
 
     #[test]
     fn bitmap_basics() {
