@@ -6,7 +6,7 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use ferry_vmm::dirty::DirtyBitmap;
+use ferry_vmm::dirty::{AtomicBitmap, DirtyBitmap};
 use ferry_wire::WireError;
 
 use crate::MigrateError;
@@ -42,7 +42,7 @@ pub const FAST_COMMIT_RTT: Duration = Duration::from_millis(2);
 /// already sent. Marks them sent and moves the cursor.
 pub fn next_push_batch(
     needed: &DirtyBitmap,
-    sent: &mut DirtyBitmap,
+    sent: &AtomicBitmap,
     cursor: &mut u64,
     urgent: &mut VecDeque<u64>,
     hot: &mut VecDeque<u64>,
@@ -51,8 +51,7 @@ pub fn next_push_batch(
     let mut batch = Vec::with_capacity(max);
     while batch.len() < max {
         let Some(p) = urgent.pop_front() else { break };
-        if needed.get(p) && !sent.get(p) {
-            sent.set(p);
+        if needed.get(p) && sent.test_and_set(p) {
             batch.push(p);
             *cursor = p + 1;
         }
@@ -67,8 +66,7 @@ pub fn next_push_batch(
     if batch.is_empty() {
         while batch.len() < fill {
             let Some(p) = hot.pop_front() else { break };
-            if needed.get(p) && !sent.get(p) {
-                sent.set(p);
+            if needed.get(p) && sent.test_and_set(p) {
                 batch.push(p);
             }
         }
@@ -78,8 +76,7 @@ pub fn next_push_batch(
         match needed.next_set_from(*cursor) {
             Some(p) => {
                 *cursor = p + 1;
-                if !sent.get(p) {
-                    sent.set(p);
+                if sent.test_and_set(p) {
                     batch.push(p);
                 }
             }
@@ -148,11 +145,11 @@ mod tests {
     #[test]
     fn urgent_pages_go_first_then_their_neighbours() {
         let needed = DirtyBitmap::full(1000);
-        let mut sent = DirtyBitmap::new(1000);
+        let sent = AtomicBitmap::new(1000);
         let (mut cursor, mut urgent) = (0, VecDeque::from([500, 7]));
         let b = next_push_batch(
             &needed,
-            &mut sent,
+            &sent,
             &mut cursor,
             &mut urgent,
             &mut VecDeque::new(),
@@ -166,26 +163,26 @@ mod tests {
     #[test]
     fn faults_overtake_hot_pages() {
         let needed = DirtyBitmap::full(100);
-        let mut sent = DirtyBitmap::new(100);
+        let sent = AtomicBitmap::new(100);
         let (mut cursor, mut urgent) = (0, VecDeque::new());
         let mut hot = VecDeque::from([10, 11, 12]);
-        let b = next_push_batch(&needed, &mut sent, &mut cursor, &mut urgent, &mut hot, 2);
+        let b = next_push_batch(&needed, &sent, &mut cursor, &mut urgent, &mut hot, 2);
         assert_eq!(b, vec![10, 11]);
         urgent.push_back(50);
-        let b = next_push_batch(&needed, &mut sent, &mut cursor, &mut urgent, &mut hot, 2);
+        let b = next_push_batch(&needed, &sent, &mut cursor, &mut urgent, &mut hot, 2);
         assert_eq!(b[0], 50, "a fault goes before the remaining hot page");
     }
 
     #[test]
     fn every_needed_page_is_pushed_exactly_once() {
         let needed = bitmap(300, &[1, 2, 3, 100, 200, 299]);
-        let mut sent = DirtyBitmap::new(300);
+        let sent = AtomicBitmap::new(300);
         let (mut cursor, mut urgent) = (150, VecDeque::from([2, 2, 5]));
         let mut all = vec![];
         loop {
             let b = next_push_batch(
                 &needed,
-                &mut sent,
+                &sent,
                 &mut cursor,
                 &mut urgent,
                 &mut VecDeque::new(),

@@ -1108,7 +1108,8 @@ fn push_pages(
         .filter(|&p| needed.get(p))
         .chain(plan.hot.iter())
         .collect();
-    let sent = Mutex::new(DirtyBitmap::new(needed.pages()));
+    // No lock: the pusher, which yields its CPU to everything, must never hold up the request path.
+    let sent = ferry_vmm::dirty::AtomicBitmap::new(needed.pages());
     let stop = AtomicBool::new(false);
     let urgent_sent = AtomicU64::new(0);
     let total = needed.count();
@@ -1193,8 +1194,8 @@ fn push_pages(
                         v.dedup();
                         v
                     };
-                    if let Ok(mut sent) = sent.lock() {
-                        pages.iter().for_each(|&p| sent.set(p));
+                    for &p in &pages {
+                        sent.test_and_set(p);
                     }
                     let mut ch = urgent_ch
                         .lock()
@@ -1253,12 +1254,9 @@ fn push_pages(
                 let batch = if dedicated {
                     // Not the request queue's lock: a pusher descheduled while holding it (it
                     // yields its CPU to everything) kept arriving requests waiting for it.
-                    let Ok(mut sent) = sent.lock() else {
-                        break Err(MigrateError::Config("lock poisoned".into()));
-                    };
                     next_push_batch(
                         needed,
-                        &mut sent,
+                        sent,
                         &mut cursor,
                         &mut no_requests,
                         &mut hot,
@@ -1266,9 +1264,6 @@ fn push_pages(
                     )
                 } else {
                     let Ok(mut q) = requests.0.lock() else {
-                        break Err(MigrateError::Config("lock poisoned".into()));
-                    };
-                    let Ok(mut sent) = sent.lock() else {
                         break Err(MigrateError::Config("lock poisoned".into()));
                     };
                     if !q.is_empty() {
@@ -1280,7 +1275,7 @@ fn push_pages(
                     } else {
                         BATCH_PAGES
                     };
-                    next_push_batch(needed, &mut sent, &mut cursor, &mut q, &mut hot, max)
+                    next_push_batch(needed, sent, &mut cursor, &mut q, &mut hot, max)
                 };
                 if batch.is_empty() {
                     break Ok(());
