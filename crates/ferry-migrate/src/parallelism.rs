@@ -11,8 +11,9 @@
 //! pages a running guest faults on never queue behind bulk pages.
 //!
 //! Between rounds the source may change how many of the opened channels carry pages
-//! ([`round_channels`]): from the link's round-trip time as the kernel measures it on the live
-//! connection and from the bandwidth limit, which a user may change while the migration runs.
+//! ([`round_channels`]): from the link's round-trip time (the longer of the handshake's and the
+//! kernel's smoothed measure on the live connection, which grows with congestion) and from the
+//! bandwidth limit, which a user may change while the migration runs.
 //! Pages are sharded across the channels that carry them, and the destination relies on that
 //! sharding to let each channel write its pages without locks, so the count changes only at a
 //! round boundary that the destination has acknowledged on every channel; each channel learns the

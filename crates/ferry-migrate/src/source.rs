@@ -305,9 +305,9 @@ fn handshake(
                             Strategy::Postcopy | Strategy::Hybrid | Strategy::Auto
                         ),
                 };
-                if let Some(rtt) = w.rtt() {
-                    facts.rtt = rtt; // the kernel's measure, free of this process's scheduling
-                }
+                // The longer of the handshake's round trip and the kernel's: a TCP-terminating hop
+                // (a proxy) hides the path from the kernel, a busy host inflates the handshake.
+                facts.rtt = facts.rtt.max(w.rtt().unwrap_or_default());
                 let scales = !handover && ack.features & features::CHANNEL_SCALING != 0;
                 total = if scales {
                     channels_to_open(&facts)
@@ -943,7 +943,7 @@ fn rescale(
         return Ok(());
     };
     let now = LinkFacts {
-        rtt: link.writers[0].rtt().unwrap_or(link.rtt),
+        rtt: link.writers[0].rtt().unwrap_or_default().max(link.rtt),
         max_bandwidth: Some(opts.max_bandwidth.get()).filter(|&b| b > 0),
         ..facts
     };
