@@ -96,6 +96,14 @@ pub fn request_migration(
             .progress_chars("=> "),
     );
     bar.enable_steady_tick(Duration::from_millis(100));
+    // Without a terminal the bar draws nothing, and its println neither: write the lines out.
+    let say = |line: String| {
+        if show && bar.is_hidden() {
+            eprintln!("{line}");
+        } else {
+            bar.println(line);
+        }
+    };
     let reply = call(socket, &Request::Migrate(req), |e| {
         match e.get("event").and_then(|k| k.as_str()) {
             Some("phase") => {
@@ -110,8 +118,8 @@ pub fn request_migration(
                     human(e["bytes"].as_u64().unwrap_or(0))
                 ));
             }
-            Some("adapt") => bar.println(format!("  adapt: {}", e["what"].as_str().unwrap_or(""))),
-            Some("round") => bar.println(format!(
+            Some("adapt") => say(format!("  adapt: {}", e["what"].as_str().unwrap_or(""))),
+            Some("round") => say(format!(
                 "  round {:>2}: {:>7} pages in {:>6.1} ms, guest dirtied {} meanwhile",
                 e["round"],
                 e["pages"],
