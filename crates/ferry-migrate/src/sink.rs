@@ -497,6 +497,11 @@ fn pump(
             }
             FrameType::PostcopyStart if ch == 0 => {
                 bulk.restore();
+                if channels > 1 {
+                    // From now on this channel carries only control frames and the pages the
+                    // running guest faulted on (alone, it would carry the whole push too).
+                    crate::priority::urgent();
+                }
                 let (round, needed, state) = postcopy::decode_start(p, shared.mem.pages())?;
                 let runs = h.flags & postcopy::START_RUNS != 0;
                 let _ = tx.send(Msg::PostcopyStart(round, needed, state.to_vec(), runs));
@@ -832,7 +837,10 @@ impl<K: MigrationSink> SwitchOver<'_, K> {
                             // must not wait for a thread to start.
                             let (shared, w0, stop) =
                                 (self.shared.clone(), self.w0.clone(), faults_stop.clone());
-                            std::thread::spawn(move || serve_faults(&shared, &w0, &stop));
+                            std::thread::spawn(move || {
+                                crate::priority::urgent();
+                                serve_faults(&shared, &w0, &stop)
+                            });
                         }
                         self.sink.restore_state(state)?;
                         tracing::debug!(us = t.elapsed().as_micros() as u64, "state restored");

@@ -1131,6 +1131,8 @@ fn push_pages(
     let dedicated = !push_w.is_empty();
     let result = std::thread::scope(|s| -> Result<(), MigrateError> {
         let reader = s.spawn(|| -> Result<DoneReport, MigrateError> {
+            priority::urgent(); // fault requests arrive here
+
             let r = (|| loop {
                 let (h, p) = control.recv("post-copy")?;
                 match h.kind {
@@ -1173,6 +1175,7 @@ fn push_pages(
             let (requests, sent, stop, urgent_sent, urgent_ch) =
                 (&requests, &sent, &stop, &urgent_sent, &urgent_ch);
             s.spawn(move || -> Result<(), MigrateError> {
+                priority::urgent(); // and leave from here
                 let mut buf = vec![0u8; POSTCOPY_URGENT_BATCH * PAGE_SIZE];
                 let mut out = Vec::new();
                 loop {
