@@ -1,8 +1,13 @@
-//! Thread priorities: bulk page transfer yields the CPU to the work a running guest waits on
-//! (its vCPU, fault requests, requested pages) right after a post-copy switch-over. On a host with
-//! few cores the two compete, and the scheduler's default fairness let a busy pusher delay a woken
-//! vCPU by milliseconds (guest-observed pause 2.0-4.7 ms with the push at nice 10, 1.9-3.1 ms with
-//! it in the idle class, demo guest, 8 runs each).
+//! Thread priorities: bulk page transfer yields the CPU to the work a running guest waits on (its
+//! vCPU, fault requests, requested pages). On a host with few cores they compete, and on kernels
+//! without preemption and with a 4 ms tick (these machines) a thread that holds a core keeps it
+//! until it blocks or the tick, whatever its weight. Three kinds of thread:
+//! - [`Bulk`]: live-round copy, in the idle class and off the running vCPUs' CPUs, nice 10 if it
+//!   starves there;
+//! - the post-copy push: the idle class for [`IDLE_WINDOW`] after the guest resumes, when it
+//!   faults hardest (guest-observed pause 2.0-4.7 ms with the push at nice 10, 1.9-3.1 ms with the
+//!   window, demo guest, 8 runs each), then [`background`] or normal;
+//! - [`urgent`]: the threads a faulting post-copy guest waits on, in the real-time class.
 
 use std::time::{Duration, Instant};
 
@@ -22,44 +27,20 @@ const BACKGROUND_NICE: libc::c_int = 10;
 pub fn background() {
     // SAFETY: getpriority/setpriority on the calling thread (who = 0 means the caller, and for
     // PRIO_PROCESS Linux applies it to the calling thread) only read or lower its nice value.
-    let nice = unsafe {
+    unsafe {
         let current = libc::getpriority(libc::PRIO_PROCESS, 0);
         if current < BACKGROUND_NICE {
             libc::setpriority(libc::PRIO_PROCESS, 0, BACKGROUND_NICE);
         }
-        current.max(BACKGROUND_NICE)
-    };
-    set_slice(nice, BACKGROUND_SLICE_NS);
+    }
 }
 
-/// Scheduler slice of a background copy thread. A weight of 1/10 decides how often a copy thread
-/// runs beside a vCPU; the slice decides for how long: with the default slice (about 3 ms here) a
-/// copy thread picked on the vCPU's core kept the guest off it for 3-7 ms at a time (perf sched,
-/// `ferry bench qemu` scenario a). Linux 6.12+ takes a fair thread's own slice from
-/// `sched_runtime`; older kernels ignore it.
-const BACKGROUND_SLICE_NS: u64 = 100_000;
-
-/// Sets the calling thread's fair-class slice (0: the default) at nice `nice`; failure is harmless.
-fn set_slice(nice: libc::c_int, slice_ns: u64) {
-    let attr = libc::sched_attr {
-        size: std::mem::size_of::<libc::sched_attr>() as u32,
-        sched_policy: libc::SCHED_OTHER as u32,
-        sched_flags: 0,
-        sched_nice: nice,
-        sched_priority: 0,
-        sched_runtime: slice_ns,
-        sched_deadline: 0,
-        sched_period: 0,
-    };
-    // SAFETY: pid 0 is the calling thread; `attr` is a valid, fully initialised sched_attr whose
-    // `size` field tells the kernel how much of it to read; flags 0.
+/// Sets the calling thread's nice value (raising it back needs the rights [`may_leave_idle`]
+/// checks); failure is harmless.
+fn set_nice(nice: libc::c_int) {
+    // SAFETY: setpriority on the calling thread (who = 0; PRIO_PROCESS applies to the thread).
     unsafe {
-        libc::syscall(
-            libc::SYS_sched_setattr,
-            0,
-            &attr as *const libc::sched_attr,
-            0,
-        );
+        libc::setpriority(libc::PRIO_PROCESS, 0, nice);
     }
 }
 
@@ -146,8 +127,8 @@ fn set_affinity(set: &libc::cpu_set_t) {
 pub enum BulkClass {
     /// The idle class: it runs only on a CPU that nothing else wants.
     Idle,
-    /// Nice 10 with a short slice ([`background`]): it had starved in the idle class, or the
-    /// thread may not come back from the idle class.
+    /// Nice 10 ([`background`]): it had starved in the idle class, or the thread may not come
+    /// back from the idle class.
     Background,
     /// Back where it started ([`Bulk::restore`]).
     Normal,
@@ -155,8 +136,9 @@ pub enum BulkClass {
 
 /// A thread that copies bulk pages while a guest runs on this host. A copy thread that the
 /// scheduler puts on a running vCPU's core keeps it until it blocks or the next tick (4 ms at
-/// HZ=250, whatever its weight or slice: `perf sched` showed nice-10 and idle-class copy threads
-/// holding a vCPU off for 2-4 ms). So it stays off the CPUs this process's running vCPUs are on
+/// HZ=250, whatever its weight: `perf sched` showed nice-10 and idle-class copy threads holding a
+/// vCPU off for 2-4 ms; a 100 us slice through `sched_setattr` changed nothing, the
+/// slice ends only at a tick here). So it stays off the CPUs this process's running vCPUs are on
 /// when another CPU is left, and it runs in the idle class, which yields to every other thread
 /// on its CPU. Scenario a of `ferry bench qemu`, largest guest gap over 8 runs: median 4.1 ms at
 /// nice 10, 2.6 ms like this. On a host with no spare CPU the idle class would stall the
@@ -233,7 +215,7 @@ impl Bulk {
         self.bytes = 0;
     }
 
-    /// Back to the normal class at the thread's first nice value, with the default slice, if it
+    /// Back to the normal class at the thread's first nice value, if it
     /// may (the pages it moves are now on a paused or running guest's critical path).
     pub fn restore(&mut self) {
         if let Some(set) = self.affinity.take() {
@@ -241,7 +223,7 @@ impl Bulk {
         }
         if let Some(nice) = self.before.take() {
             set_policy(libc::SCHED_OTHER);
-            set_slice(nice, 0);
+            set_nice(nice);
             self.class = BulkClass::Normal;
         }
     }
