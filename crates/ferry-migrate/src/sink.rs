@@ -222,9 +222,7 @@ pub fn receive<F: SinkFactory>(
     let channels = if hello.channels == 0 {
         // The source picks the count once this handshake has timed the link.
         let p = r0.expect(FrameType::Channels, "handshake")?;
-        let n = <[u8; 2]>::try_from(p)
-            .map(u16::from_le_bytes)
-            .map_err(|_| WireError::Malformed("channel count"))?;
+        let n = message::decode_channel_count(p)?;
         if n == 0 || n > crate::source::MAX_CHANNELS {
             return Err(WireError::Malformed("channel count out of range").into());
         }
@@ -472,9 +470,7 @@ fn pump(
             // How many channels carry the pages that follow (the source changes it only between
             // acknowledged rounds, so no page is in flight on two channels).
             FrameType::Channels if scaling => {
-                let n = <[u8; 2]>::try_from(p)
-                    .map(u16::from_le_bytes)
-                    .map_err(|_| WireError::Malformed("channel count"))?;
+                let n = message::decode_channel_count(p)?;
                 if n == 0 || usize::from(n) > channels {
                     return Err(
                         WireError::Malformed("more channels carrying pages than opened").into(),

@@ -955,18 +955,22 @@ fn rescale(
     for w in &mut link.writers {
         w.send(FrameType::Channels, 0, &n.to_le_bytes())?;
     }
-    tracing::debug!(rtt = ?now.rtt, limit = ?now.max_bandwidth, from = link.active, to = n, "channels carrying pages");
-    if link.active != 0 {
-        events(Event::Adapt {
-            what: format!(
-                "{n} of {opened} channels carry pages (round trip {:.1} ms{})",
-                now.rtt.as_secs_f64() * 1e3,
-                now.max_bandwidth
-                    .map(|b| format!(", limit {} MB/s", b / 1_000_000))
-                    .unwrap_or_default()
-            ),
-        });
-    }
+    tracing::debug!(
+        rtt = ?now.rtt,
+        limit = ?now.max_bandwidth,
+        from = link.active,
+        to = n,
+        "channels carrying pages"
+    );
+    events(Event::Adapt {
+        what: format!(
+            "{n} of {opened} channels carry pages (round trip {:.1} ms{})",
+            now.rtt.as_secs_f64() * 1e3,
+            now.max_bandwidth
+                .map(|b| format!(", limit {} MB/s", b / 1_000_000))
+                .unwrap_or_default()
+        ),
+    });
     link.active = usize::from(n);
     Ok(())
 }

@@ -51,6 +51,13 @@ pub mod features {
     pub const RECOVER: u64 = 1 << 8;
 }
 
+/// The payload of a [`crate::FrameType::Channels`] frame: a channel count, u16 little-endian.
+pub fn decode_channel_count(p: &[u8]) -> Result<u16, WireError> {
+    <[u8; 2]>::try_from(p)
+        .map(u16::from_le_bytes)
+        .map_err(|_| WireError::Malformed("channel count"))
+}
+
 /// Cursor over a payload that fails instead of panicking.
 struct Reader<'a> {
     b: &'a [u8],
