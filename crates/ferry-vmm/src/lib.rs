@@ -13,6 +13,7 @@ pub mod loader;
 pub mod memory;
 pub mod postcopy;
 pub mod state;
+pub mod uffd;
 mod vcpu;
 mod vm;
 
@@ -33,5 +34,20 @@ pub mod testing {
         }
         eprintln!("SKIP: /dev/kvm not present");
         false
+    }
+
+    /// Whether userfaultfd tests should run: true when a userfaultfd opens. Under `CI=true` a
+    /// missing userfaultfd is a failure, not a skip.
+    pub fn require_userfaultfd() -> bool {
+        match crate::uffd::Userfaultfd::open(crate::uffd::FEATURE_MISSING_SHMEM) {
+            Ok(_) => true,
+            Err(e) if std::env::var("CI").is_ok_and(|v| v == "true") => {
+                panic!("CI=true but userfaultfd cannot be opened ({e}): post-copy tests must run in CI")
+            }
+            Err(e) => {
+                eprintln!("SKIP: userfaultfd unavailable: {e}");
+                false
+            }
+        }
     }
 }

@@ -5,15 +5,14 @@ use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::Duration;
 
-use userfaultfd::{Event, FeatureFlags, Uffd, UffdBuilder};
-
 use crate::memory::{GuestRam, PAGE_SIZE};
+use crate::uffd::{CopyOutcome, Userfaultfd, FEATURE_MISSING_SHMEM};
 use crate::VmmError;
 
 /// Guest RAM with userfaultfd fault tracking.
 pub struct PostcopyRam {
     ram: Arc<GuestRam>,
-    uffd: Uffd,
+    uffd: Userfaultfd,
 }
 
 impl std::fmt::Debug for PostcopyRam {
@@ -24,20 +23,16 @@ impl std::fmt::Debug for PostcopyRam {
     }
 }
 
-fn uffd_err(op: &'static str) -> impl FnOnce(userfaultfd::Error) -> VmmError {
+fn uffd_err(op: &'static str) -> impl FnOnce(std::io::Error) -> VmmError {
     move |e| VmmError::BadState(format!("userfaultfd {op}: {e}"))
 }
 
 impl PostcopyRam {
     /// Opens a userfaultfd for `ram` (not yet armed).
     pub fn new(ram: Arc<GuestRam>) -> Result<Self, VmmError> {
-        let uffd = UffdBuilder::new()
-            .close_on_exec(true)
-            .non_blocking(true)
-            // KVM resolves guest accesses from kernel mode (get_user_pages): those faults must be seen.
-            .user_mode_only(false)
-            .require_features(FeatureFlags::MISSING_SHMEM)
-            .create()
+        // KVM resolves guest accesses from kernel mode (get_user_pages): those faults must be seen,
+        // so the fd is opened without UFFD_USER_MODE_ONLY.
+        let uffd = Userfaultfd::open(FEATURE_MISSING_SHMEM)
             .map_err(uffd_err("open (is /dev/userfaultfd available?)"))?;
         Ok(Self { ram, uffd })
     }
@@ -73,7 +68,7 @@ impl PostcopyRam {
     /// Starts trapping accesses to missing pages.
     pub fn arm(&self) -> Result<(), VmmError> {
         self.uffd
-            .register(self.ram.host_base().cast(), self.ram.size() as usize)
+            .register(self.ram.host_base(), self.ram.size() as usize)
             .map_err(uffd_err("register"))?;
         Ok(())
     }
@@ -81,7 +76,7 @@ impl PostcopyRam {
     /// Stops trapping (every page is present).
     pub fn disarm(&self) -> Result<(), VmmError> {
         self.uffd
-            .unregister(self.ram.host_base().cast(), self.ram.size() as usize)
+            .unregister(self.ram.host_base(), self.ram.size() as usize)
             .map_err(uffd_err("unregister"))
     }
 
@@ -103,12 +98,12 @@ impl PostcopyRam {
         if n <= 0 {
             return Ok(None);
         }
-        match self.uffd.read_event().map_err(uffd_err("read"))? {
-            Some(Event::Pagefault { addr, .. }) => {
-                let off = (addr as u64).wrapping_sub(self.ram.host_base() as u64);
+        match self.uffd.read_fault().map_err(uffd_err("read"))? {
+            Some(addr) => {
+                let off = addr.wrapping_sub(self.ram.host_base() as u64);
                 Ok((off < self.ram.size()).then_some(off / PAGE_SIZE as u64))
             }
-            _ => Ok(None),
+            None => Ok(None),
         }
     }
 
@@ -136,21 +131,17 @@ impl PostcopyRam {
             let dst = unsafe { self.ram.host_base().add(index as usize * PAGE_SIZE + done) };
             let left = data.len() - done;
             // SAFETY: as above.
-            match unsafe {
-                self.uffd
-                    .copy(data[done..].as_ptr().cast(), dst.cast(), left, true)
-            } {
-                Ok(_) => return Ok(()),
+            match unsafe { self.uffd.copy(data[done..].as_ptr(), dst, left) } {
+                Ok(CopyOutcome::Done) => return Ok(()),
                 // Stopped at a present page: the pages before it went in.
-                Err(userfaultfd::Error::PartiallyCopied(c))
-                    if c > 0 && c.is_multiple_of(PAGE_SIZE) =>
-                {
-                    done += c
+                Ok(CopyOutcome::Partial(c)) if c > 0 && c.is_multiple_of(PAGE_SIZE) => done += c,
+                Ok(CopyOutcome::Partial(c)) => {
+                    return Err(VmmError::BadState(format!(
+                        "userfaultfd copy stopped after {c} bytes, not a page boundary"
+                    )))
                 }
-                Err(userfaultfd::Error::CopyFailed(e)) if e as i32 == libc::EEXIST => {
-                    self.uffd
-                        .wake(dst.cast(), PAGE_SIZE)
-                        .map_err(uffd_err("wake"))?;
+                Ok(CopyOutcome::Exists) => {
+                    self.uffd.wake(dst, PAGE_SIZE).map_err(uffd_err("wake"))?;
                     done += PAGE_SIZE;
                 }
                 Err(e) => return Err(uffd_err("copy")(e)),
@@ -166,8 +157,7 @@ mod tests {
 
     #[test]
     fn a_missing_page_blocks_until_placed() {
-        if !std::path::Path::new("/dev/userfaultfd").exists() {
-            eprintln!("SKIP: no /dev/userfaultfd");
+        if !crate::testing::require_userfaultfd() {
             return;
         }
         let ram = Arc::new(GuestRam::new(4 << 20).unwrap());
