@@ -305,9 +305,9 @@ impl LabSpec {
     /// "1 Gbit/s, 20 ms RTT".
     pub fn describe(&self) -> String {
         let r = self.rate_bit;
-        let rate = if r >= 1_000_000_000 && r % 1_000_000_000 == 0 {
+        let rate = if r >= 1_000_000_000 && r.is_multiple_of(1_000_000_000) {
             format!("{} Gbit/s", r / 1_000_000_000)
-        } else if r >= 1_000_000 && r % 1_000_000 == 0 {
+        } else if r >= 1_000_000 && r.is_multiple_of(1_000_000) {
             format!("{} Mbit/s", r / 1_000_000)
         } else {
             format!("{r} bit/s")
@@ -521,7 +521,7 @@ pub fn smoke() -> Scenario {
 
 /// Bytes as "512 MiB" / "2 GiB".
 pub fn size(b: u64) -> String {
-    if b >= GIB && b % GIB == 0 {
+    if b >= GIB && b.is_multiple_of(GIB) {
         format!("{} GiB", b / GIB)
     } else {
         format!("{} MiB", b / MIB)

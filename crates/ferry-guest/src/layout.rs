@@ -112,7 +112,7 @@ impl Layout {
         if cfg.working_set == 0 {
             return Err(GuestError::EmptyWorkingSet);
         }
-        if cfg.working_set % PAGE != 0 {
+        if !cfg.working_set.is_multiple_of(PAGE) {
             return Err(GuestError::UnalignedWorkingSet(cfg.working_set));
         }
         if cfg.memory > MAX_MEMORY {

@@ -2,8 +2,8 @@
 
 use std::sync::Arc;
 
+use ferry_model::bitmap::DirtyBitmap;
 use ferry_vmm::devices::{Console, HeartbeatLog};
-use ferry_vmm::dirty::DirtyBitmap;
 use ferry_vmm::postcopy::PostcopyRam;
 use ferry_vmm::state::VmState;
 use ferry_vmm::Vm;

@@ -4,16 +4,14 @@
 //! over framed [`channel::Channel`]s. Two implementations stand behind each trait: the real KVM VM
 //! (`ferry_vmm::Vm`) and [`synthetic::SyntheticVm`], an in-memory VM that dirties pages by a
 //! script, so every strategy is tested fast and deterministically without KVM. Decisions
-//! (convergence, switch-over) are plain functions in [`convergence`].
+//! (convergence, switch-over, heat, channel count) are plain functions in the `ferry-model` crate,
+//! which builds without KVM and which the simulator uses too.
 
 pub mod channel;
-pub mod convergence;
 pub mod digest;
 mod error;
-pub mod heat;
 mod kvm;
 pub mod memory;
-pub mod parallelism;
 pub mod postcopy;
 pub mod priority;
 pub mod rate;

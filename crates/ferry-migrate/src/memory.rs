@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use ferry_vmm::dirty::DirtyBitmap;
+use ferry_model::bitmap::DirtyBitmap;
 use ferry_vmm::{GuestRam, PAGE_SIZE};
 use ferry_wire::codec::{CodecError, PageStore};
 

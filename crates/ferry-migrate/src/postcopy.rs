@@ -6,7 +6,7 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use ferry_vmm::dirty::{AtomicBitmap, DirtyBitmap};
+use ferry_model::bitmap::{AtomicBitmap, DirtyBitmap};
 use ferry_wire::WireError;
 
 use crate::MigrateError;

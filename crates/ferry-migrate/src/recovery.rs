@@ -21,7 +21,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use ferry_vmm::dirty::DirtyBitmap;
+use ferry_model::bitmap::DirtyBitmap;
 use ferry_vmm::PAGE_SIZE;
 use ferry_wire::codec::{BatchDecoder, BatchEncoder};
 use ferry_wire::message::{self, channel_key, features, Hello, HelloAck, RoundSummary};

@@ -5,6 +5,8 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+pub use ferry_model::RoundStats;
+
 use crate::vm::GuestObserved;
 
 /// How to move the VM.
@@ -74,41 +76,6 @@ pub enum Phase {
     Verify,
     /// Finished.
     Done,
-}
-
-/// Statistics of one round of copying.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct RoundStats {
-    /// Round number (0 = the bulk copy of all RAM).
-    pub round: u32,
-    /// Pages sent in the round.
-    pub pages: u64,
-    /// Bytes put on the wire.
-    pub bytes: u64,
-    /// Wall time of the round in seconds.
-    pub seconds: f64,
-    /// Pages the guest dirtied while the round ran.
-    pub dirtied: u64,
-}
-
-impl RoundStats {
-    /// Wire throughput of the round in bytes/s.
-    pub fn bandwidth(&self) -> f64 {
-        if self.seconds > 0.0 {
-            self.bytes as f64 / self.seconds
-        } else {
-            0.0
-        }
-    }
-
-    /// Rate at which the guest dirtied pages during the round, pages/s.
-    pub fn dirty_rate(&self) -> f64 {
-        if self.seconds > 0.0 {
-            self.dirtied as f64 / self.seconds
-        } else {
-            0.0
-        }
-    }
 }
 
 /// A progress event.

@@ -8,7 +8,7 @@ use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use ferry_vmm::dirty::{AtomicBitmap, DirtyBitmap};
+use ferry_model::bitmap::{AtomicBitmap, DirtyBitmap};
 use ferry_vmm::PAGE_SIZE;
 use ferry_wire::codec::{BatchDecoder, CodecError, PageStore, MAX_BATCH_PAGES};
 use ferry_wire::message::{

@@ -8,27 +8,25 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ferry_vmm::dirty::DirtyBitmap;
+use ferry_model::bitmap::DirtyBitmap;
 use ferry_vmm::PAGE_SIZE;
 use ferry_wire::codec::{BatchEncoder, EncoderConfig, PageRef};
 use ferry_wire::message::{self, channel_key, features, Hello, HelloAck, RoundSummary, VmConfig};
 use ferry_wire::run::{RunHeader, RUN_HEADER_LEN};
 use ferry_wire::{FrameType, PAGES_PAUSED};
 
-use crate::channel::{split, FrameReader, FrameWriter, Stream};
-use crate::convergence::{decide, expected_postcopy_pause, ConvergenceConfig, Decision};
+use crate::channel::{split, tcp_window_bytes, FrameReader, FrameWriter, Stream};
 use crate::digest::{digest_memory, hex};
-use crate::heat::PageHeat;
 use crate::memory::GuestMemory;
-use crate::parallelism::{
-    auto_channels, channels_to_open, round_channels, tcp_window_bytes, LinkFacts,
-};
 use crate::postcopy::{self, next_push_batch};
 use crate::priority;
 use crate::report::{Event, Phase, Report, RoundStats, Strategy};
 use crate::sink::DoneReport;
 use crate::vm::MigrationSource;
 use crate::MigrateError;
+use ferry_model::convergence::{decide, expected_postcopy_pause, ConvergenceConfig, Decision};
+use ferry_model::heat::PageHeat;
+use ferry_model::parallelism::{auto_channels, channels_to_open, round_channels, LinkFacts};
 
 /// Pages per Pages frame.
 pub const BATCH_PAGES: usize = 256;
@@ -1113,7 +1111,7 @@ fn push_pages(
         .chain(plan.hot.iter())
         .collect();
     // No lock: the pusher, which yields its CPU to everything, must never hold up the request path.
-    let sent = ferry_vmm::dirty::AtomicBitmap::new(needed.pages());
+    let sent = ferry_model::bitmap::AtomicBitmap::new(needed.pages());
     let stop = AtomicBool::new(false);
     let urgent_sent = AtomicU64::new(0);
     let total = needed.count();

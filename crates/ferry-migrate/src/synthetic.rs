@@ -7,7 +7,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use ferry_vmm::dirty::DirtyBitmap;
+use ferry_model::bitmap::DirtyBitmap;
 use ferry_vmm::PAGE_SIZE;
 use ferry_wire::message::VmConfig;
 

@@ -79,8 +79,9 @@ impl HeartbeatLog {
         let start = self.times.partition_point(|&t| t < since_ns);
         let from = start.saturating_sub(1);
         self.times
-            .range(from..)
-            .zip(self.times.range(from + 1..))
+            .iter()
+            .skip(from)
+            .zip(self.times.iter().skip(from + 1))
             .map(|(a, b)| b - a)
             .max()
     }
@@ -118,6 +119,17 @@ mod tests {
         assert_eq!(log.seq_breaks, 0);
         log.record(0x80 | 12, 51_000);
         assert_eq!(log.seq_breaks, 1);
+    }
+
+    #[test]
+    fn an_empty_or_single_entry_log_has_no_gap() {
+        let mut log = HeartbeatLog::default();
+        assert_eq!(log.max_gap_since(0), None);
+        assert_eq!(log.max_gap_since(u64::MAX), None);
+        assert_eq!(log.median_gap(), None);
+        log.record(0x80, 5_000);
+        assert_eq!(log.max_gap_since(0), None);
+        assert_eq!(log.max_gap_since(10_000), None);
     }
 
     #[test]

@@ -73,39 +73,6 @@ pub fn round_channels(now: &LinkFacts, opened: u16) -> u16 {
     auto_channels(now).clamp(1, opened.max(1))
 }
 
-/// The smoothed round-trip time the kernel measured on a TCP connection (`TCP_INFO`), if it is one.
-pub fn tcp_rtt(fd: std::os::fd::RawFd) -> Option<Duration> {
-    // SAFETY: tcp_info is plain data (all zero is valid); getsockopt writes at most `len` bytes
-    // of it and sets `len` to what it wrote; an fd that is not a TCP socket only makes it fail.
-    unsafe {
-        let mut info: libc::tcp_info = std::mem::zeroed();
-        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
-        let r = libc::getsockopt(
-            fd,
-            libc::IPPROTO_TCP,
-            libc::TCP_INFO,
-            (&mut info as *mut libc::tcp_info).cast(),
-            &mut len,
-        );
-        (r == 0 && info.tcpi_rtt > 0).then(|| Duration::from_micros(u64::from(info.tcpi_rtt)))
-    }
-}
-
-/// The largest window one TCP stream may reach on this host: the smaller of the send buffer
-/// maximum and half the receive buffer maximum (`net.ipv4.tcp_wmem`, `tcp_rmem`; the peer's are
-/// assumed alike). Linux defaults (4 MiB, 6 MiB) when they cannot be read.
-pub fn tcp_window_bytes() -> u64 {
-    fn max_of(path: &str, default: u64) -> u64 {
-        std::fs::read_to_string(path)
-            .ok()
-            .and_then(|s| s.split_whitespace().nth(2)?.parse().ok())
-            .unwrap_or(default)
-    }
-    let wmem = max_of("/proc/sys/net/ipv4/tcp_wmem", 4 << 20);
-    let rmem = max_of("/proc/sys/net/ipv4/tcp_rmem", 6 << 20);
-    wmem.min(rmem / 2)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -171,22 +138,6 @@ mod tests {
             2,
             "post-copy's request channel stays"
         );
-    }
-
-    #[test]
-    fn a_loopback_connection_reports_its_rtt() {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
-        let (mut s, _) = l.accept().unwrap();
-        use std::io::{Read, Write};
-        (&c).write_all(b"ping").unwrap();
-        let mut b = [0u8; 4];
-        s.read_exact(&mut b).unwrap();
-        use std::os::fd::AsRawFd;
-        let rtt = tcp_rtt(c.as_raw_fd()).expect("TCP_INFO on a TCP socket");
-        assert!(rtt < Duration::from_secs(1), "{rtt:?}");
-        let (u, _) = std::os::unix::net::UnixStream::pair().unwrap();
-        assert_eq!(tcp_rtt(u.as_raw_fd()), None, "not TCP");
     }
 
     #[test]

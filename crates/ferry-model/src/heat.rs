@@ -8,7 +8,7 @@
 //! last two rounds are "hot", and they are held back only while at least [`REDIRTY_THRESHOLD`] of
 //! the hot set came back dirty in the round just finished.
 
-use ferry_vmm::dirty::DirtyBitmap;
+use crate::bitmap::DirtyBitmap;
 
 /// Share of hot pages that must have been rewritten in the last round for hot pages to be held back.
 pub const REDIRTY_THRESHOLD: f64 = 0.9;

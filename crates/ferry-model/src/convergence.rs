@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::report::RoundStats;
+use crate::RoundStats;
 
 /// Knobs of the convergence rule.
 #[derive(Clone, Copy, Debug)]
