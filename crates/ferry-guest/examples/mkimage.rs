@@ -1,4 +1,4 @@
-//! Writes a guest image: `mkimage OUT [MEMORY_MIB WS_MIB PATTERN ENTROPY WRITE RATE FILL HEARTBEAT_US]`.
+//! Writes a guest image: `mkimage OUT [MEMORY_MIB WS_MIB PATTERN ENTROPY WRITE RATE FILL HEARTBEAT]`.
 
 use std::process::ExitCode;
 
@@ -7,7 +7,7 @@ use ferry_guest::{build_image, GuestConfig};
 fn run() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let out = args.first().ok_or(
-        "usage: mkimage OUT [MEMORY_MIB WS_MIB PATTERN ENTROPY WRITE RATE FILL HEARTBEAT_US]",
+        "usage: mkimage OUT [MEMORY_MIB WS_MIB PATTERN ENTROPY WRITE RATE FILL HEARTBEAT]",
     )?;
     let mut cfg = GuestConfig::default();
     let arg = |i: usize| args.get(i).map(String::as_str);
@@ -33,7 +33,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         cfg.fill = v.parse()?;
     }
     if let Some(v) = arg(8) {
-        cfg.heartbeat_us = v.parse()?;
+        cfg.heartbeat = v.parse()?;
     }
     std::fs::write(out, build_image(&cfg)?)?;
     Ok(())

@@ -24,6 +24,142 @@ pub enum Pattern {
     Random,
     /// 90% of writes into the first 10% of pages, the rest into the other 90%.
     HotCold,
+    /// Runs of [`MIXED_RUN`] pages, alternating: a sequential run starting at a uniformly random
+    /// page (wrapping), then a run of uniformly random pages. The run is chosen by the number of
+    /// page writes so far: writes `k` with `(k / MIXED_RUN)` even are sequential.
+    Mixed,
+}
+
+/// Pages per run of [`Pattern::Mixed`] (256 KiB: a buffer copy's worth).
+pub const MIXED_RUN: u64 = 64;
+
+/// What the guest writes to COM1 while it runs (docs/GUEST-ABI.md, "Heartbeat").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Heartbeat {
+    /// `0x80 | seq` every this many microseconds of TSC time: shows pauses, but keeps ticking
+    /// while the guest's writes crawl.
+    Time {
+        /// Period in microseconds.
+        us: u32,
+    },
+    /// `0x80 | seq` after every this many pages written (the fill included): a gap between two
+    /// bytes is time in which the guest made no progress, whatever the cause. A guest that writes
+    /// nothing (rate 0) falls back to a time tick every [`IDLE_TICK_US`] after its fill.
+    Pages {
+        /// Pages written per byte.
+        every: u32,
+    },
+    /// An ASCII `.` (top bit clear: console text to any host) after every this many pages
+    /// written, as a guest written outside the project would print its progress; no time tick.
+    Dots {
+        /// Pages written per dot.
+        every: u32,
+    },
+    /// Nothing at all on COM1, not even the banner.
+    None,
+}
+
+/// Period of the time tick a [`Heartbeat::Pages`] guest falls back to once it is idle.
+pub const IDLE_TICK_US: u32 = 1000;
+
+impl Heartbeat {
+    /// Code of the kind in the mailbox `beat` field.
+    pub fn code(self) -> u8 {
+        match self {
+            Heartbeat::Time { .. } => 0,
+            Heartbeat::Pages { .. } => 1,
+            Heartbeat::Dots { .. } => 2,
+            Heartbeat::None => 3,
+        }
+    }
+
+    /// The number in the mailbox `beat` field: microseconds or pages (0 for none).
+    pub fn every(self) -> u32 {
+        match self {
+            Heartbeat::Time { us } => us,
+            Heartbeat::Pages { every } | Heartbeat::Dots { every } => every,
+            Heartbeat::None => 0,
+        }
+    }
+
+    /// Pages written per progress byte, for the progress-driven kinds.
+    pub fn pages_per_byte(self) -> Option<u32> {
+        match self {
+            Heartbeat::Pages { every } | Heartbeat::Dots { every } => Some(every),
+            Heartbeat::Time { .. } | Heartbeat::None => None,
+        }
+    }
+
+    /// Whether `byte` is one of this guest's heartbeat or progress bytes (the rest is text).
+    pub fn is_beat(self, byte: u8) -> bool {
+        match self {
+            Heartbeat::Time { .. } | Heartbeat::Pages { .. } => byte & 0x80 != 0,
+            Heartbeat::Dots { .. } => byte == b'.',
+            Heartbeat::None => false,
+        }
+    }
+
+    /// Packs kind and number into the mailbox `beat` field: `kind | every << 8`.
+    pub fn pack(self) -> u64 {
+        u64::from(self.code()) | u64::from(self.every()) << 8
+    }
+
+    /// Unpacks the mailbox `beat` field (None for an unknown kind).
+    pub fn unpack(v: u64) -> Option<Heartbeat> {
+        let every = u32::try_from(v >> 8).ok()?;
+        match v & 0xFF {
+            0 => Some(Heartbeat::Time { us: every }),
+            1 => Some(Heartbeat::Pages { every }),
+            2 => Some(Heartbeat::Dots { every }),
+            3 => Some(Heartbeat::None),
+            _ => None,
+        }
+    }
+}
+
+impl Default for Heartbeat {
+    /// A byte every millisecond, driven by time (what hosts and tests that time pauses expect).
+    fn default() -> Self {
+        Heartbeat::Time { us: 1000 }
+    }
+}
+
+impl FromStr for Heartbeat {
+    type Err = ParseParamError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = || ParseParamError {
+            what: "heartbeat",
+            value: s.to_string(),
+            expected: "time:MICROSECONDS, pages:N, dots:N or none (N pages written per byte, \
+                       at least 1)",
+        };
+        let t = s.trim().to_ascii_lowercase();
+        if t == "none" {
+            return Ok(Heartbeat::None);
+        }
+        let (kind, n) = t.split_once(':').ok_or_else(err)?;
+        let n: u32 = n.trim().parse().map_err(|_| err())?;
+        if n == 0 {
+            return Err(err());
+        }
+        match kind.trim() {
+            "time" => Ok(Heartbeat::Time { us: n }),
+            "pages" => Ok(Heartbeat::Pages { every: n }),
+            "dots" => Ok(Heartbeat::Dots { every: n }),
+            _ => Err(err()),
+        }
+    }
+}
+
+impl fmt::Display for Heartbeat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Heartbeat::Time { us } => write!(f, "time:{us}"),
+            Heartbeat::Pages { every } => write!(f, "pages:{every}"),
+            Heartbeat::Dots { every } => write!(f, "dots:{every}"),
+            Heartbeat::None => f.write_str("none"),
+        }
+    }
 }
 
 /// What the bytes of a rewritten page look like.
@@ -75,8 +211,8 @@ pub struct GuestConfig {
     pub rate: Rate,
     /// Whether to write every working-set page once before the loop.
     pub fill: bool,
-    /// Heartbeat period in microseconds.
-    pub heartbeat_us: u32,
+    /// What the guest writes to COM1 (time-driven heartbeat, progress bytes, dots or nothing).
+    pub heartbeat: Heartbeat,
     /// TSC frequency of the target host in Hz; 0 measures the building host.
     pub tsc_hz: u64,
     /// Seed of the tags and of the guest's pseudo-random generator.
@@ -93,7 +229,7 @@ impl Default for GuestConfig {
             write_size: WriteSize::Page,
             rate: Rate::Unlimited,
             fill: false,
-            heartbeat_us: 1000,
+            heartbeat: Heartbeat::default(),
             tsc_hz: 0,
             seed: 0x4645_5252_5953_4544,
         }
@@ -107,6 +243,7 @@ impl Pattern {
             Pattern::Sequential => 0,
             Pattern::Random => 1,
             Pattern::HotCold => 2,
+            Pattern::Mixed => 3,
         }
     }
 }
@@ -153,10 +290,11 @@ impl FromStr for Pattern {
             "sequential" => Ok(Pattern::Sequential),
             "random" => Ok(Pattern::Random),
             "hotcold" => Ok(Pattern::HotCold),
+            "mixed" => Ok(Pattern::Mixed),
             _ => Err(ParseParamError {
                 what: "pattern",
                 value: s.to_string(),
-                expected: "sequential, random or hotcold",
+                expected: "sequential, random, hotcold or mixed",
             }),
         }
     }
@@ -168,6 +306,7 @@ impl fmt::Display for Pattern {
             Pattern::Sequential => "sequential",
             Pattern::Random => "random",
             Pattern::HotCold => "hotcold",
+            Pattern::Mixed => "mixed",
         })
     }
 }
@@ -256,7 +395,12 @@ mod tests {
 
     #[test]
     fn round_trips() {
-        for p in [Pattern::Sequential, Pattern::Random, Pattern::HotCold] {
+        for p in [
+            Pattern::Sequential,
+            Pattern::Random,
+            Pattern::HotCold,
+            Pattern::Mixed,
+        ] {
             assert_eq!(p.to_string().parse::<Pattern>(), Ok(p));
         }
         for e in [
@@ -284,7 +428,9 @@ mod tests {
     fn parse_errors_name_the_parameter() {
         let e = "zigzag".parse::<Pattern>().unwrap_err();
         assert_eq!(e.what, "pattern");
-        assert!(e.to_string().contains("sequential, random or hotcold"));
+        assert!(e
+            .to_string()
+            .contains("sequential, random, hotcold or mixed"));
         assert!("fast"
             .parse::<Rate>()
             .unwrap_err()
@@ -294,6 +440,39 @@ mod tests {
         assert!("huge".parse::<WriteSize>().is_err());
         assert!("noise".parse::<Entropy>().is_err());
         assert_eq!("HotCold".parse::<Pattern>(), Ok(Pattern::HotCold));
+    }
+
+    #[test]
+    fn heartbeat_forms() {
+        for h in [
+            Heartbeat::Time { us: 1000 },
+            Heartbeat::Pages { every: 1024 },
+            Heartbeat::Dots { every: 7 },
+            Heartbeat::None,
+        ] {
+            assert_eq!(h.to_string().parse::<Heartbeat>(), Ok(h));
+            assert_eq!(Heartbeat::unpack(h.pack()), Some(h));
+        }
+        assert_eq!(
+            " Pages:64 ".parse::<Heartbeat>(),
+            Ok(Heartbeat::Pages { every: 64 })
+        );
+        for bad in [
+            "pages:0", "time:0", "pages", "dots:-1", "bytes:4", "", "time:1e3",
+        ] {
+            let e = bad.parse::<Heartbeat>().unwrap_err();
+            assert_eq!(e.what, "heartbeat", "{bad}");
+        }
+        assert_eq!(Heartbeat::unpack(4), None);
+        assert_eq!(Heartbeat::unpack(1 << 40 | 1), None);
+        // Which bytes count as beats: the top bit for the binary kinds, only '.' for dots.
+        let pages = Heartbeat::Pages { every: 1 };
+        assert!(pages.is_beat(0x80) && pages.is_beat(0xAA) && !pages.is_beat(b'.'));
+        let dots = Heartbeat::Dots { every: 1 };
+        assert!(dots.is_beat(b'.') && !dots.is_beat(0x85) && !dots.is_beat(b'f'));
+        assert!(!Heartbeat::None.is_beat(0x80));
+        assert_eq!(pages.pages_per_byte(), Some(1));
+        assert_eq!(Heartbeat::Time { us: 5 }.pages_per_byte(), None);
     }
 
     #[test]
@@ -335,7 +514,7 @@ mod tests {
         assert_eq!(c.working_set, 256 << 20);
         assert_eq!(c.pattern, Pattern::Random);
         assert_eq!(c.rate, Rate::Unlimited);
-        assert_eq!(c.heartbeat_us, 1000);
+        assert_eq!(c.heartbeat, Heartbeat::Time { us: 1000 });
         assert_eq!(c.tsc_hz, 0);
         assert!(!c.fill);
     }

@@ -14,7 +14,10 @@ mod workload;
 
 use std::time::{Duration, Instant};
 
-pub use config::{Entropy, GuestConfig, ParseParamError, Pattern, Rate, WriteSize};
+pub use config::{
+    Entropy, GuestConfig, Heartbeat, ParseParamError, Pattern, Rate, WriteSize, IDLE_TICK_US,
+    MIXED_RUN,
+};
 use layout::*;
 use mailbox::Params;
 
@@ -47,8 +50,8 @@ pub enum GuestError {
         needed: u64,
     },
     /// A heartbeat period of zero would flood the serial port.
-    #[error("heartbeat period must be at least 1 microsecond")]
-    ZeroHeartbeat,
+    #[error("heartbeat must come at most every microsecond or every page (got {0})")]
+    ZeroHeartbeat(Heartbeat),
     /// The host's TSC frequency could not be measured.
     #[error("cannot measure the host TSC frequency: {0}")]
     TscMeasure(&'static str),
@@ -96,7 +99,8 @@ pub fn expected_first_word(entropy: Entropy, seed: u64, page_index: u64, version
     }
 }
 
-/// Whether a byte read from COM1 is a heartbeat (console text is 7-bit).
+/// Whether a byte read from COM1 is a heartbeat or a progress byte of [`Heartbeat::Pages`]
+/// (console text is 7-bit; the dots of [`Heartbeat::Dots`] are text: see [`Heartbeat::is_beat`]).
 pub fn is_heartbeat(byte: u8) -> bool {
     byte & 0x80 != 0
 }
@@ -135,10 +139,15 @@ pub fn host_tsc_hz() -> Result<u64, GuestError> {
 
 /// Computes the TSC-based timing constants the workload bakes in.
 fn timing(cfg: &GuestConfig, tsc_hz: u64) -> Result<workload::Timing, GuestError> {
-    if cfg.heartbeat_us == 0 {
-        return Err(GuestError::ZeroHeartbeat);
+    if cfg.heartbeat != Heartbeat::None && cfg.heartbeat.every() == 0 {
+        return Err(GuestError::ZeroHeartbeat(cfg.heartbeat));
     }
-    let hb = u128::from(tsc_hz) * u128::from(cfg.heartbeat_us) / 1_000_000;
+    // The time tick's period: the heartbeat's own, or the idle fallback of a progress heartbeat.
+    let tick_us = match cfg.heartbeat {
+        Heartbeat::Time { us } => us,
+        _ => IDLE_TICK_US,
+    };
+    let hb = u128::from(tsc_hz) * u128::from(tick_us) / 1_000_000;
     let heartbeat_ticks = u64::try_from(hb).unwrap_or(u64::MAX).max(1);
     let ticks_per_page = match cfg.rate {
         Rate::PagesPerSec(r) if r > 0 => (tsc_hz / r).max(1),
@@ -156,7 +165,7 @@ fn timing(cfg: &GuestConfig, tsc_hz: u64) -> Result<workload::Timing, GuestError
 fn banner(cfg: &GuestConfig, l: &Layout, tsc_hz: u64) -> String {
     format!(
         "ferry-guest abi={} pattern={} entropy={} write={} rate={} fill={} ws_pages={} \
-         ws_base={:#x} heartbeat_us={} tsc_hz={}\n",
+         ws_base={:#x} heartbeat={} tsc_hz={}\n",
         mailbox::ABI_VERSION,
         cfg.pattern,
         cfg.entropy,
@@ -165,7 +174,7 @@ fn banner(cfg: &GuestConfig, l: &Layout, tsc_hz: u64) -> String {
         if cfg.fill { "yes" } else { "no" },
         l.ws_pages,
         l.ws_base,
-        cfg.heartbeat_us,
+        cfg.heartbeat,
         tsc_hz,
     )
 }
@@ -197,8 +206,8 @@ fn place(
 /// Builds a bootable multiboot image for `cfg` (measuring the host TSC if `cfg.tsc_hz` is 0).
 pub fn build_image(cfg: &GuestConfig) -> Result<Vec<u8>, GuestError> {
     let l = Layout::new(cfg)?;
-    if cfg.heartbeat_us == 0 {
-        return Err(GuestError::ZeroHeartbeat);
+    if cfg.heartbeat != Heartbeat::None && cfg.heartbeat.every() == 0 {
+        return Err(GuestError::ZeroHeartbeat(cfg.heartbeat));
     }
     let tsc_hz = match cfg.tsc_hz {
         0 => host_tsc_hz()?,
@@ -314,7 +323,12 @@ mod tests {
 
     #[test]
     fn every_variant_builds() {
-        for pattern in [Pattern::Sequential, Pattern::Random, Pattern::HotCold] {
+        for pattern in [
+            Pattern::Sequential,
+            Pattern::Random,
+            Pattern::HotCold,
+            Pattern::Mixed,
+        ] {
             for entropy in [
                 Entropy::Zero,
                 Entropy::Text,
@@ -340,6 +354,26 @@ mod tests {
                 }
             }
         }
+        for heartbeat in [
+            Heartbeat::Time { us: 1 },
+            Heartbeat::Pages { every: 1 },
+            Heartbeat::Pages { every: u32::MAX },
+            Heartbeat::Dots { every: 1024 },
+            Heartbeat::None,
+        ] {
+            for rate in [Rate::Unlimited, Rate::PagesPerSec(0)] {
+                for pattern in [Pattern::Sequential, Pattern::Mixed] {
+                    let cfg = GuestConfig {
+                        heartbeat,
+                        rate,
+                        pattern,
+                        fill: true,
+                        ..small()
+                    };
+                    build_image(&cfg).unwrap();
+                }
+            }
+        }
         let huge = GuestConfig {
             memory: 16 << 30,
             working_set: 15 << 30,
@@ -350,12 +384,14 @@ mod tests {
 
     #[test]
     fn config_errors() {
-        let e = build_image(&GuestConfig {
-            heartbeat_us: 0,
-            ..small()
-        })
-        .unwrap_err();
-        assert!(matches!(e, GuestError::ZeroHeartbeat));
+        for heartbeat in [Heartbeat::Time { us: 0 }, Heartbeat::Pages { every: 0 }] {
+            let e = build_image(&GuestConfig {
+                heartbeat,
+                ..small()
+            })
+            .unwrap_err();
+            assert!(matches!(e, GuestError::ZeroHeartbeat(_)), "{e}");
+        }
         let e = build_image(&GuestConfig {
             working_set: 64 << 20,
             ..small()
@@ -378,7 +414,7 @@ mod tests {
         assert_eq!(t.ticks_per_page, 2_000_000);
         let t = timing(
             &GuestConfig {
-                heartbeat_us: u32::MAX,
+                heartbeat: Heartbeat::Time { us: u32::MAX },
                 rate: Rate::PagesPerSec(u64::MAX),
                 ..small()
             },
@@ -387,6 +423,16 @@ mod tests {
         .unwrap();
         assert_eq!(t.ticks_per_page, 1);
         assert_eq!(t.heartbeat_ticks, 4_000 * u64::from(u32::MAX));
+        // A progress heartbeat's idle fallback ticks every IDLE_TICK_US.
+        let t = timing(
+            &GuestConfig {
+                heartbeat: Heartbeat::Pages { every: 1024 },
+                ..small()
+            },
+            2_000_000_000,
+        )
+        .unwrap();
+        assert_eq!(t.heartbeat_ticks, 2_000 * u64::from(IDLE_TICK_US));
     }
 
     #[test]

@@ -5,7 +5,7 @@ pub const MAILBOX_ADDR: u64 = 0x8000;
 /// Size of the mailbox page.
 pub const MAILBOX_SIZE: usize = 4096;
 /// Bytes of the page that hold fields (the rest is reserved).
-pub const MAILBOX_USED: usize = 0x80;
+pub const MAILBOX_USED: usize = 0x88;
 
 /// Value of the `magic` field once set-up is done ("FERRYGST" read as little-endian bytes).
 pub const MAGIC: u64 = 0x5453_4759_5252_4546;
@@ -44,6 +44,8 @@ pub const OFF_PARAMS: u64 = 0x68;
 pub const OFF_TSC_HZ: u64 = 0x70;
 /// Offset of `verify_written` (pages the last sweep checked against a tag: the written ones).
 pub const OFF_VERIFY_WRITTEN: u64 = 0x78;
+/// Offset of `beat` (what the guest writes to COM1: [`crate::Heartbeat::pack`]).
+pub const OFF_BEAT: u64 = 0x80;
 
 /// `state`: set-up (and the optional fill) in progress.
 pub const STATE_BOOTING: u64 = 0;
@@ -89,6 +91,8 @@ pub struct Mailbox {
     pub tsc_hz: u64,
     /// Pages the last sweep compared with their tags (those written at least once).
     pub verify_written: u64,
+    /// What the guest writes to COM1, packed ([`Mailbox::heartbeat`] decodes it).
+    pub beat: u64,
 }
 
 fn read_u64(page: &[u8], off: u64) -> Option<u64> {
@@ -122,12 +126,18 @@ impl Mailbox {
             params: f(OFF_PARAMS)?,
             tsc_hz: f(OFF_TSC_HZ)?,
             verify_written: f(OFF_VERIFY_WRITTEN)?,
+            beat: f(OFF_BEAT)?,
         })
     }
 
     /// Whether the last requested verification sweep has finished.
     pub fn verify_finished(&self) -> bool {
         self.verify_request == self.verify_done
+    }
+
+    /// What the guest writes to COM1 (None for a kind this crate does not know).
+    pub fn heartbeat(&self) -> Option<crate::Heartbeat> {
+        crate::Heartbeat::unpack(self.beat)
     }
 
     /// Unpacks the `params` field.
@@ -139,7 +149,7 @@ impl Mailbox {
 /// The `params` field: `pattern | entropy << 8 | full_page << 16 | fill << 17`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Params {
-    /// Pattern code: 0 sequential, 1 random, 2 hot/cold.
+    /// Pattern code: 0 sequential, 1 random, 2 hot/cold, 3 mixed.
     pub pattern: u8,
     /// Entropy code: 0 zero, 1 text, 2 random, 3 mixed.
     pub entropy: u8,
@@ -198,6 +208,7 @@ mod tests {
             (OFF_VERIFY_DONE, 4),
             (OFF_TSC_HZ, 2_000_000_000),
             (OFF_PARAMS, 0x3_0201),
+            (OFF_BEAT, 1 | 1024 << 8),
         ]);
         let mb = Mailbox::parse(&page).unwrap();
         assert_eq!(mb.iterations, 77);
@@ -210,6 +221,10 @@ mod tests {
             (1, 2, true, true)
         );
         assert_eq!(p.pack(), 0x3_0201);
+        assert_eq!(
+            mb.heartbeat(),
+            Some(crate::Heartbeat::Pages { every: 1024 })
+        );
     }
 
     #[test]

@@ -5,13 +5,16 @@
 //! which instructions are emitted), so the loop carries no run-time branching on parameters.
 //!
 //! Registers kept across the whole program (routines never clobber them unless noted):
-//! r15 PRNG state, r14 checksum, r13 iterations, r12 next heartbeat deadline (TSC),
-//! r11 heartbeats emitted, r10 next write deadline (paced rates), rbx current page index.
-//! Scratch: rax, rcx, rdx, rsi, rdi, r8, r9.
+//! r15 PRNG state, r14 checksum, r13 iterations, r12 next time-tick deadline (TSC; `u64::MAX`
+//! while no time tick is due: progress heartbeats), r11 heartbeat/progress bytes emitted, r10 next
+//! write deadline (paced rates), rbp pages left until the next progress byte, rbx current page
+//! index. Scratch: rax, rcx, rdx, rsi, rdi, r8, r9.
 
 use iced_x86::code_asm::*;
 
-use crate::config::{Entropy, GuestConfig, Pattern, Rate, WriteSize, MIXED_HASH};
+use crate::config::{
+    Entropy, GuestConfig, Heartbeat, Pattern, Rate, WriteSize, MIXED_HASH, MIXED_RUN,
+};
 use crate::layout::{Layout, HOLE_END, HOLE_START, PAGE, VERSION_TABLE};
 use crate::mailbox::*;
 
@@ -148,6 +151,29 @@ fn emit_pick(a: &mut CodeAssembler, pattern: Pattern, l: &Layout) -> Result<(), 
             a.nop()?;
         }
         Pattern::Random => emit_uniform(a, l.ws_pages, 0)?,
+        Pattern::Mixed => {
+            // r13 = writes so far picks the run: (r13 / RUN) odd -> random; even -> sequential,
+            // from a random page at the run's first write, else the next page (wrapping).
+            let mut random = a.create_label();
+            let mut next = a.create_label();
+            let mut done = a.create_label();
+            a.mov(rax, r13)?;
+            a.test(eax, MIXED_RUN as u32)?;
+            a.jnz(random)?;
+            a.test(eax, (MIXED_RUN - 1) as u32)?;
+            a.jnz(next)?;
+            a.set_label(&mut random)?;
+            emit_uniform(a, l.ws_pages, 0)?;
+            a.jmp(done)?;
+            a.set_label(&mut next)?;
+            a.inc(rbx)?;
+            a.mov(rax, l.ws_pages)?;
+            a.cmp(rbx, rax)?;
+            a.jb(done)?;
+            a.xor(ebx, ebx)?;
+            a.set_label(&mut done)?;
+            a.nop()?;
+        }
         Pattern::HotCold => {
             let hot = l.hot_pages();
             let cold = l.ws_pages - hot;
@@ -315,9 +341,12 @@ pub fn assemble(
 ) -> Result<Vec<u8>, IcedError> {
     let mut a = CodeAssembler::new(64)?;
     let mut tick = a.create_label();
+    let mut progress = a.create_label();
     let mut sweep = a.create_label();
     let mut write_full = a.create_label();
     let mut write_word = a.create_label();
+    let beat = cfg.heartbeat;
+    let per_byte = beat.pages_per_byte();
 
     // Mailbox: static fields first, magic last so a host that sees it can trust the rest.
     for (off, v) in [
@@ -335,34 +364,43 @@ pub fn assemble(
         (OFF_WS_PAGES, l.ws_pages),
         (OFF_PARAMS, params),
         (OFF_TSC_HZ, t.tsc_hz),
+        (OFF_BEAT, beat.pack()),
         (OFF_MAGIC, MAGIC),
     ] {
         a.mov(rax, v)?;
         a.mov(mb(off), rax)?;
     }
 
-    // Banner: one port write per byte; it runs once, before the heartbeats start.
-    let mut print = a.create_label();
-    let mut printed = a.create_label();
-    a.mov(rsi, banner)?;
-    a.mov(edx, COM1)?;
-    a.set_label(&mut print)?;
-    a.mov(al, byte_ptr(rsi))?;
-    a.test(al, al)?;
-    a.jz(printed)?;
-    a.out(dx, al)?;
-    a.inc(rsi)?;
-    a.jmp(print)?;
-    a.set_label(&mut printed)?;
+    // Banner: one port write per byte; it runs once, before any heartbeat or progress byte.
+    if beat != Heartbeat::None {
+        let mut print = a.create_label();
+        let mut printed = a.create_label();
+        a.mov(rsi, banner)?;
+        a.mov(edx, COM1)?;
+        a.set_label(&mut print)?;
+        a.mov(al, byte_ptr(rsi))?;
+        a.test(al, al)?;
+        a.jz(printed)?;
+        a.out(dx, al)?;
+        a.inc(rsi)?;
+        a.jmp(print)?;
+        a.set_label(&mut printed)?;
+    }
 
     a.mov(r15, prng_seed(cfg.seed))?;
     a.xor(r14d, r14d)?;
     a.xor(r13d, r13d)?;
     a.xor(r11d, r11d)?;
+    a.mov(ebp, per_byte.unwrap_or(0))?;
     emit_rdtsc(&mut a)?;
     a.mov(r10, rax)?;
-    a.mov(r12, t.heartbeat_ticks)?;
-    a.add(r12, rax)?;
+    if let Heartbeat::Time { .. } = beat {
+        a.mov(r12, t.heartbeat_ticks)?;
+        a.add(r12, rax)?;
+    } else {
+        // No time tick: progress bytes come from the writes (and a silent guest has none).
+        a.mov(r12, -1i64)?;
+    }
 
     if cfg.fill {
         let mut fill = a.create_label();
@@ -372,11 +410,20 @@ pub fn assemble(
         a.inc(r13)?;
         a.mov(mb(OFF_ITERATIONS), r13)?;
         a.mov(mb(OFF_CHECKSUM), r14)?;
+        if per_byte.is_some() {
+            a.call(progress)?;
+        }
         a.call(tick)?;
         a.inc(rbx)?;
         a.mov(rax, l.ws_pages)?;
         a.cmp(rbx, rax)?;
         a.jb(fill)?;
+    }
+    if matches!(beat, Heartbeat::Pages { .. }) && cfg.rate == Rate::PagesPerSec(0) {
+        // An idle guest makes no progress to count: from here on it ticks on time, as the ABI says.
+        emit_rdtsc(&mut a)?;
+        a.mov(r12, t.heartbeat_ticks)?;
+        a.add(r12, rax)?;
     }
     a.mov(mb(OFF_STATE), STATE_RUNNING as i32)?;
     // Sequential starts at page 0: the first pick increments past -1.
@@ -417,19 +464,44 @@ pub fn assemble(
         a.inc(r13)?;
         a.mov(mb(OFF_ITERATIONS), r13)?;
         a.mov(mb(OFF_CHECKSUM), r14)?;
+        if per_byte.is_some() {
+            a.call(progress)?;
+        }
         a.jmp(main)?;
     }
 
-    // tick: emit a heartbeat if due and serve a verification request; returns rax = now.
+    // progress: after a page write, count it; every `per_byte` pages emit a progress byte
+    // (`0x80 | seq`, or '.' for dots). Clobbers rax, rdx.
+    a.set_label(&mut progress)?;
+    if let Some(every) = per_byte {
+        let mut not_yet = a.create_label();
+        a.dec(rbp)?;
+        a.jnz(not_yet)?;
+        a.mov(ebp, every)?;
+        if let Heartbeat::Dots { .. } = beat {
+            a.mov(eax, u32::from(b'.'))?;
+        } else {
+            a.mov(eax, r11d)?;
+            a.and(al, 0x7Fu32)?;
+            a.or(al, 0x80u32)?;
+        }
+        a.mov(edx, COM1)?;
+        a.out(dx, al)?;
+        a.inc(r11)?;
+        a.mov(mb(OFF_HEARTBEATS), r11)?;
+        a.set_label(&mut not_yet)?;
+    }
+    a.ret()?;
+
+    // tick: emit a time heartbeat if one is due, and serve a verification request (checked on
+    // every call, whatever the heartbeat); returns rax = now.
     // Clobbers rax, rcx, rdx (and, through the sweep, rsi, rdi, r8, r9).
     let mut tick_ret = a.create_label();
-    let mut due = a.create_label();
+    let mut check = a.create_label();
     a.set_label(&mut tick)?;
     emit_rdtsc(&mut a)?;
     a.cmp(rax, r12)?;
-    a.jae(due)?;
-    a.ret()?;
-    a.set_label(&mut due)?;
+    a.jb(check)?;
     a.mov(rcx, rax)?;
     a.mov(eax, r11d)?;
     a.and(al, 0x7Fu32)?;
@@ -447,14 +519,17 @@ pub fn assemble(
     a.ja(deadline_ok)?;
     a.lea(r12, qword_ptr(rcx + rax))?;
     a.set_label(&mut deadline_ok)?;
+    a.mov(rax, rcx)?;
+    a.set_label(&mut check)?;
     a.cmp(mb(OFF_STATE), STATE_VERIFYING as i32)?;
     a.je(tick_ret)?;
-    a.mov(rax, mb(OFF_VERIFY_REQUEST))?;
-    a.cmp(rax, mb(OFF_VERIFY_DONE))?;
+    a.mov(rcx, mb(OFF_VERIFY_REQUEST))?;
+    a.cmp(rcx, mb(OFF_VERIFY_DONE))?;
     a.je(tick_ret)?;
+    a.mov(rax, rcx)?;
     a.call(sweep)?;
-    a.set_label(&mut tick_ret)?;
     emit_rdtsc(&mut a)?;
+    a.set_label(&mut tick_ret)?;
     a.ret()?;
 
     // sweep (rax = request): check every page's tag against the version table.

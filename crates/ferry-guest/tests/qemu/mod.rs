@@ -5,7 +5,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use ferry_guest::mailbox::{Mailbox, MAILBOX_ADDR, MAILBOX_SIZE};
@@ -13,7 +13,9 @@ use ferry_guest::mailbox::{Mailbox, MAILBOX_ADDR, MAILBOX_SIZE};
 /// QEMU binary the tests use.
 pub const QEMU: &str = "qemu-system-x86_64";
 
-/// Whether QEMU is there; without it the tests skip, except under CI=true where that is a failure.
+/// Whether QEMU and a usable /dev/kvm are there; without them the tests skip, except under
+/// CI=true where that is a failure. The tests never fall back to TCG: emulated, the guest runs
+/// at a fraction of its speed and the rate checks would mean nothing.
 pub fn qemu_available() -> bool {
     let found = Command::new(QEMU)
         .arg("--version")
@@ -22,14 +24,28 @@ pub fn qemu_available() -> bool {
         .status()
         .map(|s| s.success())
         .unwrap_or(false);
+    let kvm = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm");
+    let ci = std::env::var("CI").as_deref() == Ok("true");
     if !found {
         assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
+            !ci,
             "{QEMU} is not installed but CI=true: install qemu-system-x86"
         );
         eprintln!("skipping: {QEMU} not found");
+        return false;
     }
-    found
+    if let Err(e) = kvm {
+        assert!(
+            !ci,
+            "/dev/kvm is not usable ({e}) but CI=true: these tests run QEMU with -accel kvm only"
+        );
+        eprintln!("skipping: /dev/kvm is not usable ({e}); QEMU runs with -accel kvm only");
+        return false;
+    }
+    true
 }
 
 /// Boots run one at a time: the machine has two cores and timing checks need them.
@@ -38,17 +54,12 @@ pub fn serial_lock() -> MutexGuard<'static, ()> {
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Accelerator that worked for the first boot ("kvm", else "tcg").
-static ACCEL: OnceLock<&'static str> = OnceLock::new();
-
 /// A running QEMU with its side channels; killed on drop.
 pub struct Qemu {
     child: Child,
     dir: PathBuf,
     qmp: Option<BufReader<UnixStream>>,
     gdb: Option<UnixStream>,
-    /// Accelerator in use.
-    pub accel: &'static str,
 }
 
 fn temp_dir(tag: &str) -> PathBuf {
@@ -61,41 +72,32 @@ fn temp_dir(tag: &str) -> PathBuf {
 }
 
 impl Qemu {
-    /// Boots `image` with `mem_mib` MiB of RAM: KVM if it works, else TCG (or `FERRY_GUEST_ACCEL`).
+    /// Boots `image` with `mem_mib` MiB of RAM under `-accel kvm` (never TCG). A QEMU that exits
+    /// before the guest printed anything (KVM unusable, a bad flag) fails the test with its stderr.
     pub fn boot(tag: &str, image: &[u8], mem_mib: u64) -> Qemu {
-        let forced = std::env::var("FERRY_GUEST_ACCEL").ok();
-        let forced = match forced.as_deref() {
-            Some("kvm") => Some("kvm"),
-            Some("tcg") => Some("tcg"),
-            _ => None,
-        };
-        if let Some(accel) = forced.or_else(|| ACCEL.get().copied()) {
-            return Qemu::spawn(tag, image, mem_mib, accel);
-        }
-        let mut kvm = Qemu::spawn(tag, image, mem_mib, "kvm");
-        // A QEMU that cannot use KVM exits at once; one that prints anything is running the guest.
+        let mut q = Qemu::spawn(tag, image, mem_mib);
         let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(20) && kvm.serial().is_empty() {
-            if let Ok(Some(_)) = kvm.child.try_wait() {
-                eprintln!(
-                    "KVM boot failed ({}); falling back to TCG",
-                    kvm.stderr().trim()
+        while start.elapsed() < Duration::from_millis(500) {
+            if let Ok(Some(status)) = q.child.try_wait() {
+                assert!(
+                    !q.serial().is_empty(),
+                    "{QEMU} -accel kvm exited at start ({status}) before the guest printed \
+                     anything; KVM must be usable for these tests. stderr: {}",
+                    q.stderr().trim()
                 );
-                let _ = ACCEL.set("tcg");
-                return Qemu::spawn(tag, image, mem_mib, "tcg");
+                break;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        let _ = ACCEL.set("kvm");
-        kvm
+        q
     }
 
-    fn spawn(tag: &str, image: &[u8], mem_mib: u64, accel: &'static str) -> Qemu {
+    fn spawn(tag: &str, image: &[u8], mem_mib: u64) -> Qemu {
         let dir = temp_dir(tag);
         let img = dir.join("guest.bin");
         std::fs::write(&img, image).expect("write image");
         let child = Command::new(QEMU)
-            .args(["-accel", accel, "-m", &mem_mib.to_string(), "-kernel"])
+            .args(["-accel", "kvm", "-m", &mem_mib.to_string(), "-kernel"])
             .arg(&img)
             .args(["-display", "none", "-no-reboot", "-nodefaults"])
             .args(["-device", "isa-debug-exit,iobase=0x501"])
@@ -121,7 +123,6 @@ impl Qemu {
             dir,
             qmp: None,
             gdb: None,
-            accel,
         }
     }
 

@@ -1,5 +1,10 @@
 //! Host-side timing of the guest's heartbeat bytes (guest ABI: a byte with the top bit set,
-//! carrying a 7-bit sequence number, every heartbeat interval).
+//! carrying a 7-bit sequence number). A guest sends one either every heartbeat interval
+//! (`time:US`) or after every N pages written (`pages:N`, a progress byte); the host times both
+//! the same way, and a gap between two of them is time in which the guest showed no sign of life
+//! (time) or made no progress (pages). Plain-text progress (`dots:N`, or any other guest's
+//! console output) is text, not timed here. Nothing a guest writes can make these functions panic:
+//! an empty log, one entry, bytes with any sequence, all give an answer or `None`.
 
 use std::collections::VecDeque;
 
@@ -58,7 +63,7 @@ impl HeartbeatLog {
             }
         }
         self.last = HeartbeatSnapshot {
-            count: self.last.count + 1,
+            count: self.last.count.saturating_add(1),
             last_seq: seq,
             last_ns: now_ns,
         };
@@ -82,7 +87,7 @@ impl HeartbeatLog {
             .iter()
             .skip(from)
             .zip(self.times.iter().skip(from + 1))
-            .map(|(a, b)| b - a)
+            .map(|(a, b)| b.saturating_sub(*a))
             .max()
     }
 
@@ -92,7 +97,7 @@ impl HeartbeatLog {
             .times
             .iter()
             .zip(self.times.iter().skip(1))
-            .map(|(a, b)| b - a)
+            .map(|(a, b)| b.saturating_sub(*a))
             .collect();
         if gaps.is_empty() {
             return None;
@@ -130,6 +135,48 @@ mod tests {
         log.record(0x80, 5_000);
         assert_eq!(log.max_gap_since(0), None);
         assert_eq!(log.max_gap_since(10_000), None);
+    }
+
+    #[test]
+    fn any_byte_sequence_is_recorded_without_panic() {
+        // Garbage: every top-bit value, sequence jumps, repeated and even backwards timestamps.
+        let mut log = HeartbeatLog::continuing(HeartbeatSnapshot {
+            count: u64::MAX - 3,
+            last_seq: 200,
+            last_ns: u64::MAX,
+        });
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        for i in 0..(KEEP as u64 + 500) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let t = if i % 97 == 0 { 0 } else { i * 10 + (x & 7) };
+            log.record(0x80 | (x as u8), t);
+        }
+        assert!(log.seq_breaks > 0);
+        assert!(log.max_gap_since(0).is_some());
+        let _ = log.max_gap_since(u64::MAX);
+        assert!(log.median_gap().is_some());
+        assert_eq!(
+            log.arrival_gap_ns,
+            Some(0),
+            "a clock behind the source's saturates"
+        );
+        assert_eq!(log.times.len(), KEEP);
+    }
+
+    #[test]
+    fn progress_bytes_are_timed_like_heartbeats() {
+        // pages:N guests send the same bytes as time:US ones; a slow stretch of writes is a gap.
+        let mut log = HeartbeatLog::default();
+        let mut t = 0;
+        for i in 0..20u64 {
+            t += if i == 10 { 28_000_000 } else { 1_100_000 };
+            log.record(0x80 | i as u8, t);
+        }
+        assert_eq!(log.max_gap_since(0), Some(28_000_000));
+        assert_eq!(log.median_gap(), Some(1_100_000));
+        assert_eq!(log.seq_breaks, 0);
     }
 
     #[test]

@@ -168,6 +168,62 @@ impl SerialDevice {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::devices::HeartbeatSnapshot;
+
+    /// A console that keeps everything, fed `bytes` through the 16550 one register write at a time.
+    fn fed(bytes: impl IntoIterator<Item = u8>) -> SerialDevice {
+        let mut dev = SerialDevice::new(Console::new(
+            Some(Box::new(std::io::sink())),
+            true,
+            HeartbeatLog::default(),
+        ));
+        for b in bytes {
+            dev.write(0, b);
+        }
+        dev
+    }
+
+    #[test]
+    fn a_guest_that_prints_only_text_has_no_heartbeats() {
+        // `dots:N` progress, or any outside guest's console: text, never timed as heartbeats.
+        let dev = fed(b"booting\n".iter().copied().chain([b'.'; 5000]));
+        let log = dev.console().heartbeats.lock().unwrap();
+        assert_eq!(log.snapshot(), HeartbeatSnapshot::default());
+        assert_eq!(log.max_gap_since(0), None);
+        assert_eq!(log.median_gap(), None);
+        assert_eq!(dev.console().text.lock().unwrap().len(), 8 + 5000);
+    }
+
+    #[test]
+    fn a_guest_that_prints_nothing_has_an_empty_log() {
+        let dev = fed([]);
+        let log = dev.console().heartbeats.lock().unwrap();
+        assert_eq!(log.snapshot().count, 0);
+        assert_eq!(log.max_gap_since(u64::MAX), None);
+        assert_eq!(log.arrival_gap_ns, None);
+        assert!(dev.console().text.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn garbage_on_com1_is_recorded_without_panic() {
+        let mut x = 1u32;
+        let garbage = (0..3_000_000).map(|_| {
+            x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (x >> 24) as u8
+        });
+        let mut dev = fed(garbage);
+        // Register writes at every offset, reads too: the model takes them all.
+        for off in 0..8 {
+            dev.write(off, 0xFF);
+            let _ = dev.read(off);
+        }
+        let log = dev.console().heartbeats.lock().unwrap();
+        assert!(log.snapshot().count > 1_000_000);
+        assert!(log.seq_breaks > 0);
+        let _ = (log.max_gap_since(0), log.median_gap());
+        // Text is kept up to 1 MiB, the rest dropped.
+        assert_eq!(dev.console().text.lock().unwrap().len(), 1 << 20);
+    }
 
     #[test]
     fn splits_text_from_heartbeats_and_round_trips_state() {

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use ferry_guest::{Entropy, GuestConfig, Pattern, Rate, WriteSize};
+use ferry_guest::{Entropy, GuestConfig, Heartbeat, Pattern, Rate, WriteSize};
 
 use crate::size::{human, parse_size};
 
@@ -25,7 +25,8 @@ pub struct BuildArgs {
     /// Working set: how much memory the workload writes over.
     #[arg(long = "ws", default_value = "256M", value_parser = parse_size)]
     pub working_set: u64,
-    /// Write pattern: sequential, random, or hotcold (90% of writes to 10% of pages).
+    /// Write pattern: sequential, random, hotcold (90% of writes to 10% of pages) or mixed (runs of
+    /// 64 pages, alternating: sequential from a random page, then random pages).
     #[arg(long, default_value = "random")]
     pub pattern: Pattern,
     /// Data written: zero, text (compresses ~2x), random (incompressible) or mixed (per page: about
@@ -41,9 +42,13 @@ pub struct BuildArgs {
     /// Write every working-set page once at boot (e.g. to fill RAM with random data).
     #[arg(long)]
     pub fill: bool,
-    /// Heartbeat period on COM1, in microseconds.
-    #[arg(long, default_value_t = 1000)]
-    pub heartbeat_us: u32,
+    /// What the guest writes to COM1: `pages:N` (a byte 0x80|seq after every N pages written: a
+    /// gap means the guest made no progress, whatever the cause; an idle guest ticks every 1 ms
+    /// after its fill), `time:US` (a byte 0x80|seq every US microseconds: keeps ticking while the
+    /// writes crawl), `dots:N` (an ASCII '.' every N pages, console text, as a guest from outside
+    /// the project would print) or `none` (nothing, not even the banner).
+    #[arg(long, default_value = "pages:1024")]
+    pub heartbeat: Heartbeat,
     /// Seed of the guest's pseudo-random choices.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -63,7 +68,7 @@ impl BuildArgs {
             write_size: self.write_size,
             rate: self.rate,
             fill: self.fill,
-            heartbeat_us: self.heartbeat_us,
+            heartbeat: self.heartbeat,
             tsc_hz: 0,
             seed: self.seed,
         }
@@ -79,14 +84,15 @@ pub fn run(cmd: GuestCommand) -> anyhow::Result<ExitCode> {
             std::fs::write(&a.output, &image)
                 .with_context(|| format!("cannot write {}", a.output.display()))?;
             println!(
-                "wrote {} ({} bytes): memory {}, working set {}, {} {} writes, rate {}",
+                "wrote {} ({} bytes): memory {}, working set {}, {} {} writes, rate {}, heartbeat {}",
                 a.output.display(),
                 image.len(),
                 human(a.memory),
                 human(a.working_set),
                 a.pattern,
                 a.entropy,
-                a.rate
+                a.rate,
+                a.heartbeat
             );
             Ok(ExitCode::SUCCESS)
         }
