@@ -11,8 +11,8 @@ use serde_json::Value;
 
 use crate::procs::Proc;
 use crate::scenario::FerrySettings;
-use crate::tap::{guest_gap, SerialTap};
-use crate::{BenchError, Outcome, RunCtx, RunResult, Side};
+use crate::tap::SerialTap;
+use crate::{BenchError, GuestCheck, Outcome, RunCtx, RunResult, Side};
 
 /// Sends one request line to a ferry control socket; the final reply line.
 fn control(socket: &Path, req: &str) -> Result<Value, BenchError> {
@@ -85,7 +85,9 @@ pub fn run(ctx: &RunCtx, s: &FerrySettings) -> Result<RunResult, BenchError> {
         src.check_alive()?;
         if let Ok(v) = control(&src_sock, r#"{"op":"status"}"#) {
             let g = &v["guest"];
-            if g["state"].as_u64() == Some(1) && g["heartbeats"].as_u64().unwrap_or(0) > 0 {
+            let beats = g["heartbeats"].as_u64().unwrap_or(0) > 0
+                || ctx.guest.heartbeat == ferry_guest::Heartbeat::None;
+            if g["state"].as_u64() == Some(1) && beats {
                 break;
             }
         }
@@ -109,8 +111,8 @@ pub fn run(ctx: &RunCtx, s: &FerrySettings) -> Result<RunResult, BenchError> {
         Duration::from_secs(30),
     );
 
-    crate::warm_host_memory(ctx.guest.memory);
-    let (src_cpu0, dst_cpu0) = (src.cpu_ms(), dst.cpu_ms());
+    ctx.before_migration();
+    let (src_cpu0, dst_cpu0, load0) = (src.cpu_ms(), dst.cpu_ms(), ctx.load_cpu_ms());
     let t0 = Instant::now();
     let mut cmd = ctx.command(Side::Source, ctx.ferry);
     cmd.args(["migrate", "--json", "--vm"])
@@ -144,7 +146,7 @@ pub fn run(ctx: &RunCtx, s: &FerrySettings) -> Result<RunResult, BenchError> {
         std::thread::sleep(Duration::from_millis(2));
     };
     let t1 = Instant::now();
-    let dst_cpu1 = dst.cpu_ms();
+    let (dst_cpu1, load1) = (dst.cpu_ms(), ctx.load_cpu_ms());
     let text = reader.join().unwrap_or_default();
 
     let mut r = RunResult::new(Outcome::Completed);
@@ -161,6 +163,9 @@ pub fn run(ctx: &RunCtx, s: &FerrySettings) -> Result<RunResult, BenchError> {
             if rep["digest_match"].as_bool() == Some(false) || !st.success() {
                 r.outcome = Outcome::Failed(format!("RAM digest differs ({st})"));
             }
+            r.engine_report = rep.clone();
+            r.strategy_used = rep["strategy_used"].as_str().map(str::to_string);
+            r.engine_dirty_pages_per_s = live_dirty_rate(rep);
             r.total_ms = rep["total_ms"].as_f64();
             r.engine_downtime_ms = rep["downtime_ms"].as_f64();
             r.wire_bytes = rep["bytes_sent"].as_u64();
@@ -184,21 +189,55 @@ pub fn run(ctx: &RunCtx, s: &FerrySettings) -> Result<RunResult, BenchError> {
         r.source_cpu_ms = src.cpu_ms().zip(src_cpu0).map(|(a, b)| a - b);
     }
     r.destination_cpu_ms = dst_cpu1.zip(dst_cpu0).map(|(a, b)| a - b);
+    r.hogs_cpu_cores = load1
+        .zip(load0)
+        .map(|(a, b)| (a - b) / 1e3 / (t1 - t0).as_secs_f64().max(1e-9));
 
+    let completed = matches!(r.outcome, Outcome::Completed);
     let end = dst_tap
-        .wait_heartbeat_after(t1, Duration::from_secs(5))
+        .wait_beat_after(ctx.guest.heartbeat, t1, Duration::from_secs(5))
         .unwrap_or_else(Instant::now);
+    // The guest checks every page it wrote, where it runs now.
+    let on = if completed { &dst_sock } else { &src_sock };
+    match control(on, r#"{"op":"verify"}"#) {
+        Ok(v) if v["ok"] == true => {
+            let f = |k: &str| v["verify"][k].as_u64().unwrap_or(0);
+            r.guest_check = Some(GuestCheck {
+                pages: f("pages"),
+                written: None,
+                errors: f("errors"),
+                loop_errors: f("loop_errors"),
+                on_destination: completed,
+            });
+        }
+        Ok(v) => r.notes.push(format!("guest check failed: {}", v["error"])),
+        Err(e) => r.notes.push(format!("guest check failed: {e}")),
+    }
     let _ = control(&dst_sock, r#"{"op":"stop"}"#);
     dst.wait_exited(Duration::from_secs(5));
     dst.kill();
     src.kill();
     let (sb, db) = (src_tap.finish(), dst_tap.finish());
-    if let Some(g) = guest_gap(&sb, &db, t0, end) {
-        r.guest_gap_ms = Some(g.max_gap.as_secs_f64() * 1e3);
-        r.sequence_continues = Some(g.sequence_continues);
-        r.notes.push(g.note());
-    }
+    crate::analyse(&mut r, ctx, (&sb, &db), (t0, t1, end));
     Ok(r)
+}
+
+/// The guest's dirty rate over the live rounds after the bulk copy (pages dirtied / their time),
+/// pages/s, from `ferry migrate --json`; the bulk round's too when it is the only one.
+fn live_dirty_rate(report: &Value) -> Option<f64> {
+    let rounds = report["rounds"].as_array()?;
+    let live = if rounds.len() > 1 {
+        &rounds[1..]
+    } else {
+        &rounds[..]
+    };
+    let (dirtied, secs) = live.iter().fold((0.0, 0.0), |(d, s), r| {
+        (
+            d + r["dirtied"].as_f64().unwrap_or(0.0),
+            s + r["seconds"].as_f64().unwrap_or(0.0),
+        )
+    });
+    (secs > 0.0).then(|| dirtied / secs)
 }
 
 /// Throughput of the first pre-copy round (the bulk copy), Mbit/s, from `ferry migrate --json`.
@@ -218,5 +257,18 @@ mod tests {
         assert_eq!(super::round0_mbit(&rep), Some(1000.0));
         assert_eq!(super::round0_mbit(&json!({"rounds": []})), None);
         assert_eq!(super::round0_mbit(&json!({})), None);
+    }
+
+    #[test]
+    fn dirty_rate_over_the_live_rounds() {
+        let rep = json!({"rounds": [
+            {"dirtied": 1000, "seconds": 1.0},
+            {"dirtied": 300, "seconds": 0.1},
+            {"dirtied": 100, "seconds": 0.1}
+        ]});
+        assert_eq!(super::live_dirty_rate(&rep), Some(2000.0));
+        let one = json!({"rounds": [{"dirtied": 50, "seconds": 0.5}]});
+        assert_eq!(super::live_dirty_rate(&one), Some(100.0));
+        assert_eq!(super::live_dirty_rate(&json!({"rounds": []})), None);
     }
 }

@@ -1,44 +1,56 @@
-//! Ferry vs QEMU (issue 7): the same guest, the same scenario, migrated by ferry and by QEMU on the
-//! same machine, measured the same way, reported as ratios ferry/QEMU.
+//! Ferry vs QEMU (issues 7 and 12): the same guest, the same scenario, migrated by ferry and by
+//! QEMU on the same machine, measured the same way from outside, reported side by side.
 //!
 //! For every run both engines get the same guest image (from `ferry-guest`), one vCPU, a destination
-//! that is not pre-faulted, host memory warmed the same way just before the migration
-//! ([`warm_host_memory`]), and loopback TCP, or for a scenario that asks for it a shaped link of the
-//! network lab ([`netlab`]: source and destination in two network namespaces, the migration stream
-//! through a delay proxy and a `tc tbf` veth). Measured for each:
+//! that is not pre-faulted, a cold host (no warm-up of host memory unless asked for:
+//! [`SuiteConfig::warm_host`]), and loopback TCP, or for a scenario that asks for it a shaped link of
+//! the network lab ([`netlab`]: source and destination in two network namespaces, the migration
+//! stream through a delay proxy and a `tc tbf` veth). A busy-host scenario keeps every core busy
+//! with plain busy loops ([`load`]) for the whole run. Measured for each:
 //! - total migration time and downtime as the engine reports them (ferry: `total_ms`, `downtime_ms`
 //!   of `ferry migrate --json`; QEMU: `query-migrate` `total-time`, `downtime`);
-//! - guest-observed downtime: the largest gap between the guest's 1 ms COM1 heartbeats, source and
-//!   destination merged. Both engines write COM1 into a FIFO that a harness thread reads and
-//!   timestamps with the monotonic clock ([`tap`]), so the method is the same for both;
+//! - the guest's progress: its progress bytes (one per N pages written, `--heartbeat pages:N`) of
+//!   source and destination merged; the largest gap between two of them over the migration (a pause
+//!   or a slowdown, whatever its cause), the gap across the switch-over, and how fast the guest wrote
+//!   its first pass over fresh RAM. Both engines write COM1 into a FIFO that a harness thread reads
+//!   and timestamps with the monotonic clock ([`tap`]), so the method is the same for both;
 //! - bytes on the wire (ferry: `bytes_sent`; QEMU: `ram.transferred`);
 //! - CPU time (utime + stime from /proc/PID/stat) of the source and destination processes over the
-//!   migration, guest vCPU included (the guest runs on both engines alike).
+//!   migration, guest vCPU included (the guest runs on both engines alike), and the share of the
+//!   machine's CPUs that makes;
+//! - the guest's own check of every page it wrote, on the host where it runs after the migration.
 //!
 //! A pre-copy that does not converge within the timeout is cancelled and reported as such: that is a
 //! result, not an error.
 
 #![warn(missing_docs)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+pub mod cli;
 pub mod ferry;
+mod gdb;
+pub mod load;
 pub mod netlab;
 pub mod plot;
 pub mod procs;
 pub mod qemu;
+pub mod record;
 pub mod report;
 pub mod scenario;
+pub mod suite;
 pub mod tap;
 
+pub use cli::{run_cli, BenchQemuArgs};
 pub use netlab::LabNetwork;
 pub use report::{markdown_section, render_table};
-pub use scenario::{Engine, LabSpec, Method, Scenario, Variant};
+pub use scenario::{Engine, HostLoad, LabSpec, Method, Scenario, Variant};
+pub use suite::{check_prerequisites, run_suite, run_variant, warm_host_memory, SuiteConfig};
+use suite::{warm_pages, warm_rate};
 
 /// Errors of the harness (a migration that fails or does not converge is a result, not an error).
 #[derive(Debug, thiserror::Error)]
@@ -99,6 +111,29 @@ impl Outcome {
     }
 }
 
+/// The guest's own check of its pages, after the migration, where it runs then.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct GuestCheck {
+    /// Working-set pages the sweep went over.
+    pub pages: u64,
+    /// Of those, pages written at least once (the ones it can check); None where the host does not
+    /// report it (ferry's control socket).
+    pub written: Option<u64>,
+    /// Pages whose content did not match the guest's own records.
+    pub errors: u64,
+    /// Mismatches the write loop itself found over the guest's whole life.
+    pub loop_errors: u64,
+    /// Checked on the destination (else on the source: the migration did not complete).
+    pub on_destination: bool,
+}
+
+impl GuestCheck {
+    /// Whether every page the guest wrote is as it wrote it.
+    pub fn ok(&self) -> bool {
+        self.errors == 0 && self.loop_errors == 0 && self.pages > 0
+    }
+}
+
 /// The measurements of one run.
 #[derive(Clone, Debug, Serialize)]
 pub struct RunResult {
@@ -108,18 +143,53 @@ pub struct RunResult {
     pub total_ms: Option<f64>,
     /// Downtime as the engine reports it, ms.
     pub engine_downtime_ms: Option<f64>,
-    /// Largest heartbeat gap seen by the harness over the migration, ms.
+    /// Largest gap between the guest's progress bytes over the migration (source and destination
+    /// merged, from the last byte before it started to the first one on the host where the guest
+    /// runs after it), ms.
     pub guest_gap_ms: Option<f64>,
-    /// Whether the heartbeat sequence continued without a lost beat.
+    /// Where that gap was: "on the source", "at the switch-over", "on the destination".
+    pub guest_gap_where: Option<String>,
+    /// Gap from the source's last progress byte to the destination's first, ms.
+    pub switch_over_gap_ms: Option<f64>,
+    /// From the first progress byte counted (the last one before the migration) to the last, ms:
+    /// the largest gap cannot exceed it.
+    pub progress_span_ms: Option<f64>,
+    /// Progress bytes counted.
+    pub progress_bytes: Option<usize>,
+    /// Whether the progress bytes' sequence continued without a lost one (None: dots, no sequence).
     pub sequence_continues: Option<bool>,
     /// Bytes on the wire (engine's counter).
     pub wire_bytes: Option<u64>,
+    /// The harness's own clock from the migrate command to the end being seen, ms.
+    pub window_ms: Option<f64>,
     /// CPU time of the source process during the migration, ms.
     pub source_cpu_ms: Option<f64>,
     /// CPU time of the destination process during the migration, ms.
     pub destination_cpu_ms: Option<f64>,
-    /// Page writes per second the guest did during the warm-up (before the migration).
+    /// CPU the two VM hosts got over the migration, in cores (CPU time over the window).
+    pub cpu_cores: Option<f64>,
+    /// CPU the busy loops of a busy-host scenario got over the migration, in cores.
+    pub hogs_cpu_cores: Option<f64>,
+    /// Page writes per second the guest did during the warm-up (before the migration), from its
+    /// mailbox.
     pub guest_writes_per_s: Option<f64>,
+    /// How fast the guest wrote its first pass over fresh RAM (its first working set's worth of
+    /// page writes, from its progress bytes), MB/s (10^6 bytes).
+    pub first_pass_mb_s: Option<f64>,
+    /// How fast it wrote in the second before the migration, MB/s.
+    pub before_mb_s: Option<f64>,
+    /// The guest's own check after the migration.
+    pub guest_check: Option<GuestCheck>,
+    /// Whether host memory was warmed just before the migration (default: cold).
+    pub host_memory_warmed: bool,
+    /// Strategy the engine ended up using (ferry's `strategy_used`).
+    pub strategy_used: Option<String>,
+    /// The guest's dirty rate as the engine measured it, pages/s (QEMU: `dirty-pages-rate`; ferry:
+    /// pages dirtied over the live rounds / their time).
+    pub engine_dirty_pages_per_s: Option<f64>,
+    /// The engine's own report, unchanged (ferry: `ferry migrate --json`; QEMU: the last
+    /// `query-migrate`), for whoever needs a field the harness does not pick out.
+    pub engine_report: serde_json::Value,
     /// Engine-specific remarks (rounds, throttle, ...).
     pub notes: Vec<String>,
 }
@@ -132,11 +202,25 @@ impl RunResult {
             total_ms: None,
             engine_downtime_ms: None,
             guest_gap_ms: None,
+            guest_gap_where: None,
+            switch_over_gap_ms: None,
+            progress_span_ms: None,
+            progress_bytes: None,
             sequence_continues: None,
             wire_bytes: None,
+            window_ms: None,
             source_cpu_ms: None,
             destination_cpu_ms: None,
+            cpu_cores: None,
+            hogs_cpu_cores: None,
             guest_writes_per_s: None,
+            first_pass_mb_s: None,
+            before_mb_s: None,
+            guest_check: None,
+            host_memory_warmed: false,
+            strategy_used: None,
+            engine_dirty_pages_per_s: None,
+            engine_report: serde_json::Value::Null,
             notes: vec![],
         }
     }
@@ -151,11 +235,15 @@ pub struct VariantResult {
     pub engine: Engine,
     /// Its settings, described.
     pub settings: String,
+    /// The variant's settings as data.
+    pub method: Method,
+    /// Index of the ferry variant this row is compared with (QEMU rows).
+    pub compare_with: Option<usize>,
     /// One per repetition.
     pub runs: Vec<RunResult>,
 }
 
-/// All variants of one scenario.
+/// All variants of one scenario with one writer.
 #[derive(Clone, Debug, Serialize)]
 pub struct ScenarioResult {
     /// Scenario id.
@@ -164,6 +252,12 @@ pub struct ScenarioResult {
     pub title: String,
     /// The guest, described.
     pub guest: String,
+    /// The guest as data.
+    pub guest_spec: scenario::GuestSpec,
+    /// The writer: "sequential", "random", "mixed" or "idle".
+    pub writer: String,
+    /// What else ran on the host.
+    pub load: HostLoad,
     /// Why it was not run.
     pub skipped: Option<String>,
     /// The network between the two sides, described (None: loopback).
@@ -242,47 +336,6 @@ pub fn prefixed_command(prefix: &[String], program: impl AsRef<std::ffi::OsStr>)
     }
 }
 
-/// What to run.
-#[derive(Clone)]
-pub struct SuiteConfig {
-    /// The `ferry` binary.
-    pub ferry: PathBuf,
-    /// Scenarios, in order.
-    pub scenarios: Vec<Scenario>,
-    /// Runs per variant.
-    pub repeat: u32,
-    /// A pre-copy still running after this long is cancelled ("did not converge").
-    pub timeout: Duration,
-    /// Limit for a guest to boot (and fill its RAM).
-    pub boot_timeout: Duration,
-    /// Working directory (images, FIFOs, logs); created if missing.
-    pub work_dir: PathBuf,
-    /// Network between the two sides for every scenario (None: loopback, except that a scenario
-    /// with a [`LabSpec`] gets a network lab of its own, named `lab_name`, for its runs).
-    pub network: Option<Arc<dyn Network>>,
-    /// Name (namespace prefix) of the network lab brought up for scenarios that need one.
-    pub lab_name: String,
-    /// Print progress to stderr.
-    pub progress: bool,
-}
-
-impl SuiteConfig {
-    /// All scenarios, 3 repeats, 30 s timeout, work directory under $TMPDIR.
-    pub fn new(ferry: PathBuf) -> SuiteConfig {
-        SuiteConfig {
-            ferry,
-            scenarios: scenario::all(),
-            repeat: 3,
-            timeout: Duration::from_secs(30),
-            boot_timeout: Duration::from_secs(120),
-            work_dir: std::env::temp_dir().join(format!("ferry-bench-{}", std::process::id())),
-            network: None,
-            lab_name: netlab::LAB_NAME.into(),
-            progress: true,
-        }
-    }
-}
-
 /// Everything one run needs.
 pub struct RunCtx<'a> {
     /// The ferry binary.
@@ -297,13 +350,29 @@ pub struct RunCtx<'a> {
     pub timeout: Duration,
     /// Boot timeout.
     pub boot_timeout: Duration,
-    /// Warm-up before migrating.
+    /// Warm-up before migrating (the guest's: it runs at least this long, and until it has written
+    /// its working set over three times).
     pub warmup: Duration,
+    /// Warm host memory just before the migration ([`warm_host_memory`]); off by default.
+    pub warm_host: bool,
+    /// Busy loops running on the host (busy-host scenario).
+    pub load: Option<&'a load::Hogs>,
     /// Network hook.
     pub network: Option<&'a dyn Network>,
 }
 
 impl RunCtx<'_> {
+    /// Warms host memory if asked to ([`RunCtx::warm_host`]); call just before the migration.
+    fn before_migration(&self) {
+        if self.warm_host {
+            warm_host_memory(self.guest.memory);
+        }
+    }
+
+    /// CPU time of the busy loops so far, ms (None without any).
+    fn load_cpu_ms(&self) -> Option<f64> {
+        self.load.and_then(load::Hogs::cpu_ms)
+    }
     /// A command running `program` on `side` (inside its namespace on the network lab).
     fn command(&self, side: Side, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let prefix = self.network.map(|n| n.prefix(side)).unwrap_or_default();
@@ -325,317 +394,42 @@ impl RunCtx<'_> {
     }
 }
 
-/// Waits until the guest has written its working set over, then returns its write rate.
-///
-/// A freshly booted guest first touches its working set, and on nested KVM every first touch of a
-/// 4 KiB page is an expensive fault: an engine whose RAM has 2 MiB pages (QEMU's anonymous memory
-/// with THP) gets through that phase far sooner than one with 4 KiB pages (ferry's memfd). Migrating
-/// during it would compare a crawling guest with a running one. So both engines wait, at least
-/// `min` and at most `max`, until the guest has made three writes per working-set page (random
-/// writes then cover about 95% of it), and the rate is measured over the next 500 ms.
-fn warm_rate(
-    mut read: impl FnMut() -> Option<(Instant, u64)>,
-    ws_pages: u64,
-    min: Duration,
-    max: Duration,
-) -> Option<f64> {
-    let start = Instant::now();
-    std::thread::sleep(min);
-    let first = read().map_or(0, |(_, i)| i);
-    while read().is_some_and(|(_, i)| i < first + 3 * ws_pages) && start.elapsed() < max {
-        std::thread::sleep(Duration::from_millis(100));
+/// Fills in what the progress bytes say about a run: the gaps over the migration window `t0..end`
+/// (source `src`, destination `dst`), the guest's first pass, its speed before `t0`, and the CPU
+/// share the VM hosts got over `t0..t1`.
+pub(crate) fn analyse(
+    r: &mut RunResult,
+    ctx: &RunCtx,
+    (src, dst): (&[tap::Stamped], &[tap::Stamped]),
+    (t0, t1, end): (Instant, Instant, Instant),
+) {
+    let beat = ctx.guest.heartbeat;
+    if let Some(g) = tap::guest_gap(beat, src, dst, t0, end) {
+        r.guest_gap_ms = Some(ms(g.max_gap));
+        r.guest_gap_where = Some(g.largest_between.describe().into());
+        r.switch_over_gap_ms = g.switch_over_gap.map(ms);
+        r.progress_span_ms = Some(ms(g.span));
+        r.progress_bytes = Some(g.heartbeats);
+        r.sequence_continues = g.sequence_continues;
+        r.notes.push(g.note());
     }
-    let a = read();
-    std::thread::sleep(Duration::from_millis(500));
-    rate(a, read())
-}
-
-/// Warms `bytes` of host memory just before a migration starts, the same for both engines: touches
-/// that much fresh anonymous memory and frees it again.
-///
-/// These machines are nested VMs whose free memory is reported back to the outer host (virtio
-/// balloon free-page reporting): a page freed a few seconds ago costs an outer-host fault on its next
-/// first touch, one freed just now does not. A destination allocates its RAM during the migration,
-/// so without this step the engine that ran right after another one's big free got warm pages and
-/// the other cold ones (populating 1 GiB took 0.33 s warm, 1.8-2.7 s cold, measured here).
-pub fn warm_host_memory(bytes: u64) {
-    let Ok(len) = usize::try_from(bytes) else {
-        return;
-    };
-    if len == 0 {
-        return;
+    r.first_pass_mb_s = tap::first_pass(beat, src, ctx.guest.ws_pages()).map(|s| s.mb_per_s());
+    if ctx.guest.writes() {
+        r.before_mb_s =
+            tap::speed_before(beat, src, t0, Duration::from_secs(1)).map(|s| s.mb_per_s());
     }
-    // SAFETY: a fresh private anonymous mapping owned here; nothing else refers to it.
-    let p = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-            -1,
-            0,
-        )
-    };
-    if p == libc::MAP_FAILED {
-        return;
-    }
-    // SAFETY: `p..p+len` is the mapping made above; populating and unmapping it touch nothing else.
-    unsafe {
-        libc::madvise(p, len, libc::MADV_NOHUGEPAGE);
-        libc::madvise(p, len, libc::MADV_POPULATE_WRITE);
-        libc::munmap(p, len);
-    }
-}
-
-/// Working-set pages a guest must write over before measuring (0 for a guest that does not write).
-fn warm_pages(g: &scenario::GuestSpec) -> u64 {
-    if g.rate == Some(0) {
-        0
-    } else {
-        g.working_set / 4096
-    }
-}
-
-/// Page writes per second between two readings of the guest's `iterations` counter.
-fn rate(a: Option<(Instant, u64)>, b: Option<(Instant, u64)>) -> Option<f64> {
-    let ((ta, ia), (tb, ib)) = (a?, b?);
-    let dt = (tb - ta).as_secs_f64();
-    (dt > 0.0).then(|| ib.saturating_sub(ia) as f64 / dt)
-}
-
-/// Checks that QEMU, /dev/kvm and the ferry binary are there.
-pub fn check_prerequisites(ferry: &Path) -> Result<String, BenchError> {
-    let v = qemu::version()
-        .ok_or_else(|| BenchError::Setup(format!("{} is not installed", qemu::QEMU)))?;
-    std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .map_err(|e| BenchError::io("cannot open /dev/kvm", e))?;
-    if !ferry.is_file() {
-        return Err(BenchError::Setup(format!(
-            "ferry binary {} not found (build it: cargo build -p ferry)",
-            ferry.display()
-        )));
-    }
-    Ok(v)
-}
-
-/// Runs one variant once.
-pub fn run_variant(ctx: &RunCtx, v: &Variant) -> RunResult {
-    let r = match &v.method {
-        Method::Ferry(s) => ferry::run(ctx, s),
-        Method::Qemu(s) => qemu::run(ctx, s),
-        Method::NotApplicable(why) => Ok(RunResult::new(Outcome::NotApplicable(why.clone()))),
-    };
-    r.unwrap_or_else(|e| RunResult::new(Outcome::Failed(e.to_string())))
-}
-
-/// Runs the scenarios; a failed run is recorded in its result, only set-up problems are errors.
-pub fn run_suite(cfg: &SuiteConfig) -> Result<Vec<ScenarioResult>, BenchError> {
-    check_prerequisites(&cfg.ferry)?;
-    std::fs::create_dir_all(&cfg.work_dir)
-        .map_err(|e| BenchError::io(format!("cannot create {}", cfg.work_dir.display()), e))?;
-    let mut out = vec![];
-    for sc in &cfg.scenarios {
-        let mut res = ScenarioResult {
-            id: sc.id.clone(),
-            title: sc.title.clone(),
-            guest: sc.guest.describe(),
-            skipped: sc.skip.clone(),
-            network: None,
-            reference: sc.reference,
-            variants: sc
-                .variants
-                .iter()
-                .map(|v| VariantResult {
-                    label: v.label.clone(),
-                    engine: v.engine,
-                    settings: v.describe(),
-                    runs: vec![],
-                })
-                .collect(),
-        };
-        if sc.skip.is_some() {
-            out.push(res);
-            continue;
+    let window = t1.saturating_duration_since(t0);
+    r.window_ms = Some(ms(window));
+    let secs = window.as_secs_f64();
+    if secs > 0.0 {
+        if let (Some(a), Some(b)) = (r.source_cpu_ms, r.destination_cpu_ms) {
+            r.cpu_cores = Some((a + b) / 1e3 / secs);
         }
-        // A scenario that asks for the network lab gets one for its runs (unless the caller gave a
-        // network for all); dropping `lab` tears it down, also when a run fails or panics.
-        let lab = match (&cfg.network, &sc.lab) {
-            (None, Some(spec)) => {
-                if cfg.progress {
-                    eprintln!(
-                        "[{}] network lab `{}`: {}",
-                        sc.id,
-                        cfg.lab_name,
-                        spec.describe()
-                    );
-                }
-                Some(LabNetwork::up(&cfg.lab_name, spec)?)
-            }
-            _ => None,
-        };
-        let network: Option<&dyn Network> = match &lab {
-            Some(l) => Some(l),
-            None => cfg.network.as_deref(),
-        };
-        res.network = network.map(|n| n.name());
-        let dir = cfg.work_dir.join(format!("scenario-{}", sc.id));
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| BenchError::io(format!("cannot create {}", dir.display()), e))?;
-        let image = dir.join("guest.img");
-        let bytes = ferry_guest::build_image(&sc.guest.config())
-            .map_err(|e| BenchError::Setup(format!("cannot build the guest image: {e}")))?;
-        std::fs::write(&image, bytes)
-            .map_err(|e| BenchError::io(format!("cannot write {}", image.display()), e))?;
-        let ctx = RunCtx {
-            ferry: &cfg.ferry,
-            image: &image,
-            guest: &sc.guest,
-            dir: &dir,
-            timeout: cfg.timeout,
-            boot_timeout: cfg.boot_timeout,
-            warmup: Duration::from_secs_f64(sc.warmup_s),
-            network,
-        };
-        // Repetitions outermost: engines alternate, so slow drift of the machine hits both.
-        for rep in 0..cfg.repeat {
-            for (i, v) in sc.variants.iter().enumerate() {
-                let t = Instant::now();
-                let r = run_variant(&ctx, v);
-                if cfg.progress {
-                    eprintln!(
-                        "[{}] {} run {}/{}: {} (total {} ms, guest gap {} ms) in {:.1} s",
-                        sc.id,
-                        v.label,
-                        rep + 1,
-                        cfg.repeat,
-                        r.outcome.short(),
-                        r.total_ms.map_or("-".into(), |x| format!("{x:.0}")),
-                        r.guest_gap_ms.map_or("-".into(), |x| format!("{x:.1}")),
-                        t.elapsed().as_secs_f64()
-                    );
-                }
-                res.variants[i].runs.push(r);
-            }
-        }
-        let _ = std::fs::remove_file(&image);
-        if let Some(l) = lab {
-            l.down()?;
-        }
-        out.push(res);
     }
-    Ok(out)
+    r.host_memory_warmed = ctx.warm_host;
 }
 
-/// `ferry bench qemu`: the flags.
-#[derive(clap::Args, Clone, Debug)]
-pub struct BenchQemuArgs {
-    /// The ferry binary to benchmark (default: the running executable).
-    #[arg(long)]
-    pub ferry: Option<PathBuf>,
-    /// Scenarios to run (a, b, c, d, d-zero, e, f); default all.
-    #[arg(long = "scenario", value_delimiter = ',')]
-    pub scenarios: Vec<String>,
-    /// Runs per engine configuration (median and min-max are reported).
-    #[arg(long, default_value_t = 3)]
-    pub repeat: u32,
-    /// Only the variants whose label contains one of these (e.g. "ferry auto", "QEMU"); default all.
-    /// Ratios need a QEMU variant in the same scenario.
-    #[arg(long = "variant", value_delimiter = ',')]
-    pub variants: Vec<String>,
-    /// Smaller guests (RAM and working sets / 4), 10 s timeout: a quick look, not for the record.
-    #[arg(long)]
-    pub quick: bool,
-    /// Seconds a pre-copy may run before it is cancelled and reported as not converging.
-    #[arg(long)]
-    pub timeout: Option<u64>,
-    /// Also write the results as a Markdown section (with the command, QEMU version, date) here.
-    #[arg(long)]
-    pub markdown: Option<PathBuf>,
-    /// Also write SVG plots of time and downtime per scenario into this directory.
-    #[arg(long)]
-    pub plots: Option<PathBuf>,
-    /// Also write all raw results as JSON here.
-    #[arg(long)]
-    pub json: Option<PathBuf>,
-}
-
-impl BenchQemuArgs {
-    /// The suite these flags describe.
-    pub fn config(&self) -> Result<SuiteConfig, BenchError> {
-        let ferry = match &self.ferry {
-            Some(p) => p.clone(),
-            None => std::env::current_exe()
-                .map_err(|e| BenchError::io("cannot find the running executable", e))?,
-        };
-        let mut cfg = SuiteConfig::new(ferry);
-        if !self.scenarios.is_empty() {
-            let all = std::mem::take(&mut cfg.scenarios);
-            for id in &self.scenarios {
-                let sc = all.iter().find(|s| &s.id == id).ok_or_else(|| {
-                    let ids: Vec<&str> = all.iter().map(|s| s.id.as_str()).collect();
-                    BenchError::Setup(format!(
-                        "unknown scenario '{id}' (known: {})",
-                        ids.join(", ")
-                    ))
-                })?;
-                cfg.scenarios.push(sc.clone());
-            }
-        }
-        if !self.variants.is_empty() {
-            for sc in &mut cfg.scenarios {
-                sc.variants.retain(|v| {
-                    self.variants
-                        .iter()
-                        .any(|want| v.label.contains(want.as_str()))
-                });
-            }
-            cfg.scenarios.retain(|sc| !sc.variants.is_empty());
-            if cfg.scenarios.is_empty() {
-                return Err(BenchError::Setup(format!(
-                    "no variant of the chosen scenarios matches {:?}",
-                    self.variants
-                )));
-            }
-        }
-        if self.quick {
-            cfg.timeout = Duration::from_secs(10);
-            for sc in &mut cfg.scenarios {
-                sc.guest = sc.guest.scaled(4);
-                sc.warmup_s = sc.warmup_s.min(0.5);
-            }
-        }
-        if let Some(t) = self.timeout {
-            cfg.timeout = Duration::from_secs(t);
-        }
-        cfg.repeat = self.repeat.max(1);
-        Ok(cfg)
-    }
-}
-
-/// Runs `ferry bench qemu`: the suite, then the tables on stdout (and the optional files).
-pub fn run_cli(args: &BenchQemuArgs) -> Result<(), BenchError> {
-    let cfg = args.config()?;
-    let version = check_prerequisites(&cfg.ferry)?;
-    let results = run_suite(&cfg)?;
-    let _ = std::fs::remove_dir_all(&cfg.work_dir);
-    print!("{}", render_table(&results));
-    let command = std::env::args().collect::<Vec<_>>().join(" ");
-    if let Some(p) = &args.markdown {
-        let md = markdown_section(&results, &command, &version, &cfg);
-        std::fs::write(p, md)
-            .map_err(|e| BenchError::io(format!("cannot write {}", p.display()), e))?;
-    }
-    if let Some(p) = &args.json {
-        let j = serde_json::to_string_pretty(&results)
-            .map_err(|e| BenchError::Setup(format!("JSON: {e}")))?;
-        std::fs::write(p, j)
-            .map_err(|e| BenchError::io(format!("cannot write {}", p.display()), e))?;
-    }
-    if let Some(d) = &args.plots {
-        plot::write_plots(&results, d)?;
-    }
-    Ok(())
+/// A duration in milliseconds.
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
 }

@@ -1,4 +1,5 @@
-//! SVG plots (plotters): per scenario, median total time and guest-observed downtime per variant.
+//! SVG plots (plotters): per scenario and writer, median total time and largest gap in the guest's
+//! progress per variant.
 
 use std::path::Path;
 
@@ -67,7 +68,7 @@ pub fn write_plots(results: &[ScenarioResult], dir: &Path) -> Result<(), BenchEr
             ),
             (
                 "downtime",
-                "guest-observed downtime (largest heartbeat gap)",
+                "largest gap in the guest's progress",
                 "ms",
                 bars(|r| r.guest_gap_ms, 1.0),
             ),
@@ -76,9 +77,14 @@ pub fn write_plots(results: &[ScenarioResult], dir: &Path) -> Result<(), BenchEr
             if b.is_empty() {
                 continue;
             }
-            let path = dir.join(format!("{}-{name}.svg", sc.id));
-            draw(&path, &format!("({}) {what}", sc.id), unit, &b)
-                .map_err(|e| BenchError::Setup(format!("plot {}: {e}", path.display())))?;
+            let path = dir.join(format!("{}-{}-{name}.svg", sc.id, sc.writer));
+            draw(
+                &path,
+                &format!("({}, {}) {what}", sc.id, sc.writer),
+                unit,
+                &b,
+            )
+            .map_err(|e| BenchError::Setup(format!("plot {}: {e}", path.display())))?;
         }
     }
     Ok(())

@@ -21,6 +21,13 @@ pub fn cpu_ms(pid: u32) -> Option<f64> {
     Some((utime + stime) as f64 * TICK_MS)
 }
 
+/// Niceness of process `pid` (field 19 of /proc/PID/stat); None if it is gone.
+pub fn nice(pid: u32) -> Option<i64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(16)?.parse().ok()
+}
+
 /// Process state letter from /proc/PID/stat ('R', 'S', 'Z', ...).
 fn state(pid: u32) -> Option<char> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;

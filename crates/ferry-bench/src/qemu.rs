@@ -7,13 +7,16 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ferry_guest::mailbox::{Mailbox, MAILBOX_ADDR, MAILBOX_SIZE, STATE_RUNNING};
+use ferry_guest::mailbox::{
+    Mailbox, MAILBOX_ADDR, MAILBOX_SIZE, OFF_VERIFY_REQUEST, STATE_RUNNING,
+};
+use ferry_guest::Heartbeat;
 use serde_json::{json, Value};
 
 use crate::procs::{free_port, Proc};
 use crate::scenario::QemuSettings;
-use crate::tap::{guest_gap, SerialTap};
-use crate::{BenchError, Outcome, RunCtx, RunResult, Side};
+use crate::tap::SerialTap;
+use crate::{BenchError, GuestCheck, Outcome, RunCtx, RunResult, Side};
 
 /// The QEMU binary.
 pub const QEMU: &str = "qemu-system-x86_64";
@@ -103,6 +106,46 @@ impl Qmp {
         }
     }
 
+    /// Asks the guest for its verification sweep and waits for the answer: stops the VM, writes the
+    /// request through the GDB stub at `gdb`, lets it run, polls the mailbox (through `file`).
+    pub fn verify(
+        &mut self,
+        gdb: &Path,
+        file: &Path,
+        timeout: Duration,
+    ) -> Result<GuestCheck, BenchError> {
+        let before = self
+            .mailbox(file)?
+            .ok_or_else(|| BenchError::Setup("no guest mailbox to verify with".into()))?;
+        let request = before.verify_request.wrapping_add(1).max(1);
+        self.exec("stop", None)?;
+        let written = crate::gdb::write_mem(
+            gdb,
+            MAILBOX_ADDR + OFF_VERIFY_REQUEST,
+            &request.to_le_bytes(),
+        );
+        self.exec("cont", None)?;
+        written?;
+        let t = Instant::now();
+        loop {
+            if let Some(m) = self.mailbox(file)?.filter(|m| m.verify_done == request) {
+                return Ok(GuestCheck {
+                    pages: m.verify_pages,
+                    written: Some(m.verify_written),
+                    errors: m.verify_errors,
+                    loop_errors: m.errors,
+                    on_destination: false,
+                });
+            }
+            if t.elapsed() > timeout {
+                return Err(BenchError::Setup(format!(
+                    "the guest did not finish its verification sweep in {timeout:?}"
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// The guest's mailbox (via `pmemsave` into `file`), None until the guest has set it up.
     pub fn mailbox(&mut self, file: &Path) -> Result<Option<Mailbox>, BenchError> {
         self.exec(
@@ -112,6 +155,11 @@ impl Qmp {
         let page = std::fs::read(file).map_err(|e| BenchError::io("pmemsave output", e))?;
         Ok(Mailbox::parse(&page))
     }
+}
+
+/// The GDB stub socket of one side's QEMU.
+fn gdb_socket(ctx: &RunCtx, name: &str) -> std::path::PathBuf {
+    ctx.dir.join(format!("{name}.gdb"))
 }
 
 fn spawn(
@@ -127,6 +175,8 @@ fn spawn(
         Side::Source
     };
     let mut cmd = ctx.command(side, QEMU);
+    // KVM only: QEMU has no fallback here (a TCG guest would make every number meaningless), and
+    // one that cannot use KVM exits at once, which `Qmp::connect` reports with its log.
     cmd.args(["-accel", "kvm", "-smp", "1", "-m"])
         .arg(format!("{}M", ctx.guest.memory >> 20))
         .arg("-kernel")
@@ -135,7 +185,14 @@ fn spawn(
         .args(["-device", "isa-debug-exit,iobase=0x501", "-serial"])
         .arg(format!("file:{}", serial.display()))
         .arg("-qmp")
-        .arg(format!("unix:{},server=on,wait=off", qmp.display()));
+        .arg(format!("unix:{},server=on,wait=off", qmp.display()))
+        // The GDB stub, idle until the guest's check after the migration writes its request.
+        .arg("-chardev")
+        .arg(format!(
+            "socket,id=gdb0,path={},server=on,wait=off",
+            gdb_socket(ctx, name).display()
+        ))
+        .args(["-gdb", "chardev:gdb0"]);
     if incoming {
         cmd.args(["-incoming", "defer"]);
     }
@@ -192,7 +249,8 @@ pub fn run(ctx: &RunCtx, s: &QemuSettings) -> Result<RunResult, BenchError> {
     loop {
         src.check_alive()?;
         if let Some(m) = sq.mailbox(&pmem)? {
-            if m.state == STATE_RUNNING && m.heartbeats > 0 {
+            let beats = m.heartbeats > 0 || ctx.guest.heartbeat == Heartbeat::None;
+            if m.state == STATE_RUNNING && beats {
                 break;
             }
         }
@@ -229,8 +287,8 @@ pub fn run(ctx: &RunCtx, s: &QemuSettings) -> Result<RunResult, BenchError> {
         Duration::from_secs(30),
     );
 
-    crate::warm_host_memory(ctx.guest.memory);
-    let (src_cpu0, dst_cpu0) = (src.cpu_ms(), dst.cpu_ms());
+    ctx.before_migration();
+    let (src_cpu0, dst_cpu0, load0) = (src.cpu_ms(), dst.cpu_ms(), ctx.load_cpu_ms());
     let t0 = Instant::now();
     sq.exec(
         "migrate",
@@ -293,9 +351,22 @@ pub fn run(ctx: &RunCtx, s: &QemuSettings) -> Result<RunResult, BenchError> {
         std::thread::sleep(Duration::from_millis(10));
     };
     let t1 = cancelled_at.unwrap_or_else(Instant::now);
-    let (src_cpu1, dst_cpu1) = (src.cpu_ms(), dst.cpu_ms());
+    let (src_cpu1, dst_cpu1, load1) = (src.cpu_ms(), dst.cpu_ms(), ctx.load_cpu_ms());
     r.source_cpu_ms = src_cpu1.zip(src_cpu0).map(|(a, b)| a - b);
     r.destination_cpu_ms = dst_cpu1.zip(dst_cpu0).map(|(a, b)| a - b);
+    r.hogs_cpu_cores = load1
+        .zip(load0)
+        .map(|(a, b)| (a - b) / 1e3 / (t1 - t0).as_secs_f64().max(1e-9));
+    r.strategy_used = Some(if postcopy_seen.is_some() {
+        "postcopy".into()
+    } else {
+        "precopy".into()
+    });
+    r.engine_dirty_pages_per_s = last_ram["dirty-pages-rate"].as_f64().filter(|&d| d > 0.0);
+    r.engine_report = last.clone();
+    if r.engine_report.get("ram").is_none_or(|v| !v.is_object()) {
+        r.engine_report["ram"] = last_ram.clone();
+    }
     let ram = &last_ram;
     r.wire_bytes = ram["transferred"].as_u64();
     match r.outcome {
@@ -338,13 +409,29 @@ pub fn run(ctx: &RunCtx, s: &QemuSettings) -> Result<RunResult, BenchError> {
 
     // Completed: wait for the guest's first heartbeat on the destination. Not completed: the
     // guest stays on the source; measure what the attempt did to it.
-    let end = if matches!(r.outcome, Outcome::Completed) {
+    let completed = matches!(r.outcome, Outcome::Completed);
+    let end = if completed {
         dst_tap
-            .wait_heartbeat_after(t1, Duration::from_secs(5))
+            .wait_beat_after(ctx.guest.heartbeat, t1, Duration::from_secs(5))
             .unwrap_or_else(Instant::now)
     } else {
         t1
     };
+    // The guest checks every page it wrote, where it runs now.
+    let (q, name) = if completed {
+        (&mut dq, "qemu-destination")
+    } else {
+        (&mut sq, "qemu-source")
+    };
+    match q.verify(&gdb_socket(ctx, name), &pmem, Duration::from_secs(60)) {
+        Ok(c) => {
+            r.guest_check = Some(GuestCheck {
+                on_destination: completed,
+                ..c
+            })
+        }
+        Err(e) => r.notes.push(format!("guest check failed: {e}")),
+    }
     let _ = sq.exec("quit", None);
     let _ = dq.exec("quit", None);
     src.wait_exited(Duration::from_secs(5));
@@ -352,10 +439,6 @@ pub fn run(ctx: &RunCtx, s: &QemuSettings) -> Result<RunResult, BenchError> {
     src.kill();
     dst.kill();
     let (sb, db) = (src_tap.finish(), dst_tap.finish());
-    if let Some(g) = guest_gap(&sb, &db, t0, end) {
-        r.guest_gap_ms = Some(g.max_gap.as_secs_f64() * 1e3);
-        r.sequence_continues = Some(g.sequence_continues);
-        r.notes.push(g.note());
-    }
+    crate::analyse(&mut r, ctx, (&sb, &db), (t0, t1, end));
     Ok(r)
 }

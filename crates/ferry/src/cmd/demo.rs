@@ -7,11 +7,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use clap::Args;
-use ferry_guest::{Entropy, GuestConfig, Pattern, Rate, WriteSize};
+use ferry_guest::{Entropy, GuestConfig, Heartbeat, Pattern, Rate, WriteSize};
 use ferry_migrate::Strategy;
 
 use crate::cmd::hosts::Host;
-use crate::cmd::migrate::{print_report, request_migration};
+use crate::cmd::migrate::{largest_guest_pause, print_report, request_migration};
 use crate::control::{call, MigrateRequest, Request};
 use crate::guest_probe::Verification;
 use crate::size::{human, parse_size};
@@ -22,9 +22,17 @@ pub struct DemoArgs {
     /// Guest RAM.
     #[arg(long, default_value = "1G", value_parser = parse_size)]
     pub memory: u64,
-    /// Working set the guest writes over (random full-page writes at full speed).
+    /// Working set the guest writes over (full-page writes at full speed).
     #[arg(long = "ws", default_value = "128M", value_parser = parse_size)]
     pub working_set: u64,
+    /// Which pages the guest writes: random, sequential, mixed or hotcold.
+    #[arg(long, default_value = "random")]
+    pub pattern: Pattern,
+    /// What the guest writes to COM1 (see `ferry guest build --help`). The default, a progress byte
+    /// per 1024 pages written, shows every stretch in which the guest made no progress, slow writes
+    /// included; a time-driven heartbeat (time:1000) keeps ticking while they crawl.
+    #[arg(long, default_value = "pages:1024")]
+    pub heartbeat: Heartbeat,
     /// Strategy (auto is ferry's best: pre-copy that throttles a guest that will not converge).
     #[arg(long, default_value = "auto")]
     pub strategy: Strategy,
@@ -68,17 +76,25 @@ fn demo(a: &DemoArgs, dir: &Path) -> anyhow::Result<ExitCode> {
     let cfg = GuestConfig {
         memory: a.memory,
         working_set: a.working_set,
-        pattern: Pattern::Random,
+        pattern: a.pattern,
         entropy: Entropy::Random,
         write_size: WriteSize::Page,
         rate: Rate::Unlimited,
+        heartbeat: a.heartbeat,
         ..GuestConfig::default()
     };
     let image = dir.join("guest.img");
     std::fs::write(&image, ferry_guest::build_image(&cfg)?)?;
+    let beat = match a.heartbeat {
+        Heartbeat::Pages { every } => format!("a progress byte per {every} pages written"),
+        Heartbeat::Time { us } => format!("a time-driven heartbeat every {us} us"),
+        Heartbeat::Dots { every } => format!("an ASCII '.' per {every} pages (console text)"),
+        Heartbeat::None => "nothing on COM1".into(),
+    };
     say(format!(
-        "guest: {} RAM, random full-page writes over {} at full speed, heartbeat every 1 ms",
+        "guest: {} RAM, {} full-page writes over {} at full speed, {beat}",
         human(a.memory),
+        a.pattern,
         human(a.working_set)
     ));
 
@@ -105,7 +121,7 @@ fn demo(a: &DemoArgs, dir: &Path) -> anyhow::Result<ExitCode> {
     };
     let t = Instant::now();
     let booted = src.wait_guest("the guest to start", Duration::from_secs(60), |g| {
-        g.ferry_guest && g.iterations > 0 && g.heartbeats > 0
+        g.ferry_guest && g.iterations > 0 && (g.heartbeats > 0 || a.heartbeat == Heartbeat::None)
     })?;
     say(format!(
         "source host: process {}, guest running after {:.0} ms ({} page writes so far)",
@@ -145,8 +161,16 @@ fn demo(a: &DemoArgs, dir: &Path) -> anyhow::Result<ExitCode> {
     let verify: Verification = serde_json::from_value(v["verify"].clone())?;
     dst.stop();
 
-    let continues = after.iterations > before.iterations && after.heartbeats > before.heartbeats;
-    let seq_ok = report.guest_observed.is_some_and(|g| g.sequence_continues);
+    let continues = after.iterations > before.iterations
+        && (after.heartbeats > before.heartbeats || a.heartbeat == Heartbeat::None);
+    // A guest without heartbeat bytes (dots, none) has no sequence to check: it is not a failure.
+    let seq_ok = match report.guest_observed {
+        Some(g) => g.sequence_continues,
+        None => !matches!(
+            a.heartbeat,
+            Heartbeat::Time { .. } | Heartbeat::Pages { .. }
+        ),
+    };
     // A handover leaves one copy of RAM (shared): there is no second copy to compare, so the
     // guest's own check of every page decides.
     let handed_over = report.strategy_used == ferry_migrate::source::HANDOVER;
@@ -154,8 +178,15 @@ fn demo(a: &DemoArgs, dir: &Path) -> anyhow::Result<ExitCode> {
         report.digest_match == Some(true) || (handed_over && report.digest_match.is_none());
     let ok = digest_ok && verify.errors == 0 && verify.loop_errors == 0 && continues && seq_ok;
     if a.json {
+        let pause = largest_guest_pause(&report);
         let out = serde_json::json!({
             "report": report, "guest_before": before, "guest_after": after, "verify": verify, "integrity_ok": ok,
+            "guest_pause": {
+                "largest_ms": pause.map(|p| p.0),
+                "where": pause.map(|p| p.1),
+                "switch_over_ms": report.guest_observed.map(|g| g.gap_ns as f64 / 1e6),
+                "heartbeat": a.heartbeat.to_string(),
+            },
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {

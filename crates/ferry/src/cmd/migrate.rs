@@ -134,19 +134,43 @@ pub fn request_migration(
     serde_json::from_value(reply["report"].clone()).context("bad report from the VM host")
 }
 
+/// The largest pause the guest saw over a whole migration, from its heartbeat or progress bytes
+/// on both hosts: the largest of the source's gap since the migration started, the switch-over gap
+/// and the destination's gaps after it. With where it was, in words.
+pub fn largest_guest_pause(r: &Report) -> Option<(f64, &'static str)> {
+    let ms = |ns: u64| ns as f64 / 1e6;
+    let candidates = [
+        r.source_max_gap_ms.map(|g| (g, "before the switch-over")),
+        r.guest_observed
+            .map(|g| (ms(g.gap_ns), "at the switch-over")),
+        r.guest_observed
+            .map(|g| (ms(g.after_max_gap_ns), "after the switch-over")),
+    ];
+    candidates
+        .into_iter()
+        .flatten()
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+}
+
 /// Prints a report for people.
 pub fn print_report(r: &Report) {
-    let guest = r.guest_observed.map_or("not measured".to_string(), |g| {
-        format!(
-            "{:.2} ms (heartbeat sequence {})",
-            g.gap_ns as f64 / 1e6,
-            if g.sequence_continues {
-                "continues"
-            } else {
-                "BROKEN"
-            }
-        )
-    });
+    let guest = match (largest_guest_pause(r), r.guest_observed) {
+        (None, _) => "not measured (the guest sends no heartbeat or progress bytes)".to_string(),
+        (Some((g, at)), observed) => {
+            let switch = observed.map_or("not measured".to_string(), |o| {
+                format!(
+                    "{:.2} ms (heartbeat sequence {})",
+                    o.gap_ns as f64 / 1e6,
+                    if o.sequence_continues {
+                        "continues"
+                    } else {
+                        "BROKEN"
+                    }
+                )
+            });
+            format!("{g:.2} ms largest pause, {at}; switch-over gap {switch}")
+        }
+    };
     println!(
         "strategy            {} (used: {})",
         r.strategy, r.strategy_used
@@ -214,4 +238,41 @@ pub fn run(a: MigrateArgs) -> anyhow::Result<ExitCode> {
 /// Channels when the user names none: 0, the engine chooses from the link (parallelism.rs).
 pub fn default_channels(_strategy: Strategy) -> u16 {
     0
+}
+
+#[cfg(test)]
+mod pause_tests {
+    use ferry_migrate::{GuestObserved, Report};
+
+    #[test]
+    fn the_headline_is_the_largest_pause_of_the_whole_migration() {
+        let mut r = Report {
+            source_max_gap_ms: Some(24.99),
+            guest_observed: Some(GuestObserved {
+                gap_ns: 6_650_000,
+                sequence_continues: true,
+                after_max_gap_ns: 1_000_000,
+            }),
+            ..Report::default()
+        };
+        // Issue 12: the switch-over gap was 6.65 ms, a 24.99 ms pause came before it.
+        assert_eq!(
+            super::largest_guest_pause(&r),
+            Some((24.99, "before the switch-over"))
+        );
+        r.source_max_gap_ms = Some(2.0);
+        assert_eq!(
+            super::largest_guest_pause(&r),
+            Some((6.65, "at the switch-over"))
+        );
+        r.guest_observed = Some(GuestObserved {
+            after_max_gap_ns: 180_000_000,
+            ..r.guest_observed.unwrap()
+        });
+        assert_eq!(
+            super::largest_guest_pause(&r),
+            Some((180.0, "after the switch-over"))
+        );
+        assert_eq!(super::largest_guest_pause(&Report::default()), None);
+    }
 }
