@@ -1,8 +1,6 @@
 //! `ferry`: live migration of KVM virtual machines.
 
 mod cmd;
-mod control;
-mod guest_probe;
 mod size;
 
 use std::process::ExitCode;

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use ferry_host::{ControlClient, HostState, HostStatus};
 use ferry_vmm::testing::require_kvm;
 
 fn ferry() -> Command {
@@ -19,10 +20,24 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("ferry-cli-test-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d.join(name)
+/// A private work directory, removed (with any keys in it) when the test ends.
+struct Tmp(tempfile::TempDir);
+
+impl Tmp {
+    fn new() -> Tmp {
+        Tmp(tempfile::Builder::new()
+            .prefix("ferry-cli-test-")
+            .tempdir()
+            .unwrap())
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.0.path().join(name)
+    }
+
+    fn arg(&self, name: &str) -> String {
+        self.path(name).to_string_lossy().into_owned()
+    }
 }
 
 struct Killed(Child);
@@ -33,19 +48,39 @@ impl Drop for Killed {
     }
 }
 
-fn status(sock: &Path) -> Option<serde_json::Value> {
-    use std::io::{BufRead, BufReader, Write};
-    let mut s = std::os::unix::net::UnixStream::connect(sock).ok()?;
-    s.write_all(b"{\"op\":\"status\"}\n").ok()?;
-    let mut line = String::new();
-    BufReader::new(s).read_line(&mut line).ok()?;
-    serde_json::from_str(&line).ok()
+fn status(sock: &Path) -> Option<HostStatus> {
+    ControlClient::new(sock).status().ok()
 }
 
 fn iterations(sock: &Path) -> u64 {
     status(sock)
-        .and_then(|v| v["guest"]["iterations"].as_u64())
-        .unwrap_or(0)
+        .and_then(|s| s.guest)
+        .map_or(0, |g| g.iterations)
+}
+
+fn vm_running(sock: &Path) -> bool {
+    status(sock).and_then(|s| s.vm).is_some_and(|v| v.running)
+}
+
+/// Page writes plus heartbeats: grows while the guest runs, idle or not.
+fn progress(sock: &Path) -> u64 {
+    status(sock)
+        .and_then(|s| s.guest)
+        .map_or(0, |g| g.iterations + g.heartbeats)
+}
+
+/// Asserts that the guest behind `sock` makes progress, and that its VM runs.
+fn assert_still_running(sock: &Path) {
+    let before = progress(sock);
+    let t = Instant::now();
+    while progress(sock) <= before {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the VM must keep running on the source (guest progress stuck at {before})"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(vm_running(sock), "{:?}", status(sock));
 }
 
 #[test]
@@ -71,13 +106,14 @@ fn demo_migrates_and_reports_integrity_ok() {
 
 #[test]
 fn missing_image_is_one_clear_error() {
+    let t = Tmp::new();
     let o = run(&[
         "vm",
         "run",
         "--kernel",
         "/nonexistent/img.bin",
         "--control",
-        &tmp("a.sock").to_string_lossy(),
+        &t.arg("a.sock"),
     ]);
     assert!(!o.status.success());
     let e = stderr(&o);
@@ -93,7 +129,8 @@ fn garbage_image_is_refused() {
     if !require_kvm() {
         return;
     }
-    let img = tmp("garbage.img");
+    let t = Tmp::new();
+    let img = t.path("garbage.img");
     std::fs::write(&img, vec![0x5a; 20000]).unwrap();
     let o = run(&[
         "vm",
@@ -103,7 +140,7 @@ fn garbage_image_is_refused() {
         "--memory",
         "64M",
         "--control",
-        &tmp("b.sock").to_string_lossy(),
+        &t.arg("b.sock"),
         "--insecure",
     ]);
     assert!(!o.status.success());
@@ -118,13 +155,14 @@ fn garbage_image_is_refused() {
 fn port_in_use_is_reported() {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap().to_string();
+    let t = Tmp::new();
     let o = run(&[
         "vm",
         "receive",
         "--listen",
         &addr,
         "--control",
-        &tmp("c.sock").to_string_lossy(),
+        &t.arg("c.sock"),
     ]);
     assert!(!o.status.success());
     assert!(
@@ -160,7 +198,8 @@ fn migrating_to_a_dead_destination_keeps_the_vm_running() {
     if !require_kvm() {
         return;
     }
-    let img = tmp("small.img");
+    let t = Tmp::new();
+    let img = t.path("small.img");
     let b = run(&[
         "guest",
         "build",
@@ -172,7 +211,7 @@ fn migrating_to_a_dead_destination_keeps_the_vm_running() {
         &img.to_string_lossy(),
     ]);
     assert!(b.status.success(), "{}", stderr(&b));
-    let sock = tmp("src.sock");
+    let sock = t.path("src.sock");
     let _src = Killed(
         ferry()
             .args([
@@ -215,26 +254,29 @@ fn migrating_to_a_dead_destination_keeps_the_vm_running() {
         "{}",
         stderr(&o)
     );
-    let before = iterations(&sock);
-    std::thread::sleep(Duration::from_millis(200));
     assert!(
-        iterations(&sock) > before,
-        "the VM must keep running on the source"
+        stderr(&o).contains("still runs on the source"),
+        "{}",
+        stderr(&o)
     );
-    assert_eq!(status(&sock).unwrap()["vm"]["running"], true);
+    assert_eq!(
+        o.status.code(),
+        Some(4),
+        "exit code 4: the VM is still on the source"
+    );
+    assert_still_running(&sock);
 }
 
 #[test]
 fn migrations_need_certificates_or_an_explicit_insecure() {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    drop(l);
+    let t = Tmp::new();
     let o = run(&[
         "vm",
         "receive",
         "--listen",
         "127.0.0.1:0",
         "--control",
-        &tmp("d.sock").to_string_lossy(),
+        &t.arg("d.sock"),
     ]);
     assert!(!o.status.success());
     assert!(
@@ -261,8 +303,8 @@ fn migrations_need_certificates_or_an_explicit_insecure() {
 
 #[test]
 fn certs_commands_create_a_ca_and_host_certificates() {
-    let d = tmp("certs-cmd");
-    let _ = std::fs::remove_dir_all(&d);
+    let t = Tmp::new();
+    let d = t.path("certs-cmd");
     let ds = d.to_string_lossy().into_owned();
     assert!(run(&["certs", "init", "--dir", &ds]).status.success());
     let o = run(&["certs", "issue", "hostb", "--san", "10.0.0.2", "--dir", &ds]);
@@ -282,7 +324,8 @@ fn a_running_migration_can_be_limited_and_cancelled() {
     if !require_kvm() {
         return;
     }
-    let img = tmp("cancel.img");
+    let t = Tmp::new();
+    let img = t.path("cancel.img");
     let b = run(&[
         "guest",
         "build",
@@ -297,7 +340,7 @@ fn a_running_migration_can_be_limited_and_cancelled() {
         &img.to_string_lossy(),
     ]);
     assert!(b.status.success(), "{}", stderr(&b));
-    let (src_sock, dst_sock) = (tmp("cancel-src.sock"), tmp("cancel-dst.sock"));
+    let (src_sock, dst_sock) = (t.path("cancel-src.sock"), t.path("cancel-dst.sock"));
     let mut dst = Killed(
         ferry()
             .args([
@@ -370,9 +413,12 @@ fn a_running_migration_can_be_limited_and_cancelled() {
     let st = run(&["vm", "status", "--control", &src_sock.to_string_lossy()]);
     let out = String::from_utf8_lossy(&st.stdout).into_owned();
     assert!(
-        out.contains("\"migrating\": true"),
+        out.contains("\"state\": \"migrating\""),
         "status during a migration: {out}"
     );
+    let during = status(&src_sock).unwrap();
+    assert_eq!(during.state, Some(HostState::Migrating));
+    assert_eq!(during.migration.unwrap().max_bandwidth, 4 << 20);
     let bw = run(&[
         "vm",
         "bandwidth",
@@ -390,11 +436,14 @@ fn a_running_migration_can_be_limited_and_cancelled() {
     let o = mig.wait_with_output().unwrap();
     assert!(!o.status.success(), "the migration must fail as cancelled");
     assert!(stderr(&o).contains("cancelled"), "{}", stderr(&o));
+    assert_eq!(
+        o.status.code(),
+        Some(4),
+        "exit code 4: the VM is still on the source"
+    );
     // The VM is still here, running (a stop-and-copy pause, if it began, was undone).
-    let before = iterations(&src_sock);
-    assert_eq!(status(&src_sock).unwrap()["vm"]["running"], true);
-    let _ = before;
-    let _ = dst;
+    assert_still_running(&src_sock);
+    drop(dst);
 }
 
 #[test]

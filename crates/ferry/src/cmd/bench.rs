@@ -9,10 +9,11 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use ferry_guest::{Entropy, GuestConfig, Pattern, Rate, WriteSize};
 
-use crate::cmd::hosts::Host;
+use ferry_host::MigrateRequest;
+use ferry_wire::codec::Compression;
+
+use crate::cmd::hosts;
 use crate::cmd::migrate::request_migration;
-use crate::control::{call, MigrateRequest, Request};
-use crate::guest_probe::Verification;
 use crate::size::{human, parse_size};
 
 /// Benchmarks.
@@ -37,7 +38,7 @@ pub struct StopAndCopyArgs {
     pub entropy: Entropy,
     /// Page compression for a single run: off, lz4, zstd, zstd:LEVEL, adaptive.
     #[arg(long, default_value = "off", conflicts_with = "compare_codecs")]
-    pub compression: String,
+    pub compression: Compression,
     /// Migrate twice in one run, compression off then with --codecs, and print the ratios of time
     /// and bytes on the wire.
     #[arg(long, conflicts_with = "compare_tls")]
@@ -45,7 +46,7 @@ pub struct StopAndCopyArgs {
     /// The codecs --compare-codecs measures against compression off (default: adaptive, the CLI's
     /// default).
     #[arg(long, default_value = "adaptive", requires = "compare_codecs")]
-    pub codecs: String,
+    pub codecs: Compression,
     /// Bandwidth limit over all channels, bytes/s like 100M or bits/s like 1gbit (default: none),
     /// e.g. to see what the adaptive codecs do on a slower link.
     #[arg(long, value_parser = crate::size::parse_rate, default_value = "unlimited")]
@@ -112,7 +113,7 @@ pub fn loopback_limit(bytes: u64) -> anyhow::Result<f64> {
 #[derive(Clone, Debug)]
 struct RunSpec {
     tls: bool,
-    compression: String,
+    compression: Compression,
 }
 
 /// What one migration of the benchmark measured.
@@ -134,13 +135,9 @@ impl RunResult {
 }
 
 fn stop_and_copy(a: &StopAndCopyArgs) -> anyhow::Result<ExitCode> {
-    for (flag, value) in [("--compression", &a.compression), ("--codecs", &a.codecs)] {
-        value
-            .parse::<ferry_wire::codec::Compression>()
-            .map_err(|e| anyhow::anyhow!("{flag}: {e}"))?;
-    }
-    let dir = std::env::temp_dir().join(format!("ferry-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
+    // A private directory (mode 0700, removed at the end): it holds the run's CA key.
+    let tmp = tempfile::Builder::new().prefix("ferry-bench-").tempdir()?;
+    let dir = tmp.path().to_path_buf();
     let ws = a
         .memory
         .checked_sub(16 << 20)
@@ -157,17 +154,14 @@ fn stop_and_copy(a: &StopAndCopyArgs) -> anyhow::Result<ExitCode> {
     };
     let image = dir.join("full.img");
     std::fs::write(&image, ferry_guest::build_image(&cfg)?)?;
-    let certs = Host::make_certs(&dir)?;
-    let spec = |tls: bool, compression: &str| RunSpec {
-        tls,
-        compression: compression.into(),
-    };
+    let certs = hosts::make_certs(&dir)?;
+    let spec = |tls: bool, compression: Compression| RunSpec { tls, compression };
     let specs: Vec<RunSpec> = if a.compare_tls {
-        vec![spec(false, &a.compression), spec(true, &a.compression)]
+        vec![spec(false, a.compression), spec(true, a.compression)]
     } else if a.compare_codecs {
-        vec![spec(a.tls, "off"), spec(a.tls, &a.codecs)]
+        vec![spec(a.tls, Compression::Off), spec(a.tls, a.codecs)]
     } else {
-        vec![spec(a.tls, &a.compression)]
+        vec![spec(a.tls, a.compression)]
     };
     let mut limit = 0.0;
     let mut all_ok = true;
@@ -243,7 +237,7 @@ fn stop_and_copy(a: &StopAndCopyArgs) -> anyhow::Result<ExitCode> {
             median(pause)
         );
     }
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(tmp);
     let _ = std::io::stdout().flush();
     Ok(if all_ok {
         ExitCode::SUCCESS
@@ -311,8 +305,12 @@ fn migrate_full_guest(
     certs: Option<&std::path::Path>,
     limit: &mut f64,
 ) -> anyhow::Result<RunResult> {
-    let (mut dst, addr) = Host::destination(dir, !a.no_prefault, certs)?;
-    let mut src = Host::source(dir, image, a.memory, certs)?;
+    let mut dst = hosts::destination(dir, "127.0.0.1:0", !a.no_prefault, certs)?;
+    let addr = dst
+        .listen()
+        .cloned()
+        .context("the destination printed no address")?;
+    let mut src = hosts::source(dir, image, a.memory, certs, false)?;
     let t = Instant::now();
     println!(
         "filling {} of guest RAM with {} data ...",
@@ -328,25 +326,19 @@ fn migrate_full_guest(
         *limit = loopback_limit(4 << 30)?;
     }
     let req = MigrateRequest {
-        to: addr,
-        strategy: "stop-and-copy".into(),
+        strategy: ferry_migrate::Strategy::StopAndCopy,
         downtime_ms: 0,
         channels: a.channels,
-        compression: spec.compression.clone(),
-        verify: true,
+        compression: spec.compression,
         max_rounds: 0,
-        tls_name: None,
         max_bandwidth: a.max_bandwidth,
-        recover: false,
+        ..MigrateRequest::new(addr)
     };
-    let report = request_migration(&src.socket, req, true)?;
+    let report = request_migration(src.client(), req, true)?;
     let _ = src.wait(Duration::from_secs(10));
     // The guest checks every page it wrote against its own records, on the destination.
-    let guest_errors = call(&dst.socket, &Request::Verify, |_| {})
-        .ok()
-        .and_then(|v| serde_json::from_value::<Verification>(v["verify"].clone()).ok())
-        .map(|v| v.errors + v.loop_errors);
-    dst.stop();
+    let guest_errors = dst.client().verify().ok().map(|v| v.errors + v.loop_errors);
+    dst.stop(Duration::from_secs(5));
     Ok(RunResult {
         spec: spec.clone(),
         report,

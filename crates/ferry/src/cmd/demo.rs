@@ -8,12 +8,11 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use clap::Args;
 use ferry_guest::{Entropy, GuestConfig, Heartbeat, Pattern, Rate, WriteSize};
+use ferry_host::{MigrateExit, MigrateRequest};
 use ferry_migrate::Strategy;
 
-use crate::cmd::hosts::Host;
-use crate::cmd::migrate::{largest_guest_pause, print_report, request_migration};
-use crate::control::{call, MigrateRequest, Request};
-use crate::guest_probe::Verification;
+use crate::cmd::hosts;
+use crate::cmd::migrate::{largest_guest_pause, print_report, report_failure, request_migration};
 use crate::size::{human, parse_size};
 
 /// `ferry demo`.
@@ -56,13 +55,14 @@ pub struct DemoArgs {
 
 /// Runs the demo.
 pub fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
-    let dir = std::env::temp_dir().join(format!("ferry-demo-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let result = demo(&a, &dir);
-    if !a.keep && result.is_ok() {
-        let _ = std::fs::remove_dir_all(&dir);
-    } else {
-        eprintln!("ferry demo: work directory kept at {}", dir.display());
+    // A private directory (mode 0700, unpredictable name): it holds the demo's CA key.
+    let dir = tempfile::Builder::new().prefix("ferry-demo-").tempdir()?;
+    let result = demo(&a, dir.path());
+    if a.keep || !matches!(result, Ok(ref c) if *c == ExitCode::SUCCESS) {
+        eprintln!(
+            "ferry demo: work directory kept at {}",
+            dir.keep().display()
+        );
     }
     result
 }
@@ -103,29 +103,30 @@ fn demo(a: &DemoArgs, dir: &Path) -> anyhow::Result<ExitCode> {
     let certs = if a.same_host {
         None
     } else {
-        Some(Host::make_certs(dir)?)
+        Some(hosts::make_certs(dir)?)
     };
     let listen = if a.same_host {
         format!("unix:{}", dir.join("migrate.sock").display())
     } else {
         "127.0.0.1:0".into()
     };
-    let (mut dst, addr) = Host::destination_at(dir, &listen, true, certs.as_deref())?;
+    let mut dst = hosts::destination(dir, &listen, true, certs.as_deref())?;
+    let addr = dst
+        .listen()
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("the destination printed no address"))?;
     say(format!(
         "destination host: process {} listening on {addr}",
-        dst.child.id()
+        dst.pid()
     ));
-    let mut src = match &certs {
-        Some(c) => Host::source(dir, &image, a.memory, Some(c))?,
-        None => Host::source_local(dir, &image, a.memory)?,
-    };
+    let mut src = hosts::source(dir, &image, a.memory, certs.as_deref(), a.same_host)?;
     let t = Instant::now();
     let booted = src.wait_guest("the guest to start", Duration::from_secs(60), |g| {
         g.ferry_guest && g.iterations > 0 && (g.heartbeats > 0 || a.heartbeat == Heartbeat::None)
     })?;
     say(format!(
         "source host: process {}, guest running after {:.0} ms ({} page writes so far)",
-        src.child.id(),
+        src.pid(),
         t.elapsed().as_secs_f64() * 1e3,
         booted.iterations
     ));
@@ -133,33 +134,28 @@ fn demo(a: &DemoArgs, dir: &Path) -> anyhow::Result<ExitCode> {
     let before = src.guest()?;
     say(format!("migrating with strategy {} ...", a.strategy));
     let req = MigrateRequest {
-        to: addr.clone(),
-        strategy: a.strategy.to_string(),
-        downtime_ms: 10,
+        strategy: a.strategy,
         channels: a
             .channels
             .unwrap_or_else(|| crate::cmd::migrate::default_channels(a.strategy)),
-        compression: "adaptive".into(),
-        verify: true,
-        max_rounds: 30,
-        tls_name: None,
-        max_bandwidth: 0,
-        recover: false,
+        ..MigrateRequest::new(addr.clone())
     };
-    let report = request_migration(&src.socket, req, !a.json)?;
+    let report = match request_migration(src.client(), req, !a.json) {
+        Ok(r) => r,
+        Err(e) => return Ok(report_failure(&e)),
+    };
     match src.wait(Duration::from_secs(10)) {
         Some(s) if s.success() => {}
         other => bail!(
             "source did not exit cleanly after the migration ({other:?}): {}",
-            src.log_tail()
+            src.log_tail(5)
         ),
     }
     // The guest goes on at the destination: its counters grow past where the source stopped.
     std::thread::sleep(Duration::from_millis(300));
     let after = dst.guest()?;
-    let v = call(&dst.socket, &Request::Verify, |_| {})?;
-    let verify: Verification = serde_json::from_value(v["verify"].clone())?;
-    dst.stop();
+    let verify = dst.client().verify()?;
+    dst.stop(Duration::from_secs(5));
 
     let continues = after.iterations > before.iterations
         && (after.heartbeats > before.heartbeats || a.heartbeat == Heartbeat::None);
@@ -202,9 +198,9 @@ fn demo(a: &DemoArgs, dir: &Path) -> anyhow::Result<ExitCode> {
         );
         println!("integrity           {}", if ok { "OK" } else { "FAILED" });
     }
-    Ok(if ok {
-        ExitCode::SUCCESS
+    Ok(ExitCode::from(if ok {
+        MigrateExit::Migrated.code()
     } else {
-        ExitCode::from(3)
-    })
+        MigrateExit::IntegrityFailed.code()
+    }))
 }

@@ -4,23 +4,28 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::Args;
-use ferry_migrate::{Report, Strategy};
+use ferry_host::outcome::location_text;
+use ferry_host::{
+    ClientError, ControlClient, Endpoint, HostEvent, MigrateExit, MigrateRequest, VmLocation,
+};
+use ferry_migrate::{Event, Report, Strategy};
+use ferry_wire::codec::Compression;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::control::{call, MigrateRequest, Request};
 use crate::size::human;
 
 /// `ferry migrate`.
 #[derive(Args, Clone, Debug)]
+#[command(after_help = MigrateExit::HELP)]
 pub struct MigrateArgs {
     /// Control socket of the source VM (printed by `ferry vm run`).
     #[arg(long)]
     pub vm: PathBuf,
-    /// Destination address, as printed by `ferry vm receive` (host:port).
+    /// Destination address, as printed by `ferry vm receive` (host:port, or unix:PATH on the same
+    /// host).
     #[arg(long)]
-    pub to: String,
+    pub to: Endpoint,
     /// stop-and-copy; precopy; postcopy (run on the destination at once, pages follow); hybrid
     /// (a few pre-copy rounds, then post-copy); auto (pre-copy, switching to post-copy when rounds stop
     /// shrinking).
@@ -36,7 +41,7 @@ pub struct MigrateArgs {
     pub channels: Option<u16>,
     /// Page compression: off, lz4, zstd, zstd:LEVEL, adaptive.
     #[arg(long, default_value = "adaptive")]
-    pub compression: String,
+    pub compression: Compression,
     /// Live rounds at most before switching over anyway.
     #[arg(long, default_value_t = 30)]
     pub max_rounds: u32,
@@ -57,6 +62,10 @@ pub struct MigrateArgs {
     /// with the guest paused) and send the pages it lacks; the guest then runs there again.
     #[arg(long)]
     pub recover: bool,
+    /// Seconds the source host may stay silent (it reports progress at least every second) before
+    /// this command gives up on it.
+    #[arg(long, default_value_t = 15)]
+    pub deadline: u64,
 }
 
 impl MigrateArgs {
@@ -64,12 +73,12 @@ impl MigrateArgs {
     pub fn request(&self) -> MigrateRequest {
         MigrateRequest {
             to: self.to.clone(),
-            strategy: self.strategy.to_string(),
+            strategy: self.strategy,
             downtime_ms: self.downtime,
             channels: self
                 .channels
                 .unwrap_or_else(|| default_channels(self.strategy)),
-            compression: self.compression.clone(),
+            compression: self.compression,
             verify: !self.no_verify,
             max_rounds: self.max_rounds,
             tls_name: self.tls_name.clone(),
@@ -79,12 +88,12 @@ impl MigrateArgs {
     }
 }
 
-/// Sends a migration request to `socket` with a progress bar; returns the report.
+/// Sends a migration request with a progress bar; returns the report.
 pub fn request_migration(
-    socket: &std::path::Path,
+    client: &ControlClient,
     req: MigrateRequest,
     show: bool,
-) -> anyhow::Result<Report> {
+) -> Result<Report, ClientError> {
     let bar = if show {
         ProgressBar::new(0)
     } else {
@@ -104,34 +113,63 @@ pub fn request_migration(
             bar.println(line);
         }
     };
-    let reply = call(socket, &Request::Migrate(req), |e| {
-        match e.get("event").and_then(|k| k.as_str()) {
-            Some("phase") => {
-                bar.set_message(format!("phase: {}", e["phase"].as_str().unwrap_or("?")))
-            }
-            Some("progress") => {
-                bar.set_length(e["total"].as_u64().unwrap_or(0));
-                bar.set_position(e["done"].as_u64().unwrap_or(0));
-                bar.set_message(format!(
-                    "round {} ({})",
-                    e["round"],
-                    human(e["bytes"].as_u64().unwrap_or(0))
-                ));
-            }
-            Some("adapt") => say(format!("  adapt: {}", e["what"].as_str().unwrap_or(""))),
-            Some("round") => say(format!(
-                "  round {:>2}: {:>7} pages in {:>6.1} ms, guest dirtied {} meanwhile",
-                e["round"],
-                e["pages"],
-                e["seconds"].as_f64().unwrap_or(0.0) * 1e3,
-                e["dirtied"]
-            )),
-            _ => {}
+    let report = client.migrate(req, &mut |e| match e {
+        HostEvent::Migration(Event::Phase { phase }) => {
+            bar.set_message(format!("phase: {}", serde_plain(phase)))
         }
+        HostEvent::Migration(Event::Progress {
+            round,
+            done,
+            total,
+            bytes,
+        }) => {
+            bar.set_length(*total);
+            bar.set_position(*done);
+            bar.set_message(format!("round {round} ({})", human(*bytes)));
+        }
+        HostEvent::Migration(Event::Adapt { what }) => say(format!("  adapt: {what}")),
+        HostEvent::Migration(Event::Round(r)) => say(format!(
+            "  round {:>2}: {:>7} pages in {:>6.1} ms, guest dirtied {} meanwhile",
+            r.round,
+            r.pages,
+            r.seconds * 1e3,
+            r.dirtied
+        )),
+        HostEvent::Keepalive { .. } => {}
     });
     bar.finish_and_clear();
-    let reply = reply?;
-    serde_json::from_value(reply["report"].clone()).context("bad report from the VM host")
+    report
+}
+
+/// A unit enum's serde name (`live-copy`).
+fn serde_plain(v: &impl serde::Serialize) -> String {
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+/// Where the VM is after a failed migration request, as far as this client can tell.
+pub fn failure_location(e: &ClientError) -> Option<VmLocation> {
+    match e {
+        // The host answered: it says where the VM is.
+        ClientError::Host(r) => r.vm,
+        // Nothing was asked of any host.
+        ClientError::Connect { .. } => None,
+        // The request went out and the host died, went silent or spoke another protocol: the
+        // migration may have run, or may still be running.
+        _ => Some(VmLocation::Unknown),
+    }
+}
+
+/// Prints why a migration failed and where the VM is; the exit code for it.
+pub fn report_failure(e: &ClientError) -> ExitCode {
+    eprintln!("ferry: error: {}", ferry_host::outcome::describe(e));
+    let vm = failure_location(e);
+    if let Some(vm) = vm {
+        eprintln!("ferry: {}", location_text(vm));
+    }
+    ExitCode::from(MigrateExit::for_location(vm).code())
 }
 
 /// The largest pause the guest saw over a whole migration, from its heartbeat or progress bytes
@@ -222,17 +260,21 @@ pub fn print_report(r: &Report) {
 
 /// Runs `ferry migrate`.
 pub fn run(a: MigrateArgs) -> anyhow::Result<ExitCode> {
-    let report = request_migration(&a.vm, a.request(), !a.json)?;
+    let client = ControlClient::new(&a.vm).with_deadline(Duration::from_secs(a.deadline.max(2)));
+    let report = match request_migration(&client, a.request(), !a.json) {
+        Ok(r) => r,
+        Err(e) => return Ok(report_failure(&e)),
+    };
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print_report(&report);
     }
-    Ok(if report.digest_match == Some(false) {
-        ExitCode::from(3)
+    Ok(ExitCode::from(if report.digest_match == Some(false) {
+        MigrateExit::IntegrityFailed.code()
     } else {
-        ExitCode::SUCCESS
-    })
+        MigrateExit::Migrated.code()
+    }))
 }
 
 /// Channels when the user names none: 0, the engine chooses from the link (parallelism.rs).

@@ -4,10 +4,10 @@ use std::time::{Duration, Instant};
 
 use ferry_guest::mailbox::{Mailbox, MAILBOX_ADDR, MAILBOX_SIZE, OFF_VERIFY_REQUEST};
 use ferry_vmm::GuestRam;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// What the guest says about itself.
-#[derive(Clone, Copy, Debug, Default, Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
 pub struct GuestStatus {
     /// Whether a ferry guest mailbox was found.
     pub ferry_guest: bool,
@@ -43,7 +43,7 @@ pub fn status(ram: &GuestRam) -> GuestStatus {
 }
 
 /// Result of a verification sweep.
-#[derive(Clone, Copy, Debug, Default, Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
 pub struct Verification {
     /// Pages the guest checked.
     pub pages: u64,
