@@ -71,8 +71,9 @@ pub fn location_text(vm: VmLocation) -> &'static str {
              `ferry migrate --recover` with the same --to finishes the migration"
         }
         VmLocation::Unknown => {
-            "the outcome is unknown: the source keeps its copy paused; check both hosts \
-             (`ferry vm status`) before acting"
+            "the outcome is unknown: check both hosts (`ferry vm status --control ...` on each) \
+             before acting; a copy kept paused on the source must not run while the destination \
+             may run the VM"
         }
     }
 }

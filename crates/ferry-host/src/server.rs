@@ -389,3 +389,204 @@ impl Drop for StopTicker<'_> {
         cv.notify_all();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::{BufRead, BufReader};
+
+    use super::*;
+    use crate::client::{ClientError, ControlClient};
+    use crate::protocol::HostStatus;
+
+    /// Answers status at once, stop after `slow`, and panics on verify.
+    struct Fake {
+        slow: Duration,
+    }
+
+    impl Handler for Fake {
+        fn handle(&self, request: Request, _: &EventSink<'_>) -> Result<Reply, ErrorReply> {
+            match request {
+                Request::Status => Ok(Reply::Status(Box::default())),
+                Request::Stop => {
+                    std::thread::sleep(self.slow);
+                    Ok(Reply::Stopped)
+                }
+                Request::Verify => panic!("verify exploded"),
+                _ => Err(ErrorReply::new(Cause::NotMigrating, "no")),
+            }
+        }
+    }
+
+    fn serve(opts: ServerOptions, slow: Duration) -> (tempfile::TempDir, ControlServer) {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("c.sock");
+        let l = crate::socket::bind_private(&path).unwrap();
+        let s = ControlServer::start(l, path, Arc::new(Fake { slow }), opts).unwrap();
+        (d, s)
+    }
+
+    fn raw(path: &Path, bytes: &[u8]) -> String {
+        let mut s = UnixStream::connect(path).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(bytes).unwrap();
+        let mut line = String::new();
+        BufReader::new(s).read_line(&mut line).unwrap();
+        line
+    }
+
+    fn error_of(line: &str) -> ErrorReply {
+        match protocol::decode_message(line).unwrap() {
+            Message::Error(e) => e,
+            other => panic!("expected an error, got {other:?}"),
+        }
+    }
+
+    fn status_ok(path: &Path) -> HostStatus {
+        ControlClient::new(path)
+            .with_deadline(Duration::from_secs(5))
+            .status()
+            .unwrap()
+    }
+
+    #[test]
+    fn bad_requests_get_an_error_and_the_server_keeps_serving() {
+        let (_d, s) = serve(ServerOptions::default(), Duration::ZERO);
+        let p = s.path().to_path_buf();
+        let cases: [(&[u8], Cause, &str); 4] = [
+            (b"\xff\xfe\xfd garbage\n", Cause::BadRequest, "not UTF-8"),
+            (b"{not json\n", Cause::BadRequest, "not a JSON object"),
+            (
+                b"{\"v\":1,\"op\":\"reboot-the-world\"}\n",
+                Cause::BadRequest,
+                "unknown variant",
+            ),
+            (
+                b"{\"v\":7,\"op\":\"status\"}\n",
+                Cause::Version,
+                "version 7",
+            ),
+        ];
+        for (bytes, cause, text) in cases {
+            let e = error_of(&raw(&p, bytes));
+            assert_eq!(e.cause, cause, "{bytes:?}: {e:?}");
+            assert!(e.message.contains(text), "{bytes:?}: {}", e.message);
+            status_ok(&p);
+        }
+        // Too long: refused without reading it all into memory first.
+        let mut long = vec![b'x'; MAX_REQUEST_BYTES + 10];
+        long.push(b'\n');
+        let e = error_of(&raw(&p, &long));
+        assert!(e.message.contains("longer than"), "{}", e.message);
+        // An old, unversioned client gets an answer in its own format.
+        let old: serde_json::Value =
+            serde_json::from_str(&raw(&p, b"{\"op\":\"status\"}\n")).unwrap();
+        assert_eq!(old["ok"], false);
+        assert!(old["error"].as_str().unwrap().contains("version"), "{old}");
+        status_ok(&p);
+    }
+
+    #[test]
+    fn a_silent_client_blocks_nobody_and_is_dropped_at_its_deadline() {
+        let opts = ServerOptions {
+            read_deadline: Duration::from_secs(3),
+            ..ServerOptions::default()
+        };
+        let (_d, s) = serve(opts, Duration::ZERO);
+        let p = s.path().to_path_buf();
+        let silent = UnixStream::connect(&p).unwrap();
+        let half = {
+            let mut h = UnixStream::connect(&p).unwrap();
+            h.write_all(b"{\"v\":1,\"op\":").unwrap();
+            h
+        };
+        // Others are served at once, while both wait.
+        let t = Instant::now();
+        for _ in 0..5 {
+            status_ok(&p);
+        }
+        assert!(
+            t.elapsed() < Duration::from_millis(1500),
+            "{:?}",
+            t.elapsed()
+        );
+        // Past the deadline each is told why and closed.
+        for c in [silent, half] {
+            c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut line = String::new();
+            BufReader::new(c).read_line(&mut line).unwrap();
+            assert!(
+                error_of(&line).message.contains("no request line"),
+                "{line}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_panicking_handler_is_an_error_reply_not_a_dead_server() {
+        let (_d, s) = serve(ServerOptions::default(), Duration::ZERO);
+        let c = ControlClient::new(s.path()).with_deadline(Duration::from_secs(5));
+        match c.verify() {
+            Err(ClientError::Host(e)) => {
+                assert_eq!(e.cause, Cause::Internal);
+                assert!(e.message.contains("verify exploded"), "{}", e.message);
+            }
+            other => panic!("{other:?}"),
+        }
+        status_ok(s.path());
+    }
+
+    #[test]
+    fn slow_requests_get_keepalives_and_shutdown_waits_for_their_answer() {
+        let opts = ServerOptions {
+            keepalive: Duration::from_millis(100),
+            ..ServerOptions::default()
+        };
+        let (_d, s) = serve(opts, Duration::from_millis(700));
+        // The client's deadline is far shorter than the request: keepalives carry it through.
+        let c = ControlClient::new(s.path()).with_deadline(Duration::from_millis(300));
+        let client = std::thread::spawn(move || {
+            let mut beats = 0;
+            let r = c.call(&Request::Stop, &mut |e| {
+                if let HostEvent::Keepalive { .. } = e {
+                    beats += 1
+                }
+            });
+            (r, beats)
+        });
+        std::thread::sleep(Duration::from_millis(200));
+        let t = Instant::now();
+        s.shutdown(Duration::from_secs(5));
+        let (r, beats) = client.join().unwrap();
+        assert!(matches!(r, Ok(Reply::Stopped)), "{r:?}");
+        assert!(beats >= 3, "{beats} keepalives in 700 ms at one per 100 ms");
+        assert!(t.elapsed() < Duration::from_secs(2));
+    }
+
+    #[test]
+    fn a_client_gives_up_on_a_silent_or_vanished_host() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("mute.sock");
+        let l = crate::socket::bind_private(&path).unwrap();
+        // A host that reads the request and then says nothing, then one that hangs up.
+        let host = std::thread::spawn(move || {
+            let (mute, _) = l.accept().unwrap();
+            let mut line = String::new();
+            BufReader::new(&mute).read_line(&mut line).unwrap();
+            let (gone, _) = l.accept().unwrap();
+            let mut line = String::new();
+            BufReader::new(&gone).read_line(&mut line).unwrap();
+            drop(gone);
+            std::thread::sleep(Duration::from_secs(2));
+            drop(mute);
+        });
+        let c = ControlClient::new(&path).with_deadline(Duration::from_millis(300));
+        let t = Instant::now();
+        let e = c.status().unwrap_err();
+        assert!(matches!(e, ClientError::Deadline { .. }), "{e}");
+        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+        assert!(e.to_string().contains("mute.sock"), "names the host: {e}");
+        let e = c.status().unwrap_err();
+        assert!(matches!(e, ClientError::Closed { .. }), "{e}");
+        host.join().unwrap();
+    }
+}

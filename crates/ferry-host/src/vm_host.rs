@@ -201,11 +201,6 @@ impl VmHost {
                     .map(|l| (l.snapshot().count, l.median_gap()))
                     .unwrap_or_default();
                 let text = vm.console_text();
-                let cut = text
-                    .char_indices()
-                    .map(|(i, _)| i)
-                    .find(|&i| text.len() - i <= CONSOLE_TAIL)
-                    .unwrap_or(text.len());
                 HostStatus {
                     state: Some(HostState::Running),
                     vm: Some(VmStatus {
@@ -218,7 +213,7 @@ impl VmHost {
                         postcopy_interrupted: st.interrupted.is_some(),
                     }),
                     guest: Some(guest_probe::status(&self.ram)),
-                    console_tail: Some(text[cut..].to_string()),
+                    console_tail: Some(tail(&text, CONSOLE_TAIL).to_string()),
                     ..HostStatus::default()
                 }
             }
@@ -477,6 +472,17 @@ enum Outcome {
     Panicked { what: String, running: bool },
 }
 
+/// The last `max` bytes of `text` at most, cut at a character boundary (the guest writes whatever
+/// bytes it likes; they arrive here lossily decoded).
+fn tail(text: &str, max: usize) -> &str {
+    let cut = text
+        .char_indices()
+        .map(|(i, _)| i)
+        .find(|&i| text.len() - i <= max)
+        .unwrap_or(text.len());
+    &text[cut..]
+}
+
 /// Leaves the Migrating phase if [`VmHost::migrate`] did not get to (it unwound): the outcome is
 /// then unknown.
 struct MigratingGuard<'a> {
@@ -519,5 +525,123 @@ impl Handler for VmHost {
                 .migrate(&req, &mut |e| events.emit(e))
                 .map(|r| Reply::Migrated(Box::new(r))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ferry_vmm::devices::{Console, HeartbeatLog};
+    use ferry_vmm::testing::require_kvm;
+    use ferry_vmm::VmConfig;
+
+    use super::*;
+
+    /// A multiboot image whose 32-bit code counts in ECX forever.
+    fn spinning_image() -> Vec<u8> {
+        let load = 0x10_0000u32;
+        let flags = (1u32 << 16) | 2;
+        let words = [
+            0x1BAD_B002u32,
+            flags,
+            0u32.wrapping_sub(0x1BAD_B002).wrapping_sub(flags),
+            load,
+            load,
+            load + 0x200,
+            load + 0x200,
+            load + 0x100,
+        ];
+        let mut img = vec![0u8; 0x200];
+        for (i, w) in words.iter().enumerate() {
+            img[4 * i..4 * i + 4].copy_from_slice(&w.to_le_bytes());
+        }
+        img[0x100..0x105].copy_from_slice(&[0x31, 0xc9, 0x41, 0xeb, 0xfd]);
+        img
+    }
+
+    fn host() -> VmHost {
+        let mut vm = Vm::new(
+            VmConfig {
+                memory: 16 << 20,
+                vcpus: 1,
+            },
+            Console::new(None, false, HeartbeatLog::default()),
+        )
+        .unwrap();
+        vm.boot_multiboot(&spinning_image()).unwrap();
+        let host = VmHost::new(vm, Security::Insecure);
+        host.resume().unwrap();
+        host
+    }
+
+    /// A closed loopback port.
+    fn nowhere() -> MigrateRequest {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        MigrateRequest::new(format!("127.0.0.1:{port}").parse().unwrap())
+    }
+
+    #[test]
+    fn console_tails_cut_between_characters() {
+        assert_eq!(tail("hello", 3), "llo");
+        assert_eq!(tail("hi", 10), "hi");
+        assert_eq!(tail("", 10), "");
+        // 'é' is two bytes: a cut inside it moves to the next character.
+        assert_eq!(tail("aé\u{fffd}b", 4), "\u{fffd}b");
+        assert_eq!(tail("ééé", 3), "é");
+        assert_eq!(tail("x", 0), "");
+    }
+
+    #[test]
+    fn a_panic_inside_a_migration_is_answered_and_leaves_the_vm_serviceable() {
+        if !require_kvm() {
+            return;
+        }
+        let host = host();
+        // The event callback runs inside the engine: a panic there unwinds through it.
+        let e = host
+            .migrate(&nowhere(), &mut |_| panic!("boom in the middle"))
+            .unwrap_err();
+        assert_eq!(e.cause, Cause::Internal, "{e:?}");
+        assert!(e.message.contains("boom in the middle"), "{}", e.message);
+        // It never paused the guest: the VM runs here, the only copy.
+        assert_eq!(e.vm, Some(VmLocation::Source));
+        let s = host.status();
+        assert_eq!(s.state, Some(HostState::Running));
+        let vm = s.vm.unwrap();
+        assert!(vm.running && !vm.outcome_unknown, "{vm:?}");
+        // Not stuck in Migrating: the next migration is attempted (and fails on its own merits).
+        let e = host.migrate(&nowhere(), &mut |_| {}).unwrap_err();
+        assert_eq!(e.cause, Cause::Unreachable, "{e:?}");
+        assert_eq!(e.vm, Some(VmLocation::Source));
+        assert!(matches!(
+            host.cancel(),
+            Err(ErrorReply {
+                cause: Cause::NotMigrating,
+                ..
+            })
+        ));
+        host.stop().unwrap();
+        assert_eq!(host.end(), Some(HostEnd::Stopped));
+        assert_eq!(host.wait_end(), HostEnd::Stopped);
+    }
+
+    #[test]
+    fn an_interrupted_postcopy_blocks_stop_and_new_migrations() {
+        if !require_kvm() {
+            return;
+        }
+        let host = host();
+        lock(&host.state).interrupted = Some([7; 16]);
+        lock(&host.state).outcome_unknown = true;
+        let e = host.stop().unwrap_err();
+        assert_eq!(e.cause, Cause::Refused);
+        assert!(e.message.contains("--recover"), "{}", e.message);
+        let e = host.migrate(&nowhere(), &mut |_| {}).unwrap_err();
+        assert_eq!(e.cause, Cause::Refused);
+        assert_eq!(e.vm, Some(VmLocation::PausedRecoverable));
+        assert!(host.end().is_none());
     }
 }

@@ -1,87 +1,14 @@
 //! The `ferry` binary as a user meets it: the demo, and clear errors for bad input.
 
+mod common;
+
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use ferry_host::{ControlClient, HostState, HostStatus};
+use common::*;
+use ferry_host::HostState;
 use ferry_vmm::testing::require_kvm;
-
-fn ferry() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_ferry"))
-}
-
-fn run(args: &[&str]) -> Output {
-    ferry().args(args).output().unwrap()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-/// A private work directory, removed (with any keys in it) when the test ends.
-struct Tmp(tempfile::TempDir);
-
-impl Tmp {
-    fn new() -> Tmp {
-        Tmp(tempfile::Builder::new()
-            .prefix("ferry-cli-test-")
-            .tempdir()
-            .unwrap())
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.path().join(name)
-    }
-
-    fn arg(&self, name: &str) -> String {
-        self.path(name).to_string_lossy().into_owned()
-    }
-}
-
-struct Killed(Child);
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn status(sock: &Path) -> Option<HostStatus> {
-    ControlClient::new(sock).status().ok()
-}
-
-fn iterations(sock: &Path) -> u64 {
-    status(sock)
-        .and_then(|s| s.guest)
-        .map_or(0, |g| g.iterations)
-}
-
-fn vm_running(sock: &Path) -> bool {
-    status(sock).and_then(|s| s.vm).is_some_and(|v| v.running)
-}
-
-/// Page writes plus heartbeats: grows while the guest runs, idle or not.
-fn progress(sock: &Path) -> u64 {
-    status(sock)
-        .and_then(|s| s.guest)
-        .map_or(0, |g| g.iterations + g.heartbeats)
-}
-
-/// Asserts that the guest behind `sock` makes progress, and that its VM runs.
-fn assert_still_running(sock: &Path) {
-    let before = progress(sock);
-    let t = Instant::now();
-    while progress(sock) <= before {
-        assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "the VM must keep running on the source (guest progress stuck at {before})"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert!(vm_running(sock), "{:?}", status(sock));
-}
 
 #[test]
 fn demo_migrates_and_reports_integrity_ok() {
@@ -225,6 +152,7 @@ fn migrating_to_a_dead_destination_keeps_the_vm_running() {
                 &sock.to_string_lossy(),
                 "--insecure",
             ])
+            .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap(),
@@ -381,6 +309,7 @@ fn a_running_migration_can_be_limited_and_cancelled() {
                 "--control",
                 &src_sock.to_string_lossy(),
             ])
+            .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap(),

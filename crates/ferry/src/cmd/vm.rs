@@ -54,7 +54,9 @@ pub struct ControlArg {
 /// Where the guest's COM1 goes and where the host listens for commands.
 #[derive(Args, Clone, Debug)]
 pub struct HostArgs {
-    /// Control socket (Unix) for `ferry migrate` and status queries. Default: $TMPDIR/ferry-<pid>.sock.
+    /// Control socket (Unix, mode 0600) for `ferry migrate` and status queries. Default:
+    /// vm-<pid>.sock in a private directory (mode 0700): $XDG_RUNTIME_DIR/ferry, /run/ferry for
+    /// root, else $TMPDIR/ferry-<uid>. Put an explicit path in a directory only you can write.
     #[arg(long)]
     pub control: Option<PathBuf>,
     /// Copy the guest's COM1 output here, unbuffered: a file path, or `-` for stdout. Heartbeat bytes
@@ -95,10 +97,11 @@ impl HostArgs {
         Ok(s)
     }
 
-    fn control_path(&self) -> PathBuf {
-        self.control.clone().unwrap_or_else(|| {
-            std::env::temp_dir().join(format!("ferry-{}.sock", std::process::id()))
-        })
+    fn control_path(&self) -> anyhow::Result<PathBuf> {
+        match &self.control {
+            Some(p) => Ok(p.clone()),
+            None => Ok(ferry_host::socket::default_control_path(std::process::id())?),
+        }
     }
 }
 
@@ -221,7 +224,7 @@ fn run_vm(a: RunArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("cannot read kernel image {}", a.kernel.display()))?;
     // A VM runs without certificates; they are needed only to migrate it over the network.
     let security = a.host.security(&[], Need::LocalOk)?;
-    let path = a.host.control_path();
+    let path = a.host.control_path()?;
     let mut vm = Vm::new(
         VmConfig {
             memory: a.memory,
@@ -262,7 +265,7 @@ fn receive(a: ReceiveArgs) -> anyhow::Result<ExitCode> {
     } else {
         a.host.security(&a.allow, Need::Network)?
     };
-    let path = a.host.control_path();
+    let path = a.host.control_path()?;
     let at = listener.endpoint();
     let slot = Arc::new(HostSlot::waiting(at.to_string()));
     let server = serve_control(&path, slot.clone())?;
