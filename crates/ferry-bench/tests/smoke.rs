@@ -86,7 +86,8 @@ fn one_small_scenario_on_both_engines() {
     cfg.scenarios = vec![scenario::smoke()];
     cfg.repeat = 1;
     cfg.timeout = Duration::from_secs(10);
-    cfg.boot_timeout = Duration::from_secs(10);
+    // Generous: QEMU took over 10 s to boot while other builds kept the load average at 16.
+    cfg.boot_timeout = Duration::from_secs(30);
     cfg.work_dir = std::env::temp_dir().join(format!("ferry-bench-smoke-{}", std::process::id()));
     let results = run_suite(&cfg).expect("suite");
     let _ = std::fs::remove_dir_all(&cfg.work_dir);
@@ -185,8 +186,9 @@ fn one_small_scenario_on_both_engines() {
         );
         assert!(!r.host_memory_warmed, "the default is a cold host");
     }
+    // About 15 s on an idle machine: a hang or a collapse shows, a busy machine does not.
     assert!(
-        t.elapsed() < Duration::from_secs(30),
+        t.elapsed() < Duration::from_secs(90),
         "took {:?}",
         t.elapsed()
     );
