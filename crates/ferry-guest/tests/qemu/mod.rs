@@ -126,6 +126,45 @@ impl Qemu {
         }
     }
 
+    /// CPU time (user + system, seconds) of QEMU's vCPU thread ("CPU 0/KVM"), or of the whole
+    /// process if that thread is not found. Rates per second of this time do not depend on how
+    /// busy the machine is: the guest's TSC runs on while its thread waits for a CPU.
+    pub fn vcpu_cpu_secs(&self) -> f64 {
+        let pid = self.child.id();
+        let ticks = |stat: &str| -> Option<u64> {
+            let rest = &stat[stat.rfind(')')? + 1..];
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+        };
+        let read = |p: PathBuf| std::fs::read_to_string(p).unwrap_or_default();
+        let task = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .find(|t| read(t.path().join("comm")).starts_with("CPU 0/KVM"));
+        let stat = match task {
+            Some(t) => read(t.path().join("stat")),
+            None => read(PathBuf::from(format!("/proc/{pid}/stat"))),
+        };
+        // USER_HZ is 100 on every architecture ferry runs on.
+        ticks(&stat).map_or(0.0, |t| t as f64 / 100.0)
+    }
+
+    /// Runs the guest for `wall` and returns (wall seconds, vCPU CPU seconds) over that time, with
+    /// the mailbox before and after. Fails if the vCPU hardly ran (rates would mean nothing).
+    pub fn measure(&mut self, wall: Duration) -> (f64, f64, Mailbox, Mailbox) {
+        let m1 = self.mailbox().expect("mailbox");
+        let (t, c1) = (Instant::now(), self.vcpu_cpu_secs());
+        std::thread::sleep(wall);
+        let m2 = self.mailbox().expect("mailbox");
+        let (dt, dc) = (t.elapsed().as_secs_f64(), self.vcpu_cpu_secs() - c1);
+        assert!(
+            dc >= 0.05,
+            "the vCPU ran only {dc:.3} s of {dt:.3} s: the machine is too busy to measure rates"
+        );
+        (dt, dc, m1, m2)
+    }
+
     /// Everything the guest wrote to COM1 so far.
     pub fn serial(&self) -> Vec<u8> {
         std::fs::read(self.dir.join("serial")).unwrap_or_default()
