@@ -7,6 +7,7 @@
 
 pub mod bitmap;
 pub mod convergence;
+pub mod cpu;
 pub mod heat;
 pub mod parallelism;
 

@@ -50,6 +50,18 @@ pub enum VmmError {
     /// Saved state does not fit this VM.
     #[error("incompatible VM state: {0}")]
     BadState(String),
+    /// The VM uses CPU features this host lacks (a migration here would break the guest).
+    #[error("this host's CPU lacks features the VM uses: {missing}")]
+    CpuFeaturesMissing {
+        /// The features, by name (`avx2, bmi2`).
+        missing: String,
+    },
+    /// KVM here answers the guest's CPUID from the real CPU, so a feature cannot be hidden.
+    #[error("KVM on this host does not apply a restricted CPUID table (the guest keeps features {kept}): its VMs run with the host's own CPU")]
+    CpuNotRestrictable {
+        /// Features the guest still sees beyond the requested set.
+        kept: String,
+    },
     /// A vCPU thread could not be started or stopped.
     #[error("vCPU thread: {0}")]
     Thread(String),

@@ -19,7 +19,7 @@ mod vm;
 
 pub use error::VmmError;
 pub use memory::{GuestRam, PAGE_SIZE};
-pub use vm::{ExitReason, Vm, VmConfig};
+pub use vm::{host_cpu_features, ExitReason, Vm, VmConfig};
 
 /// Support for tests that need KVM.
 pub mod testing {

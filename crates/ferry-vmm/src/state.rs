@@ -39,6 +39,9 @@ pub struct VcpuState {
 pub struct VmState {
     /// Guest RAM size the state belongs to.
     pub memory: u64,
+    /// The CPU features the guest saw (None in states saved before ferry recorded them).
+    #[serde(default)]
+    pub cpu: Option<ferry_model::cpu::CpuFeatures>,
     /// One entry per vCPU, in id order.
     pub vcpus: Vec<VcpuState>,
     /// PIC master, PIC slave, IOAPIC.

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use ferry_model::cpu::{feature_list, CpuFeatures, FeatureWord, Register};
 use kvm_bindings::{
     kvm_irqchip, kvm_msr_entry, kvm_pit_config, kvm_userspace_memory_region, Msrs,
     KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_MAX_CPUID_ENTRIES,
@@ -43,6 +44,80 @@ pub struct Vm {
     /// KVM leaves clearing the dirty log to us (see [`Vm::collect_dirty`]).
     manual_clear: bool,
     slot_scratch: Vec<u64>,
+    /// What this host's KVM offers a guest, as KVM lists it (before any restriction).
+    supported_cpuid: kvm_bindings::CpuId,
+    /// The CPU features this host gives an unrestricted guest (see [`host_cpu_features`]).
+    host_cpu: CpuFeatures,
+    /// The CPU features the guest sees now (the host's, or a baseline's).
+    cpu: CpuFeatures,
+}
+
+/// Reads the feature words out of KVM's CPUID entries.
+fn features_of(cpuid: &kvm_bindings::CpuId) -> CpuFeatures {
+    let entries: Vec<(u32, u32, [u32; 4])> = cpuid
+        .as_slice()
+        .iter()
+        .map(|e| (e.function, e.index, [e.eax, e.ebx, e.ecx, e.edx]))
+        .collect();
+    CpuFeatures::from_cpuid(&entries)
+}
+
+/// The CPU features a guest on this host gets (what a host publishes to its cluster): the CPUID
+/// table KVM holds for a fresh vCPU given everything KVM supports, read back. On standard KVM that
+/// is KVM's supported set; some platforms (this nested, partly emulated one among them) answer
+/// with the real CPU's table whatever the VMM sets, and then that is what guests see.
+pub fn host_cpu_features() -> Result<CpuFeatures, VmmError> {
+    let kvm = Kvm::new().map_err(VmmError::KvmOpen)?;
+    let cpuid = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(VmmError::kvm("GET_SUPPORTED_CPUID"))?;
+    let fd = kvm.create_vm().map_err(VmmError::kvm("CREATE_VM"))?;
+    let vcpu = fd.create_vcpu(0).map_err(VmmError::kvm("CREATE_VCPU"))?;
+    applied_features(&vcpu, &vcpu_cpuid(&cpuid, 0, None))
+}
+
+/// Sets `cpuid` on `vcpu` and returns the features KVM then holds for it.
+fn applied_features(vcpu: &VcpuFd, cpuid: &kvm_bindings::CpuId) -> Result<CpuFeatures, VmmError> {
+    vcpu.set_cpuid2(cpuid)
+        .map_err(VmmError::kvm("SET_CPUID2"))?;
+    let held = vcpu
+        .get_cpuid2(KVM_MAX_CPUID_ENTRIES)
+        .map_err(VmmError::kvm("GET_CPUID2"))?;
+    Ok(features_of(&held))
+}
+
+/// `cpuid` for vCPU `id`: its APIC ids set, and every feature word outside `allowed` cleared.
+fn vcpu_cpuid(
+    supported: &kvm_bindings::CpuId,
+    id: u32,
+    allowed: Option<&CpuFeatures>,
+) -> kvm_bindings::CpuId {
+    let mut cpuid = supported.clone();
+    for e in cpuid.as_mut_slice() {
+        if e.function == 1 {
+            e.ebx = (e.ebx & 0x00ff_ffff) | (id << 24);
+        }
+        if e.function == 0xb || e.function == 0x1f {
+            e.edx = id;
+        }
+        let Some(allowed) = allowed else { continue };
+        for word in FeatureWord::ALL {
+            let (f, i, reg) = word.location();
+            if f != e.function || i != e.index {
+                continue;
+            }
+            // Bits that are guest state (OSXSAVE, the hypervisor bit) are never in a feature set:
+            // they stay as KVM has them.
+            let mask = allowed.word(word) | word.dynamic_bits();
+            match reg {
+                Register::Eax => e.eax &= mask,
+                Register::Ebx => e.ebx &= mask,
+                Register::Ecx => e.ecx &= mask,
+                Register::Edx => e.edx &= mask,
+            }
+        }
+    }
+    cpuid
 }
 
 impl Vm {
@@ -82,19 +157,16 @@ impl Vm {
         let bus = Arc::new(PortBus::new(console));
         let ctl = Arc::new(RunControl::default());
         let mut handles = Vec::with_capacity(vcpus as usize);
-        for id in 0..u64::from(vcpus) {
-            let vcpu = fd.create_vcpu(id).map_err(VmmError::kvm("CREATE_VCPU"))?;
-            let mut cpuid = cpuid.clone();
-            for e in cpuid.as_mut_slice() {
-                if e.function == 1 {
-                    e.ebx = (e.ebx & 0x00ff_ffff) | ((id as u32) << 24);
-                }
-                if e.function == 0xb || e.function == 0x1f {
-                    e.edx = id as u32;
-                }
+        let mut host_cpu = CpuFeatures::default();
+        for id in 0..vcpus {
+            let vcpu = fd
+                .create_vcpu(u64::from(id))
+                .map_err(VmmError::kvm("CREATE_VCPU"))?;
+            let applied = applied_features(&vcpu, &vcpu_cpuid(&cpuid, u32::from(id), None))?;
+            if id == 0 {
+                host_cpu = applied;
             }
-            vcpu.set_cpuid2(&cpuid)
-                .map_err(VmmError::kvm("SET_CPUID2"))?;
+            let id = u64::from(id);
             handles.push(VcpuHandle::spawn(vcpu, id, bus.clone(), ctl.clone())?);
         }
         ctl.set_paused(true);
@@ -109,7 +181,50 @@ impl Vm {
             dirty_logging: false,
             manual_clear,
             slot_scratch: Vec::new(),
+            cpu: host_cpu,
+            host_cpu,
+            supported_cpuid: cpuid,
         })
+    }
+
+    /// The CPU features the guest sees.
+    pub fn cpu_features(&self) -> CpuFeatures {
+        self.cpu
+    }
+
+    /// The CPU features in vCPU 0's CPUID table as KVM holds it (read back with KVM_GET_CPUID2).
+    pub fn applied_cpu_features(&self) -> Result<CpuFeatures, VmmError> {
+        let cpuid = self
+            .paused_vcpu(0)?
+            .get_cpuid2(KVM_MAX_CPUID_ENTRIES)
+            .map_err(VmmError::kvm("GET_CPUID2"))?;
+        Ok(features_of(&cpuid))
+    }
+
+    /// Restricts the guest's CPU to `features` (a cluster baseline, or the features a migrating VM
+    /// had on its source), before it first runs. Fails, naming them, if this host lacks any of
+    /// them, and fails too if KVM does not hold the restricted table afterwards (a platform that
+    /// answers CPUID from the real CPU cannot hide a feature from its guests).
+    pub fn restrict_cpu(&mut self, features: &CpuFeatures) -> Result<(), VmmError> {
+        let missing = features.missing_on(&self.host_cpu);
+        if !missing.is_empty() {
+            return Err(VmmError::CpuFeaturesMissing {
+                missing: feature_list(&missing),
+            });
+        }
+        for i in 0..self.vcpus.len() {
+            let id = u32::try_from(i).map_err(|_| VmmError::BadState("vCPU id".into()))?;
+            let cpuid = vcpu_cpuid(&self.supported_cpuid, id, Some(features));
+            let held = applied_features(self.paused_vcpu(i)?, &cpuid)?;
+            if held != *features {
+                self.cpu = held;
+                return Err(VmmError::CpuNotRestrictable {
+                    kept: feature_list(&held.missing_on(features)),
+                });
+            }
+        }
+        self.cpu = *features;
+        Ok(())
     }
 
     /// Loads a multiboot v1 image and points the boot vCPU at it (32-bit protected mode, per spec).
@@ -273,6 +388,7 @@ impl Vm {
             .map_err(|_| VmmError::BadState("serial lock poisoned".into()))?;
         Ok(VmState {
             memory: self.ram.size(),
+            cpu: Some(self.cpu),
             vcpus,
             irqchips,
             pit: self.fd.get_pit2().map_err(VmmError::kvm("GET_PIT2"))?,
@@ -332,6 +448,12 @@ impl Vm {
                 state.vcpus.len(),
                 self.vcpus.len()
             )));
+        }
+        // The guest must keep seeing the CPU it had: the same features, and none this host lacks.
+        if let Some(cpu) = &state.cpu {
+            if *cpu != self.cpu {
+                self.restrict_cpu(cpu)?;
+            }
         }
         for (i, s) in state.vcpus.iter().enumerate() {
             let v = self.paused_vcpu(i)?;
