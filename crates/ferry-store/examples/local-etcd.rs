@@ -12,7 +12,19 @@ use std::time::Duration;
 use ferry_store::{EtcdStore, LocalEtcd, LocalEtcdConfig, Store};
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() {
+    if let Err(e) = run().await {
+        eprintln!("local-etcd: {e}");
+        let mut cause = e.source();
+        while let Some(c) = cause {
+            eprintln!("  caused by: {c}");
+            cause = c.source();
+        }
+        std::process::exit(1);
+    }
+}
+
+async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let dir = args.next().unwrap_or_else(|| "ferry-etcd".into());
     let port: u16 = match args.next() {

@@ -127,7 +127,16 @@ async fn a_missing_binary_or_a_bad_flag_is_a_clear_error() {
     if !etcd_available() {
         return;
     }
-    // etcd refuses to start (a peer port that is not a port): the error carries its log.
+    // A taken port is refused before etcd starts (the readiness probe would reach the other
+    // server otherwise).
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut config = LocalEtcdConfig::in_dir(dir.path()).for_tests();
+    config.client_port = taken.local_addr().unwrap().port();
+    assert!(matches!(
+        LocalEtcd::start(config).await,
+        Err(LocalEtcdError::PortInUse { port, .. }) if port == taken.local_addr().unwrap().port()
+    ));
+    // etcd refuses to start (a name it cannot parse): the error carries its log.
     let mut config = LocalEtcdConfig::in_dir(dir.path()).for_tests();
     config.name = "bad name,=x".into();
     match LocalEtcd::start(config).await {

@@ -4,6 +4,8 @@
 use std::fs::{self, File};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, TcpListener};
+use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -96,6 +98,14 @@ pub enum LocalEtcdError {
     /// No free port.
     #[error("cannot find a free port for etcd")]
     Port(#[source] io::Error),
+    /// A configured port is taken (by another etcd, perhaps).
+    #[error("port {port} on {host} is already in use")]
+    PortInUse {
+        /// The address.
+        host: IpAddr,
+        /// The port.
+        port: u16,
+    },
     /// Spawning failed.
     #[error("cannot start etcd")]
     Spawn(#[source] io::Error),
@@ -122,7 +132,9 @@ pub enum LocalEtcdError {
 }
 
 /// A running etcd server, stopped (SIGTERM, then SIGKILL) by [`LocalEtcd::stop`] or killed
-/// when dropped.
+/// when dropped. It runs in its own process group, so terminal signals go to the program that
+/// started it, which stops it; a program killed with SIGKILL leaves it running unless
+/// [`LocalEtcdConfig::die_with_parent`] is set.
 #[derive(Debug)]
 pub struct LocalEtcd {
     config: LocalEtcdConfig,
@@ -147,6 +159,18 @@ pub(crate) fn find_binary(binary: &Path) -> Option<PathBuf> {
 fn free_port(host: IpAddr) -> Result<u16, LocalEtcdError> {
     let l = TcpListener::bind((host, 0)).map_err(LocalEtcdError::Port)?;
     Ok(l.local_addr().map_err(LocalEtcdError::Port)?.port())
+}
+
+/// Fails if `port` is taken: otherwise the readiness probe could reach the server that holds
+/// it and take it for the etcd just started.
+fn check_free(host: IpAddr, port: u16) -> Result<(), LocalEtcdError> {
+    match TcpListener::bind((host, port)) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
+            Err(LocalEtcdError::PortInUse { host, port })
+        }
+        Err(e) => Err(LocalEtcdError::Port(e)),
+    }
 }
 
 fn url(host: IpAddr, port: u16) -> String {
@@ -174,10 +198,15 @@ impl LocalEtcd {
     pub async fn start(config: LocalEtcdConfig) -> Result<Self, LocalEtcdError> {
         let binary = find_binary(&config.binary)
             .ok_or_else(|| LocalEtcdError::NotInstalled(config.binary.clone()))?;
-        fs::create_dir_all(&config.data_dir).map_err(|source| LocalEtcdError::Prepare {
-            path: config.data_dir.clone(),
-            source,
-        })?;
+        // etcd wants its data private (0700) and warns otherwise.
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&config.data_dir)
+            .map_err(|source| LocalEtcdError::Prepare {
+                path: config.data_dir.clone(),
+                source,
+            })?;
         // Free ports are found by binding and releasing them; another process may take one
         // before etcd binds it, so a start that fails with picked ports is retried.
         let picked = config.client_port == 0 || config.peer_port == 0;
@@ -192,7 +221,14 @@ impl LocalEtcd {
                 0 => free_port(config.host)?,
                 p => p,
             };
-            let child = spawn(&config, &binary, client_port, peer_port)?;
+            let child = match spawn(&config, &binary, client_port, peer_port) {
+                Ok(c) => c,
+                Err(e @ LocalEtcdError::PortInUse { .. }) if picked => {
+                    last = Some(e);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             let mut etcd = Self {
                 config: config.clone(),
                 binary: binary.clone(),
@@ -288,7 +324,7 @@ impl LocalEtcd {
             }
             if let Ok(mut c) = Client::connect([endpoint.as_str()], Some(options.clone())).await {
                 // A linearizable read answers only once the member has a leader.
-                if c.get("/ferry-store-probe", None).await.is_ok() {
+                if c.get("/ferry-store-probe", None).await.is_ok() && self.exited().is_none() {
                     return Ok(());
                 }
             }
@@ -308,6 +344,8 @@ fn spawn(
     client_port: u16,
     peer_port: u16,
 ) -> Result<Child, LocalEtcdError> {
+    check_free(config.host, client_port)?;
+    check_free(config.host, peer_port)?;
     let client = url(config.host, client_port);
     let peer = url(config.host, peer_port);
     let mut cmd = Command::new(binary);
@@ -359,8 +397,10 @@ fn spawn(
             cmd.stderr(Stdio::null());
         }
     }
+    // Its own process group: a Ctrl-C at the terminal reaches the supervising program, which
+    // stops etcd itself, instead of killing etcd behind the supervisor's back.
+    cmd.process_group(0);
     if config.die_with_parent {
-        use std::os::unix::process::CommandExt;
         // SAFETY: the closure runs in the forked child before exec. It only calls prctl(2),
         // which is async-signal-safe, allocates nothing and takes no lock.
         unsafe {
