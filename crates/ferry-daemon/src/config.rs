@@ -309,10 +309,7 @@ impl DaemonConfig {
     pub fn capacity(&self, host_cpus: u32, host_memory: u64) -> Capacity {
         Capacity {
             max_vms: self.capacity.max_vms.unwrap_or(64),
-            memory: self
-                .capacity
-                .memory
-                .unwrap_or(host_memory / 10 * 9),
+            memory: self.capacity.memory.unwrap_or(host_memory / 10 * 9),
             vcpus: self.capacity.vcpus.unwrap_or(host_cpus.max(1) * 4),
         }
     }
@@ -448,8 +445,9 @@ level = "debug"
 
     #[test]
     fn typos_and_contradictions_are_refused() {
-        let e = DaemonConfig::parse("name = \"a\"\ndata_dir = \"/d\"\nrun_dir = \"/r\"\nlisten = 3\n")
-            .unwrap_err();
+        let e =
+            DaemonConfig::parse("name = \"a\"\ndata_dir = \"/d\"\nrun_dir = \"/r\"\nlisten = 3\n")
+                .unwrap_err();
         assert!(e.to_string().contains("bad configuration"), "{e}");
         let e = DaemonConfig::parse(
             "name = \"a\"\ndata_dir = \"/d\"\nrun_dir = \"/r\"\n[api]\nlisten = [\"0.0.0.0:1\"]\n",

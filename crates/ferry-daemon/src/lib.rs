@@ -8,13 +8,15 @@
 //! - [`config`]: the TOML configuration file;
 //! - [`api`]: routes, handlers, the OpenAPI document and the types clients share;
 //! - [`server`]: mutual TLS on TCP, and a 0600 Unix socket for the host's own CLI;
-//! - [`client`]: the API's client (the CLI's and other daemons');
+//! - [`client`]: the API's client (the CLI's and other daemons'); [`cluster_config`]: the CLI's
+//!   cluster file (host names to API addresses, the client certificate);
 //! - [`daemon`]: the VM and migration tables, adoption, the monitor;
 //! - [`metrics`]: Prometheus metrics; [`load`]: CPU and memory from /proc;
 //! - [`rundir`], [`vm_process`]: VM directories and processes.
 
 pub mod api;
 pub mod client;
+pub mod cluster_config;
 pub mod config;
 pub mod daemon;
 pub mod load;

@@ -95,7 +95,8 @@ pub fn cpu_count() -> u32 {
 
 /// Resident memory of a process, bytes (`VmRSS` of `/proc/PID/status`).
 pub fn process_rss(pid: u32) -> Option<u64> {
-    let text = std::fs::read_to_string(Path::new("/proc").join(pid.to_string()).join("status")).ok()?;
+    let text =
+        std::fs::read_to_string(Path::new("/proc").join(pid.to_string()).join("status")).ok()?;
     let l = text.lines().find(|l| l.starts_with("VmRSS:"))?;
     let kb: u64 = l["VmRSS:".len()..]
         .trim()

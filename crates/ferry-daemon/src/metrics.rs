@@ -191,8 +191,7 @@ impl Metrics {
     /// A live round ended: the guest's dirty rate during it.
     pub fn round(&self, round: &ferry_model::RoundStats) {
         if round.round > 0 && round.seconds > 0.0 {
-            self.dirty_rate
-                .observe(round.dirty_rate() * PAGE_BYTES);
+            self.dirty_rate.observe(round.dirty_rate() * PAGE_BYTES);
         }
     }
 
@@ -202,8 +201,12 @@ impl Metrics {
         self.vms.get_or_create(h).set(load.vms as i64);
         self.vm_memory.get_or_create(h).set(load.vm_memory as i64);
         self.cpu_usage.get_or_create(h).set(load.cpu_usage);
-        self.memory_used.get_or_create(h).set(load.memory_used as i64);
-        self.memory_total.get_or_create(h).set(load.memory_total as i64);
+        self.memory_used
+            .get_or_create(h)
+            .set(load.memory_used as i64);
+        self.memory_total
+            .get_or_create(h)
+            .set(load.memory_total as i64);
         self.in_flight.set(load.migrations_in_flight as i64);
     }
 

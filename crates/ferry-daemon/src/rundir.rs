@@ -178,7 +178,10 @@ mod tests {
     fn create_scan_remove() {
         let t = tempfile::tempdir().unwrap();
         let rd = RunDir::open(&t.path().join("run")).unwrap();
-        let mode = std::fs::metadata(t.path().join("run")).unwrap().permissions().mode();
+        let mode = std::fs::metadata(t.path().join("run"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o700);
         rd.create(&meta("a")).unwrap();
         rd.create(&meta("b")).unwrap();

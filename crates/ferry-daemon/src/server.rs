@@ -118,7 +118,10 @@ pub async fn serve_unix(listener: UnixListener, app: Router, mut shutdown: watch
             }
         };
         if uid != 0 && uid != me {
-            tracing::warn!(uid, "refused a local API client that is neither root nor the daemon's user");
+            tracing::warn!(
+                uid,
+                "refused a local API client that is neither root nor the daemon's user"
+            );
             continue;
         }
         let app = app.clone();
@@ -179,16 +182,20 @@ pub async fn serve_tls(
     }
 }
 
-async fn serve_connection<S>(stream: S, peer: Peer, app: Router, mut shutdown: watch::Receiver<bool>)
-where
+async fn serve_connection<S>(
+    stream: S,
+    peer: Peer,
+    app: Router,
+    mut shutdown: watch::Receiver<bool>,
+) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
         req.extensions_mut().insert(peer.clone());
         app.clone().oneshot(req)
     });
-    let conn = hyper::server::conn::http1::Builder::new()
-        .serve_connection(TokioIo::new(stream), service);
+    let conn =
+        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
     tokio::pin!(conn);
     tokio::select! {
         r = conn.as_mut() => {

@@ -206,7 +206,12 @@ pub fn ended(s: &HostStatus) -> bool {
 
 /// Stops the VM behind `control` and waits up to `timeout` for process `pid` to end; kills it
 /// otherwise. Whether it is gone.
-pub fn stop(control: &Path, pid: Option<u32>, child: Option<&mut Child>, timeout: Duration) -> bool {
+pub fn stop(
+    control: &Path,
+    pid: Option<u32>,
+    child: Option<&mut Child>,
+    timeout: Duration,
+) -> bool {
     let _ = ControlClient::new(control)
         .with_deadline(PROBE_DEADLINE)
         .stop();
@@ -215,7 +220,12 @@ pub fn stop(control: &Path, pid: Option<u32>, child: Option<&mut Child>, timeout
 
 /// Waits up to `timeout` for the VM process to end (reaping it if it is our child), then kills
 /// it. Whether it is gone.
-pub fn wait_gone(control: &Path, pid: Option<u32>, mut child: Option<&mut Child>, timeout: Duration) -> bool {
+pub fn wait_gone(
+    control: &Path,
+    pid: Option<u32>,
+    mut child: Option<&mut Child>,
+    timeout: Duration,
+) -> bool {
     let t = Instant::now();
     loop {
         let gone = match child.as_deref_mut() {

@@ -28,14 +28,41 @@ use types::*;
                        HTTPS with client certificates of the cluster CA, and on a local Unix socket."
     ),
     paths(
-        host_self, hosts, drain_host, list_vms, create_vm, get_vm, stop_vm, list_migrations,
-        start_migration, get_migration, incoming, cancel_incoming, events, metrics, plan,
+        host_self,
+        hosts,
+        drain_host,
+        list_vms,
+        create_vm,
+        get_vm,
+        stop_vm,
+        list_migrations,
+        start_migration,
+        get_migration,
+        incoming,
+        cancel_incoming,
+        events,
+        metrics,
+        plan,
         plan_apply
     ),
     components(schemas(
-        VmState, VmInfo, CreateVm, CapacityInfo, LoadInfo, HostInfo, StartMigration,
-        MigrationState, VmWhere, MigrationFailure, MigrationInfo, IncomingRequest, IncomingReady,
-        DrainRequest, PlannerStatus, DaemonEvent, ApiError
+        VmState,
+        VmInfo,
+        CreateVm,
+        CapacityInfo,
+        LoadInfo,
+        HostInfo,
+        StartMigration,
+        MigrationState,
+        VmWhere,
+        MigrationFailure,
+        MigrationInfo,
+        IncomingRequest,
+        IncomingReady,
+        DrainRequest,
+        PlannerStatus,
+        DaemonEvent,
+        ApiError
     ))
 )]
 pub struct ApiDoc;
@@ -123,7 +150,10 @@ async fn list_vms(State(d): D) -> Json<Vec<VmInfo>> {
 #[utoipa::path(post, path = "/v1/vms", request_body = CreateVm, responses(
     (status = 201, body = VmInfo), (status = 400, body = ApiError), (status = 409, body = ApiError),
     (status = 503, description = "over capacity", body = ApiError)))]
-async fn create_vm(State(d): D, Json(req): Json<CreateVm>) -> Result<(StatusCode, Json<VmInfo>), Failure> {
+async fn create_vm(
+    State(d): D,
+    Json(req): Json<CreateVm>,
+) -> Result<(StatusCode, Json<VmInfo>), Failure> {
     Ok((StatusCode::CREATED, Json(d.create_vm(req).await?)))
 }
 
@@ -170,21 +200,30 @@ async fn start_migration(
 /// One migration (in flight or among the last ended ones).
 #[utoipa::path(get, path = "/v1/migrations/{id}", params(("id" = String, Path, description = "migration")),
     responses((status = 200, body = MigrationInfo), (status = 404, body = ApiError)))]
-async fn get_migration(State(d): D, Path(id): Path<String>) -> Result<Json<MigrationInfo>, Failure> {
+async fn get_migration(
+    State(d): D,
+    Path(id): Path<String>,
+) -> Result<Json<MigrationInfo>, Failure> {
     Ok(Json(d.state().migration_info(&id)?))
 }
 
 /// (Daemon to daemon) get ready to receive a VM: answers where to send it.
 #[utoipa::path(post, path = "/v1/incoming", request_body = IncomingRequest, responses(
     (status = 200, body = IncomingReady), (status = 409, body = ApiError), (status = 503, body = ApiError)))]
-async fn incoming(State(d): D, Json(req): Json<IncomingRequest>) -> Result<Json<IncomingReady>, Failure> {
+async fn incoming(
+    State(d): D,
+    Json(req): Json<IncomingRequest>,
+) -> Result<Json<IncomingReady>, Failure> {
     Ok(Json(d.prepare_incoming(req).await?))
 }
 
 /// (Daemon to daemon) the source gave up: drop the receiver if nothing has arrived.
 #[utoipa::path(delete, path = "/v1/incoming/{vm}", params(("vm" = String, Path, description = "VM")),
     responses((status = 200), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
-async fn cancel_incoming(State(d): D, Path(vm): Path<String>) -> Result<Json<serde_json::Value>, Failure> {
+async fn cancel_incoming(
+    State(d): D,
+    Path(vm): Path<String>,
+) -> Result<Json<serde_json::Value>, Failure> {
     d.cancel_incoming(&vm).await?;
     Ok(Json(serde_json::json!({ "cancelled": vm })))
 }

@@ -171,6 +171,9 @@ pub struct StartMigration {
     /// Compare RAM digests after the switch-over.
     #[serde(default = "yes")]
     pub verify: bool,
+    /// Live rounds at most before switching over anyway.
+    #[serde(default = "thirty")]
+    pub max_rounds: u32,
 }
 
 fn auto() -> String {
@@ -184,6 +187,9 @@ fn adaptive() -> String {
 }
 fn yes() -> bool {
     true
+}
+fn thirty() -> u32 {
+    30
 }
 
 impl StartMigration {
@@ -199,6 +205,7 @@ impl StartMigration {
             channels: 0,
             compression: adaptive(),
             verify: true,
+            max_rounds: thirty(),
         }
     }
 }

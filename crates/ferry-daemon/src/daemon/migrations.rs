@@ -28,7 +28,10 @@ const RECEIVER_START: Duration = Duration::from_secs(20);
 
 impl Daemon {
     /// `POST /v1/migrations`: starts moving a VM of this host to host `req.to`.
-    pub async fn start_migration(self: &Arc<Self>, req: StartMigration) -> Result<MigrationInfo, Failure> {
+    pub async fn start_migration(
+        self: &Arc<Self>,
+        req: StartMigration,
+    ) -> Result<MigrationInfo, Failure> {
         let strategy: Strategy = req.strategy.parse().map_err(Failure::BadRequest)?;
         let compression = req
             .compression
@@ -51,10 +54,12 @@ impl Daemon {
         let (memory, vcpus, info) = {
             let mut st = self.state();
             let out = st.in_flight(Direction::Out);
-            let v = st
-                .vms
-                .get(&req.vm)
-                .ok_or_else(|| Failure::NotFound(format!("no VM named '{}' on host {}", req.vm, self.cfg.name)))?;
+            let v = st.vms.get(&req.vm).ok_or_else(|| {
+                Failure::NotFound(format!(
+                    "no VM named '{}' on host {}",
+                    req.vm, self.cfg.name
+                ))
+            })?;
             if v.state != VmState::Running {
                 return Err(Failure::Conflict(format!(
                     "VM '{}' is {} on host {}: only a running VM can be migrated",
@@ -102,13 +107,27 @@ impl Daemon {
             let ready = match ready {
                 Ok(r) => r,
                 Err(e) => {
-                    d.finish_failed(&id, &req.vm, "destination-refused", VmWhere::Source, e.to_string());
+                    d.finish_failed(
+                        &id,
+                        &req.vm,
+                        "destination-refused",
+                        VmWhere::Source,
+                        e.to_string(),
+                    );
                     return;
                 }
             };
             let Ok(to) = ready.address.parse::<Endpoint>() else {
-                d.finish_failed(&id, &req.vm, "destination-refused", VmWhere::Source,
-                    format!("destination {} answered a bad address '{}'", req.to, ready.address));
+                d.finish_failed(
+                    &id,
+                    &req.vm,
+                    "destination-refused",
+                    VmWhere::Source,
+                    format!(
+                        "destination {} answered a bad address '{}'",
+                        req.to, ready.address
+                    ),
+                );
                 return;
             };
             let mut m = MigrateRequest::new(to);
@@ -117,6 +136,7 @@ impl Daemon {
             m.channels = req.channels;
             m.compression = compression;
             m.verify = req.verify;
+            m.max_rounds = req.max_rounds;
             m.max_bandwidth = req.max_bandwidth;
             m.tls_name = Some(ready.tls_name.clone());
             d.set_migration(&id, |i| i.state = MigrationState::Running);
@@ -134,7 +154,10 @@ impl Daemon {
             match result {
                 Ok(Ok(report)) => {
                     let d2 = d.clone();
-                    let _ = tokio::task::spawn_blocking(move || d2.finish_completed(&id, &req.vm, report)).await;
+                    let _ = tokio::task::spawn_blocking(move || {
+                        d2.finish_completed(&id, &req.vm, report)
+                    })
+                    .await;
                 }
                 Ok(Err(ferry_host::ClientError::Host(e))) => {
                     let at = match e.vm {
@@ -145,13 +168,22 @@ impl Daemon {
                     };
                     if at == VmWhere::Source {
                         // Let the destination drop its receiver now rather than at its timeout.
-                        let _ = peer.delete::<serde_json::Value>(&format!("/v1/incoming/{}", req.vm)).await;
+                        let _ = peer
+                            .delete::<serde_json::Value>(&format!("/v1/incoming/{}", req.vm))
+                            .await;
                     }
                     d.finish_failed(&id, &req.vm, &e.cause.to_string(), at, e.message.clone());
                 }
-                Ok(Err(e)) => d.finish_failed(&id, &req.vm, "vm-host", VmWhere::Unknown,
-                    format!("lost contact with the VM's host process: {e}")),
-                Err(e) => d.finish_failed(&id, &req.vm, "internal", VmWhere::Unknown, e.to_string()),
+                Ok(Err(e)) => d.finish_failed(
+                    &id,
+                    &req.vm,
+                    "vm-host",
+                    VmWhere::Unknown,
+                    format!("lost contact with the VM's host process: {e}"),
+                ),
+                Err(e) => {
+                    d.finish_failed(&id, &req.vm, "internal", VmWhere::Unknown, e.to_string())
+                }
             }
         });
         Ok(info)
@@ -219,7 +251,11 @@ impl Daemon {
         }
         let _ = self.launcher.run.remove(vm);
         tracing::info!(migration = %id, vm = %vm, total_ms = report.total_ms, downtime_ms = report.downtime_ms, "migration completed");
-        self.publish(vm_event(vm, None, info.as_ref().map(|i| format!("migrated to {}", i.to))));
+        self.publish(vm_event(
+            vm,
+            None,
+            info.as_ref().map(|i| format!("migrated to {}", i.to)),
+        ));
         if let Some(i) = info {
             self.publish(DaemonEvent::Migration {
                 migration: Box::new(i),
@@ -244,8 +280,13 @@ impl Daemon {
                 v.migration = None;
                 let (s, d) = match at {
                     VmWhere::Source => (VmState::Running, None),
-                    VmWhere::Destination => (VmState::Exited, Some("the VM runs on the destination".into())),
-                    VmWhere::PausedRecoverable | VmWhere::Unknown => (VmState::Paused, Some(message.clone())),
+                    VmWhere::Destination => (
+                        VmState::Exited,
+                        Some("the VM runs on the destination".into()),
+                    ),
+                    VmWhere::PausedRecoverable | VmWhere::Unknown => {
+                        (VmState::Paused, Some(message.clone()))
+                    }
                 };
                 v.set_state(s, d.clone());
                 (s, d)
@@ -267,7 +308,10 @@ impl Daemon {
     }
 
     /// `POST /v1/incoming`: starts a receiving process for a VM a peer daemon will send.
-    pub async fn prepare_incoming(self: &Arc<Self>, req: IncomingRequest) -> Result<IncomingReady, Failure> {
+    pub async fn prepare_incoming(
+        self: &Arc<Self>,
+        req: IncomingRequest,
+    ) -> Result<IncomingReady, Failure> {
         if self.tls.is_none() {
             return Err(Failure::Refused(format!(
                 "host {} has no certificates: it cannot receive migrations over the network",
@@ -297,7 +341,10 @@ impl Daemon {
             }
             st.admit(&self.capacity, &req.vm, req.memory, req.vcpus)?;
             self.launcher.run.create(&meta).map_err(|e| {
-                Failure::Conflict(format!("cannot create the directory of VM '{}': {e}", req.vm))
+                Failure::Conflict(format!(
+                    "cannot create the directory of VM '{}': {e}",
+                    req.vm
+                ))
             })?;
             let mut e = VmEntry::new(meta.clone(), VmState::Incoming);
             e.migration = Some(req.migration.clone());
@@ -323,7 +370,10 @@ impl Daemon {
             Ok(s) => s,
             Err(e) => {
                 self.incoming_failed(&req.vm, &e.to_string());
-                return Err(Failure::Internal(format!("cannot start receiving VM '{}': {e}", req.vm)));
+                return Err(Failure::Internal(format!(
+                    "cannot start receiving VM '{}': {e}",
+                    req.vm
+                )));
             }
         };
         let port = s
@@ -342,7 +392,9 @@ impl Daemon {
         let Some(port) = port else {
             let (d, vm) = (self.clone(), req.vm.clone());
             let _ = tokio::task::spawn_blocking(move || d.cancel_incoming_now(&vm)).await;
-            return Err(Failure::Internal("the receiving process reported no port".into()));
+            return Err(Failure::Internal(
+                "the receiving process reported no port".into(),
+            ));
         };
         let host = self.cfg.migration_advertise_host();
         let address = if host.contains(':') {
@@ -351,7 +403,11 @@ impl Daemon {
             format!("{host}:{port}")
         };
         tracing::info!(vm = %req.vm, from = %req.from, migration = %req.migration, %address, "waiting for an incoming VM");
-        self.publish(vm_event(&req.vm, Some(VmState::Incoming), Some(format!("from {}", req.from))));
+        self.publish(vm_event(
+            &req.vm,
+            Some(VmState::Incoming),
+            Some(format!("from {}", req.from)),
+        ));
         Ok(IncomingReady {
             address,
             tls_name: self.cfg.name.clone(),
@@ -362,12 +418,14 @@ impl Daemon {
     pub async fn cancel_incoming(self: &Arc<Self>, vm: &str) -> Result<(), Failure> {
         {
             let st = self.state();
-            let v = st
-                .vms
-                .get(vm)
-                .ok_or_else(|| Failure::NotFound(format!("no VM named '{vm}' on host {}", self.cfg.name)))?;
+            let v = st.vms.get(vm).ok_or_else(|| {
+                Failure::NotFound(format!("no VM named '{vm}' on host {}", self.cfg.name))
+            })?;
             if v.state != VmState::Incoming {
-                return Err(Failure::Conflict(format!("VM '{vm}' is {} here, not arriving", v.state)));
+                return Err(Failure::Conflict(format!(
+                    "VM '{vm}' is {} here, not arriving",
+                    v.state
+                )));
             }
         }
         let control = self.launcher.run.control(vm);
@@ -400,7 +458,12 @@ impl Daemon {
             }
         };
         let mut child = child;
-        vm_process::stop(&self.launcher.run.control(vm), pid, child.as_mut(), Duration::from_secs(5));
+        vm_process::stop(
+            &self.launcher.run.control(vm),
+            pid,
+            child.as_mut(),
+            Duration::from_secs(5),
+        );
         self.incoming_failed(vm, "cancelled by the source");
     }
 

@@ -81,6 +81,11 @@ pub struct Daemon {
 }
 
 impl Daemon {
+    /// VMs on this host.
+    pub fn vm_count(&self) -> usize {
+        self.state().vm_count()
+    }
+
     /// This host's name.
     pub fn name(&self) -> &str {
         &self.cfg.name
@@ -224,13 +229,12 @@ pub async fn start(cfg: DaemonConfig) -> Result<RunningDaemon, StartError> {
     })?;
     let tls = match &cfg.certs_dir {
         Some(dir) => {
-            let id = tls::Identity::from_dir(dir, &cfg.name).map_err(|source| {
-                StartError::Identity {
+            let id =
+                tls::Identity::from_dir(dir, &cfg.name).map_err(|source| StartError::Identity {
                     name: cfg.name.clone(),
                     dir: dir.clone(),
                     source,
-                }
-            })?;
+                })?;
             let wrap = |source| StartError::Identity {
                 name: cfg.name.clone(),
                 dir: dir.clone(),
@@ -269,7 +273,10 @@ pub async fn start(cfg: DaemonConfig) -> Result<RunningDaemon, StartError> {
             listeners.push(l);
         }
     }
-    let api_addrs: Vec<SocketAddr> = listeners.iter().filter_map(|l| l.local_addr().ok()).collect();
+    let api_addrs: Vec<SocketAddr> = listeners
+        .iter()
+        .filter_map(|l| l.local_addr().ok())
+        .collect();
     let (events, _) = broadcast::channel(4096);
     let daemon = Arc::new(Daemon {
         capacity,
@@ -297,7 +304,11 @@ pub async fn start(cfg: DaemonConfig) -> Result<RunningDaemon, StartError> {
     let mut tasks = Vec::new();
     let unix_socket = daemon.cfg.unix_socket();
     let unix = server::bind_unix(&unix_socket)?;
-    tasks.push(tokio::spawn(server::serve_unix(unix, app.clone(), rx.clone())));
+    tasks.push(tokio::spawn(server::serve_unix(
+        unix,
+        app.clone(),
+        rx.clone(),
+    )));
     if let Some(t) = &daemon.tls {
         for l in listeners {
             tasks.push(tokio::spawn(server::serve_tls(

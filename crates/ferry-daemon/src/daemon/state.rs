@@ -280,10 +280,9 @@ impl State {
 
     /// A migration as the API shows it (elapsed time up to now while it runs).
     pub fn migration_info(&self, id: &str) -> Result<MigrationInfo, Failure> {
-        let m = self
-            .migrations
-            .get(id)
-            .ok_or_else(|| Failure::NotFound(format!("no migration '{id}' on host {}", self.host)))?;
+        let m = self.migrations.get(id).ok_or_else(|| {
+            Failure::NotFound(format!("no migration '{id}' on host {}", self.host))
+        })?;
         Ok(snapshot(m))
     }
 
@@ -362,11 +361,18 @@ mod tests {
     fn admission_counts_every_vm_holding_resources() {
         let mut s = State::new("h");
         assert!(s.admit(&CAP, "a", 512 << 20, 2).is_ok());
-        s.vms
-            .insert("a".into(), VmEntry::new(meta("a", 512, 2), VmState::Running));
-        s.vms
-            .insert("b".into(), VmEntry::new(meta("b", 256, 1), VmState::Incoming));
-        assert!(matches!(s.admit(&CAP, "a", 1 << 20, 1), Err(Failure::Conflict(_))));
+        s.vms.insert(
+            "a".into(),
+            VmEntry::new(meta("a", 512, 2), VmState::Running),
+        );
+        s.vms.insert(
+            "b".into(),
+            VmEntry::new(meta("b", 256, 1), VmState::Incoming),
+        );
+        assert!(matches!(
+            s.admit(&CAP, "a", 1 << 20, 1),
+            Err(Failure::Conflict(_))
+        ));
         let e = s.admit(&CAP, "c", 512 << 20, 1).unwrap_err();
         assert!(e.to_string().contains("lacks memory"), "{e}");
         let e = s.admit(&CAP, "c", 128 << 20, 2).unwrap_err();
@@ -376,14 +382,22 @@ mod tests {
             .insert("c".into(), VmEntry::new(meta("c", 64, 1), VmState::Exited));
         // An exited VM holds nothing.
         assert!(s.admit(&CAP, "d", 256 << 20, 1).is_ok());
-        s.vms
-            .insert("d".into(), VmEntry::new(meta("d", 64, 0), VmState::Starting));
+        s.vms.insert(
+            "d".into(),
+            VmEntry::new(meta("d", 64, 0), VmState::Starting),
+        );
         let e = s.admit(&CAP, "e", 1, 0).unwrap_err();
         assert!(e.to_string().contains("full"), "{e}");
         let mut l = LoadInfo::default();
         s.fill_load(&mut l);
-        assert_eq!((l.vms, l.vm_memory, l.vm_vcpus), (3, (512 + 256 + 64) << 20, 3));
-        assert_eq!(Failure::Refused(String::new()).status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            (l.vms, l.vm_memory, l.vm_vcpus),
+            (3, (512 + 256 + 64) << 20, 3)
+        );
+        assert_eq!(
+            Failure::Refused(String::new()).status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
     }
 
     #[test]

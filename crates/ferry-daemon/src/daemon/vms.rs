@@ -63,8 +63,10 @@ impl Daemon {
                     req.name
                 ))
             })?;
-            st.vms
-                .insert(req.name.clone(), VmEntry::new(meta.clone(), VmState::Starting));
+            st.vms.insert(
+                req.name.clone(),
+                VmEntry::new(meta.clone(), VmState::Starting),
+            );
         }
         self.publish(vm_event(&req.name, Some(VmState::Starting), None));
         let d = self.clone();
@@ -82,7 +84,9 @@ impl Daemon {
                 let info = {
                     let mut st = self.state();
                     let Some(v) = st.vms.get_mut(&req.name) else {
-                        return Err(Failure::Conflict("the VM was removed while starting".into()));
+                        return Err(Failure::Conflict(
+                            "the VM was removed while starting".into(),
+                        ));
                     };
                     v.meta = meta;
                     v.child = Some(s.child);
@@ -193,10 +197,16 @@ impl Daemon {
                     ),
                     Some(HostState::Ended) | None => (
                         VmState::Exited,
-                        Some(format!("its process is ending: {}", self.launcher.run.log_tail(&meta.name, 2))),
+                        Some(format!(
+                            "its process is ending: {}",
+                            self.launcher.run.log_tail(&meta.name, 2)
+                        )),
                     ),
                 },
-                Probe::Silent(why) => (VmState::Paused, Some(format!("its process does not answer: {why}"))),
+                Probe::Silent(why) => (
+                    VmState::Paused,
+                    Some(format!("its process does not answer: {why}")),
+                ),
                 Probe::Gone => (
                     VmState::Exited,
                     Some(format!(
@@ -233,7 +243,12 @@ impl Daemon {
             let mut st = self.state();
             st.vms
                 .iter_mut()
-                .filter(|(_, v)| !matches!(v.state, VmState::MigratingOut | VmState::Starting | VmState::Exited))
+                .filter(|(_, v)| {
+                    !matches!(
+                        v.state,
+                        VmState::MigratingOut | VmState::Starting | VmState::Exited
+                    )
+                })
                 .map(|(n, v)| {
                     // Reap our own children as soon as they exit.
                     let exited = v
@@ -307,7 +322,9 @@ impl Daemon {
         }
         {
             let mut st = self.state();
-            let Some(v) = st.vms.get_mut(name) else { return };
+            let Some(v) = st.vms.get_mut(name) else {
+                return;
+            };
             if v.state != was {
                 return;
             }
@@ -320,7 +337,9 @@ impl Daemon {
     fn incoming_arrived(self: &Arc<Self>, name: &str) {
         let mig = {
             let mut st = self.state();
-            let Some(v) = st.vms.get_mut(name) else { return };
+            let Some(v) = st.vms.get_mut(name) else {
+                return;
+            };
             v.set_state(VmState::Running, None);
             let id = v.migration.take();
             id.and_then(|id| {
@@ -332,7 +351,11 @@ impl Daemon {
         };
         self.metrics.received();
         tracing::info!(vm = %name, "VM arrived by migration");
-        self.publish(vm_event(name, Some(VmState::Running), Some("arrived by migration".into())));
+        self.publish(vm_event(
+            name,
+            Some(VmState::Running),
+            Some("arrived by migration".into()),
+        ));
         if let Some(m) = mig {
             self.publish(DaemonEvent::Migration {
                 migration: Box::new(m),

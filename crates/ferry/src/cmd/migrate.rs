@@ -18,14 +18,26 @@ use crate::size::human;
 /// `ferry migrate`.
 #[derive(Args, Clone, Debug)]
 #[command(after_help = MigrateExit::HELP)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["name", "vm"])))]
 pub struct MigrateArgs {
-    /// Control socket of the source VM (printed by `ferry vm run`).
+    /// The VM to move, by name: its daemon migrates it to the daemon of the host --to names
+    /// (hosts and their API addresses come from the cluster file).
+    pub name: Option<String>,
+    /// Or: the control socket of a VM host process (printed by `ferry vm run`); --to is then the
+    /// address printed by `ferry vm receive`.
     #[arg(long)]
-    pub vm: PathBuf,
-    /// Destination address, as printed by `ferry vm receive` (host:port, or unix:PATH on the same
-    /// host).
+    pub vm: Option<PathBuf>,
+    /// Destination: a host name (with a VM name), or an address as printed by `ferry vm receive`
+    /// (host:port, or unix:PATH on the same host; with --vm).
     #[arg(long)]
-    pub to: Endpoint,
+    pub to: String,
+    /// The VM's host (default: found by asking this host's daemon, then every host of the
+    /// cluster file).
+    #[arg(long, requires = "name")]
+    pub from: Option<String>,
+    /// The cluster file (default: $FERRY_CLUSTER, else ~/.config/ferry/cluster.toml).
+    #[arg(long, requires = "name")]
+    pub cluster: Option<PathBuf>,
     /// stop-and-copy; precopy; postcopy (run on the destination at once, pages follow); hybrid
     /// (a few pre-copy rounds, then post-copy); auto (pre-copy, switching to post-copy when rounds stop
     /// shrinking).
@@ -69,10 +81,10 @@ pub struct MigrateArgs {
 }
 
 impl MigrateArgs {
-    /// The request these flags make.
-    pub fn request(&self) -> MigrateRequest {
+    /// The request these flags make of a VM host process.
+    pub fn request(&self, to: Endpoint) -> MigrateRequest {
         MigrateRequest {
-            to: self.to.clone(),
+            to,
             strategy: self.strategy,
             downtime_ms: self.downtime,
             channels: self
@@ -260,8 +272,14 @@ pub fn print_report(r: &Report) {
 
 /// Runs `ferry migrate`.
 pub fn run(a: MigrateArgs) -> anyhow::Result<ExitCode> {
-    let client = ControlClient::new(&a.vm).with_deadline(Duration::from_secs(a.deadline.max(2)));
-    let report = match request_migration(&client, a.request(), !a.json) {
+    let Some(vm) = &a.vm else {
+        return run_on_daemons(&a);
+    };
+    let to: Endpoint =
+        a.to.parse()
+            .map_err(|e: String| anyhow::anyhow!("--to: {e}"))?;
+    let client = ControlClient::new(vm).with_deadline(Duration::from_secs(a.deadline.max(2)));
+    let report = match request_migration(&client, a.request(to), !a.json) {
         Ok(r) => r,
         Err(e) => return Ok(report_failure(&e)),
     };
@@ -280,6 +298,35 @@ pub fn run(a: MigrateArgs) -> anyhow::Result<ExitCode> {
 /// Channels when the user names none: 0, the engine chooses from the link (parallelism.rs).
 pub fn default_channels(_strategy: Strategy) -> u16 {
     0
+}
+
+/// `ferry migrate VM --to HOST`: through the daemons.
+fn run_on_daemons(a: &MigrateArgs) -> anyhow::Result<ExitCode> {
+    let name = a.name.as_deref().unwrap_or_default();
+    if a.recover {
+        anyhow::bail!(
+            "--recover works on a VM host process (--vm SOCK); a daemon's VM is recovered with \
+             `ferry migrate --vm RUN_DIR/vms/{name}/control.sock --recover --to ADDR` on its host"
+        );
+    }
+    let mut req = ferry_daemon::api::types::StartMigration::new(name, a.to.as_str());
+    req.strategy = a.strategy.to_string();
+    req.downtime_ms = a.downtime;
+    req.max_bandwidth = a.max_bandwidth;
+    req.channels = a.channels.unwrap_or_else(|| default_channels(a.strategy));
+    req.compression = a.compression.to_string();
+    req.verify = !a.no_verify;
+    req.max_rounds = a.max_rounds;
+    crate::cmd::remote::migrate(crate::cmd::remote::DaemonMigration {
+        daemon: &crate::cmd::remote::DaemonSel {
+            host: a.from.clone(),
+            cluster: a.cluster.clone(),
+        },
+        vm: name,
+        to: &a.to,
+        request: req,
+        json: a.json,
+    })
 }
 
 #[cfg(test)]

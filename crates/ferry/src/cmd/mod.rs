@@ -2,9 +2,12 @@
 
 pub mod bench;
 pub mod certs;
+pub mod cluster;
+pub mod daemon;
 pub mod demo;
 pub mod guest;
 mod hosts;
 pub mod migrate;
 pub mod netlab;
+pub mod remote;
 pub mod vm;

@@ -39,8 +39,23 @@ pub enum VmCommand {
         #[arg(value_parser = crate::size::parse_rate)]
         rate: u64,
     },
-    /// Stop the VM (it is paused for good) and its host process.
-    Stop(ControlArg),
+    /// Stop a VM: one of a daemon (NAME, with --host), or the one behind --control.
+    Stop(StopArgs),
+    /// List the VMs of a host's daemon.
+    List(crate::cmd::remote::ListArgs),
+}
+
+/// `ferry vm stop`.
+#[derive(Args, Clone, Debug)]
+#[command(group(clap::ArgGroup::new("which").required(true).args(["name", "control"])))]
+pub struct StopArgs {
+    /// The VM's name (a VM run by a daemon).
+    pub name: Option<String>,
+    /// The control socket of a VM host process (as printed by `ferry vm run`).
+    #[arg(long, conflicts_with_all = ["host", "cluster"])]
+    pub control: Option<PathBuf>,
+    #[command(flatten)]
+    pub daemon: crate::cmd::remote::DaemonSel,
 }
 
 /// A VM host's control socket.
@@ -108,6 +123,19 @@ impl HostArgs {
 /// `ferry vm run`.
 #[derive(Args, Clone, Debug)]
 pub struct RunArgs {
+    /// The VM's name, to have a daemon run it (with --host, or this host's daemon with
+    /// --daemon). Without it, this process hosts the VM itself.
+    #[arg(requires = "on_daemon")]
+    pub vm: Option<String>,
+    /// Ask a daemon to run the VM: the host of a name from the cluster file, or unix:PATH.
+    #[arg(long = "host", group = "on_daemon")]
+    pub on_host: Option<String>,
+    /// Ask this host's daemon (on its local socket) to run the VM.
+    #[arg(long = "daemon", group = "on_daemon")]
+    pub on_local_daemon: bool,
+    /// The cluster file for --host (default: $FERRY_CLUSTER, else ~/.config/ferry/cluster.toml).
+    #[arg(long)]
+    pub cluster: Option<PathBuf>,
     /// Multiboot v1 kernel image (e.g. from `ferry guest build`).
     #[arg(long)]
     pub kernel: PathBuf,
@@ -149,7 +177,23 @@ pub struct ReceiveArgs {
 /// Runs a vm subcommand.
 pub fn run(cmd: VmCommand) -> anyhow::Result<ExitCode> {
     match cmd {
-        VmCommand::Run(a) => run_vm(a),
+        VmCommand::Run(a) => match &a.vm {
+            Some(name) => crate::cmd::remote::run(
+                &crate::cmd::remote::DaemonSel {
+                    host: a.on_host.clone(),
+                    cluster: a.cluster.clone(),
+                },
+                name,
+                &a.kernel,
+                a.memory,
+                a.vcpus,
+            ),
+            None if a.on_host.is_some() || a.on_local_daemon => {
+                bail!("name the VM to run on a daemon: ferry vm run NAME --host HOST --kernel ...")
+            }
+            None => run_vm(a),
+        },
+        VmCommand::List(a) => crate::cmd::remote::list(a),
         VmCommand::Receive(a) => receive(a),
         VmCommand::Status(c) => {
             let s = ControlClient::new(&c.control).status()?;
@@ -169,11 +213,15 @@ pub fn run(cmd: VmCommand) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        VmCommand::Stop(c) => {
-            ControlClient::new(&c.control).stop()?;
-            println!("VM stopped");
-            Ok(ExitCode::SUCCESS)
-        }
+        VmCommand::Stop(a) => match (&a.name, &a.control) {
+            (Some(name), _) => crate::cmd::remote::stop(&a.daemon, name),
+            (None, Some(control)) => {
+                ControlClient::new(control).stop()?;
+                println!("VM stopped");
+                Ok(ExitCode::SUCCESS)
+            }
+            (None, None) => bail!("name a VM (with --host) or give --control"),
+        },
     }
 }
 
