@@ -7,7 +7,7 @@
 //!    nothing); 5. restore the allocation and return the migration list.
 
 use crate::overload::Detector;
-use crate::placement::{find_host, sort_by_demand_desc, PlacementIndex};
+use crate::placement::{sort_by_demand_desc, PlacementIndex};
 use crate::selection::Selector;
 use crate::state::Cluster;
 use crate::{HostId, Migration, VmId};
@@ -48,39 +48,38 @@ pub fn optimize(
     rng: &mut impl Rng,
 ) -> Vec<Migration> {
     let n = c.hosts.len();
-    let overloaded: Vec<HostId> = (0..n).filter(|&h| det.is_overloaded(c, h, None)).collect();
-    let idx = PlacementIndex::new(c);
+    let mut idx = PlacementIndex::for_detector(c, det);
+    let overloaded: Vec<HostId> = (0..n).filter(|&h| idx.is_overloaded(c, det, h)).collect();
     let cp = c.checkpoint();
     let origin: Vec<Option<HostId>> = c.vms.iter().map(|v| v.host).collect();
     let mut plan: Vec<(VmId, HostId)> = Vec::new();
 
+    for &h in &overloaded {
+        idx.exclude(h);
+    }
     let mut to_move: Vec<VmId> = Vec::new();
     for &h in &overloaded {
         while let Some(v) = sel.select(c, h, rng) {
             to_move.push(v);
-            c.vm_destroy(h, v);
-            if !det.is_overloaded(c, h, None) {
+            idx.unplace(c, h, v);
+            if !idx.is_overloaded(c, det, h) {
                 break;
             }
         }
-    }
-    let mut excluded = vec![false; n];
-    for &h in &overloaded {
-        excluded[h] = true;
     }
     sort_by_demand_desc(c, &mut to_move);
     for v in to_move {
         if plan.len() >= opts.max_migrations {
             break;
         }
-        if let Some(h) = find_host(c, &idx, det, v, &excluded) {
-            c.vm_create(h, v);
+        if let Some(h) = idx.find_host(c, det, v) {
+            idx.place(c, h, v);
             plan.push((v, h));
         }
     }
 
     if opts.consolidate {
-        consolidate(c, &idx, det, opts, &overloaded, &mut plan);
+        consolidate(c, &mut idx, det, opts, &overloaded, &mut plan);
     }
     c.restore(cp);
     plan.into_iter()
@@ -90,7 +89,7 @@ pub fn optimize(
 
 fn consolidate(
     c: &mut Cluster,
-    idx: &PlacementIndex,
+    idx: &mut PlacementIndex,
     det: &Detector,
     opts: &RoundOptions,
     overloaded: &[HostId],
@@ -98,15 +97,13 @@ fn consolidate(
 ) {
     let n = c.hosts.len();
     let mut skip_under = vec![false; n];
-    let mut skip_place = vec![false; n];
     for &h in overloaded {
         skip_under[h] = true;
-        skip_place[h] = true;
     }
-    for h in 0..n {
+    for (h, skip) in skip_under.iter_mut().enumerate() {
         if c.measured_util(h) == 0.0 {
-            skip_under[h] = true;
-            skip_place[h] = true;
+            *skip = true;
+            idx.exclude(h);
         }
     }
     if opts.exclude_new_targets {
@@ -135,7 +132,7 @@ fn consolidate(
             continue;
         }
         skip_under[h] = true;
-        skip_place[h] = true;
+        idx.exclude(h);
         let mut vms: Vec<VmId> = vms
             .iter()
             .copied()
@@ -145,9 +142,9 @@ fn consolidate(
         let mut placed: Vec<(VmId, HostId)> = Vec::new();
         let mut ok = true;
         for &v in &vms {
-            match find_host(c, idx, det, v, &skip_place) {
+            match idx.find_host(c, det, v) {
                 Some(t) => {
-                    c.vm_create(t, v);
+                    idx.place(c, t, v);
                     placed.push((v, t));
                 }
                 None => {
@@ -158,7 +155,7 @@ fn consolidate(
         }
         if !ok || plan.len() + placed.len() > opts.max_migrations {
             for &(v, t) in placed.iter().rev() {
-                c.vm_destroy(t, v);
+                idx.unplace(c, t, v);
                 c.vms[v].host = Some(h);
             }
             continue;

@@ -5,8 +5,8 @@ use proptest::prelude::*;
 use rand::SeedableRng;
 
 fn build(hosts: usize, demands: &[(f64, usize)]) -> Cluster {
-    let mut c = Cluster {
-        hosts: (0..hosts)
+    let mut c = Cluster::new(
+        (0..hosts)
             .map(|i| {
                 HostView::new(
                     if i % 2 == 0 { 3720.0 } else { 5320.0 },
@@ -17,11 +17,10 @@ fn build(hosts: usize, demands: &[(f64, usize)]) -> Cluster {
                 )
             })
             .collect(),
-        vms: Vec::new(),
-        power_models: vec![PowerModel::ml110_g4(), PowerModel::ml110_g5()],
-        interval_s: 300.0,
-        enforce_ram: true,
-    };
+        Vec::new(),
+        vec![PowerModel::ml110_g4(), PowerModel::ml110_g5()],
+        300.0,
+    );
     for (i, &(d, h)) in demands.iter().enumerate() {
         let mut v = VmView::new(1000.0, 613.0);
         v.demand_mips = d;

@@ -1,7 +1,7 @@
 //! Maintenance drain: empty a named host by a deadline, or say why it cannot be done.
 
 use crate::overload::Detector;
-use crate::placement::{find_host, PlacementIndex};
+use crate::placement::PlacementIndex;
 use crate::state::Cluster;
 use crate::{HostId, Migration, VmId};
 
@@ -63,9 +63,8 @@ pub fn plan(
     }
     c.hosts[host].closed = true;
     let cp = c.checkpoint();
-    let idx = PlacementIndex::new(c);
-    let mut excluded = vec![false; c.hosts.len()];
-    excluded[host] = true;
+    let mut idx = PlacementIndex::for_detector(c, det);
+    idx.exclude(host);
     let mut vms: Vec<VmId> = c.hosts[host]
         .vms
         .iter()
@@ -77,11 +76,12 @@ pub fn plan(
     let mut t = now;
     let mut result = Ok(());
     for v in vms {
-        let target = find_host(c, &idx, det, v, &excluded)
-            .or_else(|| find_host(c, &idx, &Detector::Thr(1.0), v, &excluded));
+        let target = idx
+            .find_host(c, det, v)
+            .or_else(|| idx.find_host(c, &Detector::Thr(1.0), v));
         match target {
             Some(to) => {
-                c.vm_create(to, v);
+                idx.place(c, to, v);
                 migrations.push(Migration {
                     vm: v,
                     from: host,

@@ -1,7 +1,7 @@
 //! Evacuation of a host predicted to fail: save as many VMs as possible before it does.
 
 use crate::overload::Detector;
-use crate::placement::{find_host, PlacementIndex};
+use crate::placement::PlacementIndex;
 use crate::state::Cluster;
 use crate::{HostId, Migration, VmId};
 
@@ -32,9 +32,8 @@ pub fn plan(
     }
     c.hosts[host].closed = true;
     let cp = c.checkpoint();
-    let idx = PlacementIndex::new(c);
-    let mut excluded = vec![false; c.hosts.len()];
-    excluded[host] = true;
+    let mut idx = PlacementIndex::for_detector(c, det);
+    idx.exclude(host);
     let mut vms: Vec<VmId> = c.hosts[host]
         .vms
         .iter()
@@ -45,11 +44,12 @@ pub fn plan(
     let mut t = 0.0;
     for v in vms {
         let dt = migration_time(v);
-        let target = find_host(c, &idx, det, v, &excluded)
-            .or_else(|| find_host(c, &idx, &Detector::Thr(1.0), v, &excluded));
+        let target = idx
+            .find_host(c, det, v)
+            .or_else(|| idx.find_host(c, &Detector::Thr(1.0), v));
         match target {
             Some(to) if t + dt <= time_left => {
-                c.vm_create(to, v);
+                idx.place(c, to, v);
                 out.migrations.push(Migration {
                     vm: v,
                     from: host,

@@ -3,7 +3,7 @@
 //! Beloglazov and Buyya (2012), plus ferry's forecast detector.
 
 use crate::forecast::ForecastParams;
-use crate::state::{Cluster, HISTORY_LEN};
+use crate::state::{Cluster, HostLoad, HISTORY_LEN};
 use crate::stats;
 use crate::{HostId, VmId};
 
@@ -38,24 +38,49 @@ impl Detector {
     pub fn is_overloaded(&self, c: &Cluster, host: HostId, extra: Option<VmId>) -> bool {
         match *self {
             Detector::Thr(t) => c.demand_util(host, extra) > t,
+            Detector::Never => false,
+            _ => self.is_overloaded_given(c, host, extra, &c.host_load(host)),
+        }
+    }
+
+    /// [`Detector::is_overloaded`] from the host's [`HostLoad`] (which a caller asking about
+    /// many VMs for one host can compute once).
+    pub fn is_overloaded_given(
+        &self,
+        c: &Cluster,
+        host: HostId,
+        extra: Option<VmId>,
+        load: &HostLoad,
+    ) -> bool {
+        let full;
+        let load = if load.depth < HISTORY_LEN
+            && !matches!(self, Detector::Thr(_) | Detector::Forecast(_))
+        {
+            full = c.host_load(host);
+            &full
+        } else {
+            load
+        };
+        match *self {
+            Detector::Thr(t) => load.demand_util(c, host, extra) > t,
             Detector::Iqr(s) | Detector::Mad(s) => {
                 let mut hist = [0.0; HISTORY_LEN];
-                let n = c.host_history(host, extra, &mut hist);
+                let n = load.history(c, host, extra, &mut hist);
                 if n < ROBUST_MIN_SAMPLES {
-                    return c.demand_util(host, extra) > FALLBACK_THRESHOLD;
+                    return load.demand_util(c, host, extra) > FALLBACK_THRESHOLD;
                 }
                 let spread = if matches!(self, Detector::Iqr(_)) {
                     stats::iqr(&hist[..n])
                 } else {
                     stats::mad(&hist[..n])
                 };
-                c.demand_util(host, extra) > 1.0 - s * spread
+                load.demand_util(c, host, extra) > 1.0 - s * spread
             }
             Detector::Lr(s) | Detector::Lrr(s) => {
                 let mut hist = [0.0; HISTORY_LEN];
-                let n = c.host_history(host, extra, &mut hist);
+                let n = load.history(c, host, extra, &mut hist);
                 if n < LR_SAMPLES {
-                    return c.demand_util(host, extra) > FALLBACK_THRESHOLD;
+                    return load.demand_util(c, host, extra) > FALLBACK_THRESHOLD;
                 }
                 let mut rev = [0.0; LR_SAMPLES];
                 for (i, r) in rev.iter_mut().enumerate() {
@@ -66,16 +91,26 @@ impl Detector {
                 } else {
                     stats::robust_loess(&rev)
                 };
-                let mut mig = c.max_migration_time(host);
-                if let Some(v) = extra {
-                    mig = mig.max(c.vms[v].ram_mb / (c.hosts[host].bw_mbps / 16.0));
-                }
+                let mig = load.max_migration_time(c, host, extra);
                 let intervals = (mig / c.interval_s).ceil();
                 let predicted = (a + b * (LR_SAMPLES as f64 + intervals)) * s;
                 predicted >= 1.0
             }
-            Detector::Forecast(ref p) => crate::forecast::is_overloaded(p, c, host, extra),
+            Detector::Forecast(ref p) => {
+                crate::forecast::is_overloaded_given(p, c, host, extra, load)
+            }
             Detector::Never => false,
+        }
+    }
+
+    /// A utilisation above which the placement check (`is_overloaded` with the VM added)
+    /// always flags a host, from the demand alone; `None` when the rule has no such cap.
+    /// The placement index skips hosts above it without asking.
+    pub fn placement_demand_cap(&self) -> Option<f64> {
+        match self {
+            Detector::Thr(t) => Some(*t),
+            Detector::Forecast(p) => Some(p.place_cap),
+            _ => None,
         }
     }
 }
@@ -87,9 +122,9 @@ mod tests {
     use crate::state::{HostView, VmView};
 
     fn cluster(demands: &[f64]) -> Cluster {
-        let mut c = Cluster {
-            hosts: vec![HostView::new(2000.0, 1000.0, 4096.0, 1000.0, 0)],
-            vms: demands
+        let mut c = Cluster::new(
+            vec![HostView::new(2000.0, 1000.0, 4096.0, 1000.0, 0)],
+            demands
                 .iter()
                 .map(|&d| {
                     let mut v = VmView::new(1000.0, 512.0);
@@ -97,10 +132,9 @@ mod tests {
                     v
                 })
                 .collect(),
-            power_models: vec![PowerModel::ml110_g4()],
-            interval_s: 300.0,
-            enforce_ram: true,
-        };
+            vec![PowerModel::ml110_g4()],
+            300.0,
+        );
         for v in 0..demands.len() {
             c.vm_create(0, v);
         }

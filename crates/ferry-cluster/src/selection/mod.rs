@@ -87,17 +87,16 @@ mod tests {
 
     #[test]
     fn mmt_picks_smallest_ram_and_skips_migrating() {
-        let mut c = Cluster {
-            hosts: vec![HostView::new(4000.0, 2000.0, 8192.0, 1000.0, 0)],
-            vms: vec![
+        let mut c = Cluster::new(
+            vec![HostView::new(4000.0, 2000.0, 8192.0, 1000.0, 0)],
+            vec![
                 VmView::new(500.0, 1740.0),
                 VmView::new(500.0, 613.0),
                 VmView::new(500.0, 870.0),
             ],
-            power_models: vec![PowerModel::ml110_g5()],
-            interval_s: 300.0,
-            enforce_ram: true,
-        };
+            vec![PowerModel::ml110_g5()],
+            300.0,
+        );
         for v in 0..3 {
             c.vm_create(0, v);
         }

@@ -4,6 +4,7 @@
 //! scheduling interval, per-host measured utilisation) and what CloudSim keeps, so that the
 //! same decision functions can run against both.
 
+use crate::placement::PlacementSearch;
 use crate::power::PowerModel;
 use crate::{HostId, VmId};
 
@@ -31,6 +32,8 @@ pub struct HostView {
     pub avail_mips: f64,
     /// RAM promised to placed VMs, in MB.
     pub ram_used: f64,
+    /// Bandwidth promised to placed VMs, in Mbit/s.
+    pub bw_used: f64,
     /// The host must not receive VMs (being drained, predicted to fail, in maintenance).
     pub closed: bool,
 }
@@ -42,6 +45,8 @@ pub struct VmView {
     pub mips: f64,
     /// RAM, in MB.
     pub ram_mb: f64,
+    /// Network bandwidth the VM is promised, in Mbit/s.
+    pub bw_mbps: f64,
     /// Current CPU demand, in MIPS.
     pub demand_mips: f64,
     /// Utilisation samples (fraction of `mips`), newest first, at most [`HISTORY_LEN`].
@@ -63,8 +68,82 @@ pub struct Cluster {
     pub power_models: Vec<PowerModel>,
     /// Scheduling interval, in seconds.
     pub interval_s: f64,
-    /// Check RAM on re-placement (CloudSim does not: its VMs request 0 MB once running).
+    /// Check RAM on every placement (CloudSim checks it only when a VM is created: its VMs
+    /// request 0 MB once running).
     pub enforce_ram: bool,
+    /// Check the VMs' promised bandwidth on every placement (CloudSim: only at creation).
+    pub enforce_bw: bool,
+    /// How PABFD searches for a host (the index, or the plain scan it must agree with).
+    pub search: PlacementSearch,
+}
+
+/// Sums over a host's VMs that the overload detectors need (see [`Cluster::host_load`]).
+#[derive(Debug, Clone)]
+pub struct HostLoad {
+    /// Summed CPU demand, MIPS.
+    pub demand_mips: f64,
+    /// Summed utilisation history as a fraction of the host (newest first, not trimmed);
+    /// only the first `depth` entries are summed.
+    pub history: [f64; HISTORY_LEN],
+    /// Entries of `history` summed.
+    pub depth: usize,
+    /// Whether the full history has non-zero entries beyond `depth`.
+    pub longer: bool,
+    /// Largest RAM of a VM on the host, MB (`f64::MIN` without VMs).
+    pub max_ram_mb: f64,
+}
+
+impl HostLoad {
+    /// Demanded utilisation (fraction), optionally with one more VM.
+    pub fn demand_util(&self, c: &Cluster, host: HostId, extra: Option<VmId>) -> f64 {
+        let mut total = self.demand_mips;
+        if let Some(v) = extra {
+            total += c.vms[v].demand_mips;
+        }
+        total / c.hosts[host].total_mips
+    }
+
+    /// Utilisation history (newest first, trailing zeros trimmed), optionally with one more
+    /// VM; returns the length written into `out`. With a partial load (`depth` below
+    /// [`HISTORY_LEN`]) only the first `depth` entries are written, and a history longer
+    /// than that reports [`HISTORY_LEN`]: callers use at most `depth` entries.
+    pub fn history(
+        &self,
+        c: &Cluster,
+        host: HostId,
+        extra: Option<VmId>,
+        out: &mut [f64; HISTORY_LEN],
+    ) -> usize {
+        *out = self.history;
+        let mut longer = self.longer;
+        if let Some(v) = extra {
+            let vm = &c.vms[v];
+            add_history(out, vm, c.hosts[host].total_mips, self.depth);
+            longer |=
+                self.depth < HISTORY_LEN && crate::stats::non_zero_len(&vm.history) > self.depth;
+        }
+        if longer {
+            HISTORY_LEN
+        } else {
+            crate::stats::non_zero_len(out)
+        }
+    }
+
+    /// Longest migration time off the host at half its bandwidth, counting one more VM, s.
+    pub fn max_migration_time(&self, c: &Cluster, host: HostId, extra: Option<VmId>) -> f64 {
+        let per_mb = c.hosts[host].bw_mbps / 16.0;
+        let mig = self.max_ram_mb / per_mb;
+        match extra {
+            Some(v) => mig.max(c.vms[v].ram_mb / per_mb),
+            None => mig,
+        }
+    }
+}
+
+fn add_history(out: &mut [f64; HISTORY_LEN], vm: &VmView, host_mips: f64, depth: usize) {
+    for (i, u) in vm.history.iter().take(depth).enumerate() {
+        out[i] += u * vm.mips / host_mips;
+    }
 }
 
 /// A saved allocation, restored after a planning round.
@@ -73,6 +152,7 @@ pub struct Checkpoint {
     vms: Vec<Vec<VmId>>,
     avail: Vec<f64>,
     ram: Vec<f64>,
+    bw: Vec<f64>,
     vm_host: Vec<Option<HostId>>,
 }
 
@@ -89,6 +169,7 @@ impl HostView {
             measured_mips: 0.0,
             avail_mips: total_mips,
             ram_used: 0.0,
+            bw_used: 0.0,
             closed: false,
         }
     }
@@ -100,6 +181,7 @@ impl VmView {
         Self {
             mips,
             ram_mb,
+            bw_mbps: 0.0,
             demand_mips: mips,
             history: Vec::new(),
             in_migration: false,
@@ -115,6 +197,25 @@ impl VmView {
 }
 
 impl Cluster {
+    /// A cluster of `hosts` and `vms` (placed nowhere yet unless their hosts list them),
+    /// with RAM and bandwidth checked on every placement and the automatic PABFD search.
+    pub fn new(
+        hosts: Vec<HostView>,
+        vms: Vec<VmView>,
+        power_models: Vec<PowerModel>,
+        interval_s: f64,
+    ) -> Self {
+        Self {
+            hosts,
+            vms,
+            power_models,
+            interval_s,
+            enforce_ram: true,
+            enforce_bw: true,
+            search: PlacementSearch::Auto,
+        }
+    }
+
     /// Demand of `vm` as the host's scheduler grants it: capped at one core.
     pub fn capped_demand(&self, host: HostId, vm: VmId) -> f64 {
         self.vms[vm].demand_mips.min(self.hosts[host].pe_mips)
@@ -131,6 +232,7 @@ impl Cluster {
             0.0
         };
         h.ram_used += self.vms[vm].ram_mb;
+        h.bw_used += self.vms[vm].bw_mbps;
         self.vms[vm].host = Some(host);
     }
 
@@ -139,6 +241,7 @@ impl Cluster {
         if let Some(pos) = self.hosts[host].vms.iter().position(|&v| v == vm) {
             self.hosts[host].vms.remove(pos);
             self.hosts[host].ram_used -= self.vms[vm].ram_mb;
+            self.hosts[host].bw_used -= self.vms[vm].bw_mbps;
             self.recompute_avail(host);
             if self.vms[vm].host == Some(host) {
                 self.vms[vm].host = None;
@@ -199,25 +302,58 @@ impl Cluster {
         extra: Option<VmId>,
         out: &mut [f64; HISTORY_LEN],
     ) -> usize {
-        *out = [0.0; HISTORY_LEN];
-        let h = &self.hosts[host];
-        let add = |v: VmId, out: &mut [f64; HISTORY_LEN]| {
-            let vm = &self.vms[v];
-            for (i, u) in vm.history.iter().enumerate() {
-                out[i] += u * vm.mips / h.total_mips;
-            }
-        };
-        for &v in &h.vms {
-            add(v, out);
-        }
-        if let Some(v) = extra {
-            add(v, out);
-        }
-        crate::stats::non_zero_len(out)
+        self.host_load(host).history(self, host, extra, out)
     }
 
-    /// Whether `vm` fits on `host` now (CloudSim's `isSuitableForVm`, plus RAM if enforced
-    /// and the host being open).
+    /// The newest `n` entries of [`HostLoad::history`] (the same values, summed in the same
+    /// order), and whether the full summed history has at least `n` non-zero entries.
+    pub fn recent_history(&self, host: HostId, n: usize, out: &mut [f64; HISTORY_LEN]) -> bool {
+        let h = &self.hosts[host];
+        let n = n.min(HISTORY_LEN);
+        *out = [0.0; HISTORY_LEN];
+        let mut long = false;
+        for &v in &h.vms {
+            let vm = &self.vms[v];
+            for (i, u) in vm.history.iter().take(n).enumerate() {
+                out[i] += u * vm.mips / h.total_mips;
+            }
+            // Samples are never negative, so the sum is non-zero wherever one VM's is.
+            long |= crate::stats::non_zero_len(&vm.history) >= n;
+        }
+        long
+    }
+
+    /// What the overload detectors read off a host's VMs: summed demand, summed history and
+    /// largest RAM, each summed in the host's VM order (so that adding one more VM to it gives
+    /// the same bits as summing over all of them).
+    pub fn host_load(&self, host: HostId) -> HostLoad {
+        self.host_load_to(host, HISTORY_LEN)
+    }
+
+    /// [`Cluster::host_load`] with only the newest `depth` history entries summed (enough for
+    /// a detector that fits that many samples).
+    pub fn host_load_to(&self, host: HostId, depth: usize) -> HostLoad {
+        let h = &self.hosts[host];
+        let depth = depth.min(HISTORY_LEN);
+        let mut load = HostLoad {
+            demand_mips: 0.0,
+            history: [0.0; HISTORY_LEN],
+            depth,
+            longer: false,
+            max_ram_mb: f64::MIN,
+        };
+        for &v in &h.vms {
+            let vm = &self.vms[v];
+            load.demand_mips += vm.demand_mips;
+            add_history(&mut load.history, vm, h.total_mips, depth);
+            load.longer |= depth < HISTORY_LEN && crate::stats::non_zero_len(&vm.history) > depth;
+            load.max_ram_mb = load.max_ram_mb.max(vm.ram_mb);
+        }
+        load
+    }
+
+    /// Whether `vm` fits on `host` now (CloudSim's `isSuitableForVm`, plus RAM and
+    /// bandwidth if enforced and the host being open).
     pub fn is_suitable(&self, host: HostId, vm: VmId) -> bool {
         let h = &self.hosts[host];
         let v = &self.vms[vm];
@@ -225,6 +361,7 @@ impl Cluster {
             && h.pe_mips >= v.demand_mips
             && h.avail_mips >= v.demand_mips
             && (!self.enforce_ram || h.ram_used + v.ram_mb <= h.ram_mb + 1e-9)
+            && (!self.enforce_bw || h.bw_used + v.bw_mbps <= h.bw_mbps + 1e-9)
     }
 
     /// Longest migration time off `host` at half its bandwidth (CloudSim's estimate), s.
@@ -244,20 +381,22 @@ impl Cluster {
             vms: self.hosts.iter().map(|h| h.vms.clone()).collect(),
             avail: self.hosts.iter().map(|h| h.avail_mips).collect(),
             ram: self.hosts.iter().map(|h| h.ram_used).collect(),
+            bw: self.hosts.iter().map(|h| h.bw_used).collect(),
             vm_host: self.vms.iter().map(|v| v.host).collect(),
         }
     }
 
     /// Restores an allocation saved by [`Cluster::checkpoint`].
     pub fn restore(&mut self, cp: Checkpoint) {
-        for (h, ((vms, avail), ram)) in self
+        for (h, (((vms, avail), ram), bw)) in self
             .hosts
             .iter_mut()
-            .zip(cp.vms.into_iter().zip(cp.avail).zip(cp.ram))
+            .zip(cp.vms.into_iter().zip(cp.avail).zip(cp.ram).zip(cp.bw))
         {
             h.vms = vms;
             h.avail_mips = avail;
             h.ram_used = ram;
+            h.bw_used = bw;
         }
         for (v, host) in self.vms.iter_mut().zip(cp.vm_host) {
             v.host = host;

@@ -126,6 +126,12 @@ pub struct SimArgs {
     #[arg(long, global = true)]
     pub enforce_ram: bool,
 
+    /// PABFD's host search: auto (the index from 2000 hosts up, the scan below), index
+    /// (hosts filed by kind and utilisation) or scan (every host for every VM, the
+    /// reference the index must agree with). All give the same results.
+    #[arg(long, value_enum, default_value = "auto", global = true)]
+    pub placement_search: SearchArg,
+
     /// Keep VMs whose load drops to 0 % (CloudSim deletes them as completed).
     #[arg(long, global = true)]
     pub keep_idle_vms: bool,
@@ -148,6 +154,9 @@ pub struct SimArgs {
 pub enum SimCommand {
     /// Run a grid of policies on the same set-up and print one table.
     Compare(CompareArgs),
+    /// Run every policy and day twice, with PABFD's index and with the plain scan, and
+    /// check that the two reports are identical (everything but the wall time).
+    VerifyIndex(CompareArgs),
 }
 
 /// Flags of `ferry sim compare`.
@@ -160,6 +169,17 @@ pub struct CompareArgs {
     /// Run on every PlanetLab day found instead of --trace.
     #[arg(long)]
     pub all_days: bool,
+}
+
+/// PABFD's host search.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SearchArg {
+    /// The index for large clusters, the scan for small ones.
+    Auto,
+    /// The index.
+    Index,
+    /// The plain scan.
+    Scan,
 }
 
 /// Migration time model.

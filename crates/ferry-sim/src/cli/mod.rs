@@ -2,7 +2,7 @@
 
 mod args;
 
-pub use args::{CompareArgs, MigrationArg, SimArgs, SimCommand};
+pub use args::{CompareArgs, MigrationArg, SearchArg, SimArgs, SimCommand};
 
 use crate::engine::{self, EngineConfig, HostAt};
 use crate::error::SimError;
@@ -25,6 +25,38 @@ pub fn run(args: &SimArgs) -> Result<(), SimError> {
             print!("{}", report::table(&reports));
             write_outputs(args, &reports, None)
         }
+        Some(SimCommand::VerifyIndex(c)) => verify_index(args, c),
+    }
+}
+
+/// Runs each job with the index and with the scan and compares the reports.
+fn verify_index(args: &SimArgs, c: &CompareArgs) -> Result<(), SimError> {
+    let mut a = args.clone();
+    a.placement_search = SearchArg::Index;
+    let indexed = compare(&a, c)?;
+    a.placement_search = SearchArg::Scan;
+    let scanned = compare(&a, c)?;
+    let mut differ = Vec::new();
+    let (mut t_index, mut t_scan) = (0.0, 0.0);
+    for (i, s) in indexed.iter().zip(&scanned) {
+        t_index += i.wall_s;
+        t_scan += s.wall_s;
+        if !report::same_outcome(i, s) {
+            differ.push(i.policy.clone());
+        }
+    }
+    println!(
+        "{} runs, index {t_index:.2} s, scan {t_scan:.2} s (summed wall time of the runs)",
+        indexed.len()
+    );
+    if differ.is_empty() {
+        println!("identical: every report of the index equals the scan's");
+        Ok(())
+    } else {
+        Err(SimError::Config(format!(
+            "the index and the scan disagree on: {}",
+            differ.join(", ")
+        )))
     }
 }
 
@@ -39,6 +71,11 @@ pub fn run_one(
     let mut cfg = EngineConfig::new(policy, spec);
     cfg.seed = args.seed;
     cfg.enforce_ram = args.enforce_ram;
+    cfg.search = match args.placement_search {
+        SearchArg::Auto => ferry_cluster::placement::PlacementSearch::Auto,
+        SearchArg::Index => ferry_cluster::placement::PlacementSearch::Indexed,
+        SearchArg::Scan => ferry_cluster::placement::PlacementSearch::Scan,
+    };
     cfg.drop_idle_vms = !args.keep_idle_vms;
     cfg.migration = match args.migration {
         MigrationArg::Cloudsim => MigrationModel::CloudSim,

@@ -13,9 +13,11 @@ use crate::error::SimError;
 use crate::migration::MigrationModel;
 use crate::report::{IntervalStats, OpOutcome, Report};
 use crate::setup::Scenario;
+use crate::trace::SampleCache;
 use accounting::{HostAcc, HostEntry, VmAcc};
 use ferry_cluster::consolidation;
 use ferry_cluster::overload::Detector;
+use ferry_cluster::placement::PlacementSearch;
 use ferry_cluster::policy::PolicySpec;
 use ferry_cluster::state::{Cluster, HostView, VmView};
 use ferry_cluster::{HostId, Migration, VmId};
@@ -46,6 +48,10 @@ pub struct EngineConfig {
     pub migration: MigrationModel,
     /// Check host RAM when re-placing VMs (CloudSim does not).
     pub enforce_ram: bool,
+    /// Check the VMs' promised bandwidth when re-placing them (CloudSim does not).
+    pub enforce_bw: bool,
+    /// How PABFD searches (the index, or the plain scan it must agree with).
+    pub search: PlacementSearch,
     /// Seed for random selection.
     pub seed: u64,
     /// Hosts to drain by a deadline.
@@ -67,6 +73,8 @@ impl EngineConfig {
             policy,
             migration: MigrationModel::CloudSim,
             enforce_ram: false,
+            enforce_bw: false,
+            search: PlacementSearch::Auto,
             seed: 1,
             drains: Vec::new(),
             failures: Vec::new(),
@@ -107,6 +115,7 @@ pub(crate) struct Sim<'a> {
     cfg: &'a EngineConfig,
     pub(crate) c: Cluster,
     row: Vec<usize>,
+    samples: Vec<SampleCache>,
     mig_in: Vec<Vec<VmId>>,
     prev_mips: Vec<f64>,
     last_t: Vec<f64>,
@@ -188,21 +197,31 @@ impl<'a> Sim<'a> {
         let vms: Vec<VmView> = scn
             .vms
             .iter()
-            .map(|&(t, _)| VmView::new(scn.vm_types[t].mips, scn.vm_types[t].ram_mb))
+            .map(|&(t, _)| {
+                let mut v = VmView::new(scn.vm_types[t].mips, scn.vm_types[t].ram_mb);
+                v.bw_mbps = scn.vm_types[t].bw_mbps;
+                v
+            })
             .collect();
         let n_h = hosts.len();
         let n_v = vms.len();
         let mut sim = Sim {
             scn,
             cfg,
-            c: Cluster {
-                hosts,
-                vms,
-                power_models: scn.host_types.iter().map(|h| h.power.clone()).collect(),
-                interval_s: scn.interval_s,
-                enforce_ram: cfg.enforce_ram,
+            c: {
+                let mut c = Cluster::new(
+                    hosts,
+                    vms,
+                    scn.host_types.iter().map(|h| h.power.clone()).collect(),
+                    scn.interval_s,
+                );
+                c.enforce_ram = cfg.enforce_ram;
+                c.enforce_bw = cfg.enforce_bw;
+                c.search = cfg.search;
+                c
             },
             row: scn.vms.iter().map(|&(_, r)| r).collect(),
+            samples: vec![SampleCache::default(); n_v],
             mig_in: vec![Vec::new(); n_h],
             prev_mips: vec![0.0; n_h],
             last_t: vec![T0; n_h],
@@ -235,15 +254,19 @@ impl<'a> Sim<'a> {
             sim.vms_not_created += 1;
         }
         sim.c.enforce_ram = cfg.enforce_ram;
+        sim.c.enforce_bw = cfg.enforce_bw;
         Ok(sim)
     }
 
-    fn util(&self, vm: VmId, t: f64) -> f64 {
-        self.scn.trace.at(self.row[vm], t)
+    fn util(&mut self, vm: VmId, t: f64) -> f64 {
+        self.scn
+            .trace
+            .at_cached(self.row[vm], t, &mut self.samples[vm])
     }
 
     /// Re-measures every host at `t` (and records VM history at scheduling events).
-    fn update_all(&mut self, t: f64, scheduling: bool) {
+    /// Returns the hosts that lost VMs found idle after their measurement.
+    fn update_all(&mut self, t: f64, scheduling: bool) -> Vec<HostId> {
         for v in 0..self.c.vms.len() {
             if self.gone[v] {
                 continue;
@@ -258,18 +281,28 @@ impl<'a> Sim<'a> {
         for h in 0..self.c.hosts.len() {
             self.measure(h, t);
         }
+        let mut emptied = Vec::new();
         if self.cfg.drop_idle_vms {
             for v in 0..self.c.vms.len() {
-                let vm = &self.c.vms[v];
-                if vm.demand_mips == 0.0 && !vm.in_migration {
-                    if let Some(h) = vm.host {
-                        self.c.vm_destroy(h, v);
-                        self.gone[v] = true;
-                        self.vms_dropped += 1;
-                    }
-                }
+                emptied.extend(self.drop_if_idle(v));
             }
         }
+        emptied
+    }
+
+    /// CloudSim's completed-VM rule: a VM on a host that requests nothing and is not
+    /// migrating is deallocated for good. Returns its host.
+    fn drop_if_idle(&mut self, v: VmId) -> Option<HostId> {
+        let vm = &self.c.vms[v];
+        if vm.demand_mips == 0.0 && !vm.in_migration {
+            if let Some(h) = vm.host {
+                self.c.vm_destroy(h, v);
+                self.gone[v] = true;
+                self.vms_dropped += 1;
+                return Some(h);
+            }
+        }
+        None
     }
 
     /// Re-measures one host at `t`: CPU shares, utilisation, energy and SLA entries.
@@ -365,18 +398,25 @@ impl<'a> Sim<'a> {
             }
             let mut touched = Vec::new();
             if self.full_updates {
-                self.update_all(t, false);
+                touched = self.update_all(t, false);
             }
             for e in &batch {
                 touched.extend(self.finish_migration(e.vm, e.to));
             }
-            if self.full_updates {
-                self.update_all(t, false);
-            } else {
-                touched.sort_unstable();
-                touched.dedup();
-                for h in touched {
-                    self.measure(h, t);
+            // Hosts nothing happened to since they were measured at `t` would measure the
+            // same again: only the touched ones are re-measured.
+            touched.sort_unstable();
+            touched.dedup();
+            for h in touched {
+                self.measure(h, t);
+            }
+            if self.full_updates && self.cfg.drop_idle_vms {
+                // A VM that just arrived may now count as completed (it was migrating).
+                let mut arrived: Vec<VmId> = batch.iter().map(|e| e.vm).collect();
+                arrived.sort_unstable();
+                arrived.dedup();
+                for v in arrived {
+                    self.drop_if_idle(v);
                 }
             }
         }
@@ -393,6 +433,7 @@ impl<'a> Sim<'a> {
             if let Some(q) = self.c.hosts[to].vms.iter().position(|&x| x == v) {
                 self.c.hosts[to].vms.remove(q);
                 self.c.hosts[to].ram_used -= self.c.vms[v].ram_mb;
+                self.c.hosts[to].bw_used -= self.c.vms[v].bw_mbps;
             }
         }
         self.c.vm_create(to, v);
@@ -415,6 +456,7 @@ impl<'a> Sim<'a> {
             if !self.mig_in[m.to].contains(&v) {
                 self.c.hosts[m.to].vms.push(v);
                 self.c.hosts[m.to].ram_used += self.c.vms[v].ram_mb;
+                self.c.hosts[m.to].bw_used += self.c.vms[v].bw_mbps;
                 self.mig_in[m.to].push(v);
             }
             let vm = &self.c.vms[v];

@@ -5,7 +5,7 @@ use crate::error::SimError;
 use crate::report::OpOutcome;
 use crate::setup::Scenario;
 use ferry_cluster::overload::Detector;
-use ferry_cluster::placement::{find_host, PlacementIndex};
+use ferry_cluster::placement::PlacementIndex;
 use ferry_cluster::state::Cluster;
 use ferry_cluster::{drain, evacuate, HostId, VmId};
 
@@ -23,35 +23,29 @@ pub(super) fn initial_placement(
     pabfd: bool,
     det: Option<&Detector>,
 ) -> Result<Vec<VmId>, SimError> {
-    let saved_ram = c.enforce_ram;
-    c.enforce_ram = saved_ram || !scn.overcommit;
+    let saved = (c.enforce_ram, c.enforce_bw);
+    c.enforce_ram = saved.0 || !scn.overcommit;
+    c.enforce_bw = true;
     let r = match det {
-        Some(det) if !scn.overcommit => Ok(cloudsim_pabfd(c, scn, det)),
+        Some(det) if !scn.overcommit => Ok(cloudsim_pabfd(c, det)),
         _ => simple_placement(c, scn, pabfd).map(|()| Vec::new()),
     };
-    c.enforce_ram = saved_ram;
+    (c.enforce_ram, c.enforce_bw) = saved;
     r
 }
 
-fn cloudsim_pabfd(c: &mut Cluster, scn: &Scenario, det: &Detector) -> Vec<VmId> {
-    let n_h = c.hosts.len();
-    let idx = PlacementIndex::new(c);
-    let mut bw_used = vec![0.0; n_h];
-    let mut excluded = vec![false; n_h];
+fn cloudsim_pabfd(c: &mut Cluster, det: &Detector) -> Vec<VmId> {
+    let mut idx = PlacementIndex::for_detector(c, det);
     let mut not_created = Vec::new();
     for v in 0..c.vms.len() {
-        let bw = scn.vm_types[scn.vms[v].0].bw_mbps;
         c.vms[v].demand_mips = c.vms[v].mips;
-        for h in 0..n_h {
-            excluded[h] = bw_used[h] + bw > c.hosts[h].bw_mbps;
-        }
-        match find_host(c, &idx, det, v, &excluded) {
+        match idx.find_host(c, det, v) {
             Some(h) => {
-                c.vm_create(h, v);
-                bw_used[h] += bw;
+                idx.place(c, h, v);
                 // Created VMs keep their full allocation but request nothing until their
                 // cloudlets arrive (at 0.1 s): the overload check only sees the new VM.
                 c.vms[v].demand_mips = 0.0;
+                idx.touch(c, h);
             }
             None => not_created.push(v),
         }
@@ -62,7 +56,6 @@ fn cloudsim_pabfd(c: &mut Cluster, scn: &Scenario, det: &Detector) -> Vec<VmId> 
 fn simple_placement(c: &mut Cluster, scn: &Scenario, pabfd: bool) -> Result<(), SimError> {
     let n_h = c.hosts.len();
     let check_ram = c.enforce_ram;
-    let mut bw_used = vec![0.0; n_h];
     let min_mips = if scn.overcommit {
         0.0
     } else {
@@ -98,7 +91,6 @@ fn simple_placement(c: &mut Cluster, scn: &Scenario, pabfd: bool) -> Result<(), 
     }
     let mut ptr = vec![0usize; groups.len()];
     for v in 0..c.vms.len() {
-        let bw = scn.vm_types[scn.vms[v].0].bw_mbps;
         c.vms[v].demand_mips = if scn.overcommit {
             scn.trace.at(scn.vms[v].1, super::T0) * c.vms[v].mips
         } else {
@@ -110,7 +102,7 @@ fn simple_placement(c: &mut Cluster, scn: &Scenario, pabfd: bool) -> Result<(), 
                 let host = &c.hosts[h];
                 host.avail_mips < min_mips
                     || (check_ram && host.ram_used + min_ram > host.ram_mb)
-                    || bw_used[h] + min_bw > host.bw_mbps
+                    || host.bw_used + min_bw > host.bw_mbps
             };
             while ptr[g] < group.len() && dead(group[ptr[g]], c) {
                 ptr[g] += 1;
@@ -118,7 +110,7 @@ fn simple_placement(c: &mut Cluster, scn: &Scenario, pabfd: bool) -> Result<(), 
             let found = group[ptr[g]..]
                 .iter()
                 .copied()
-                .find(|&h| c.is_suitable(h, v) && bw_used[h] + bw <= c.hosts[h].bw_mbps);
+                .find(|&h| c.is_suitable(h, v));
             if let Some(h) = found {
                 let d = if pabfd {
                     ferry_cluster::placement::power_increase(c, h, c.vms[v].mips)
@@ -137,7 +129,6 @@ fn simple_placement(c: &mut Cluster, scn: &Scenario, pabfd: bool) -> Result<(), 
             )));
         };
         c.vm_create(h, v);
-        bw_used[h] += bw;
     }
     Ok(())
 }

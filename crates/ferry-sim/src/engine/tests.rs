@@ -77,3 +77,31 @@ fn unknown_host_is_a_clear_error() {
         .unwrap_or_default();
     assert!(e.contains("host 99"), "{e}");
 }
+
+#[test]
+fn the_index_and_the_scan_give_identical_runs_on_a_planetlab_sample() {
+    let path =
+        crate::trace::resolve("20110303", Some(&crate::trace::bundled_dir())).expect("sample");
+    for policy in [
+        "thr-mmt-0.8",
+        "lr-mmt-1.2",
+        "mad-mmt-2.5",
+        "fc-mmt-1.0",
+        "lr-mc-1.2",
+    ] {
+        let run_with = |search| {
+            let trace = crate::trace::load_planetlab(&path).expect("loads");
+            let scn = Scenario::reference(trace, 40, None, 1.0, 300.0).expect("scenario");
+            let mut cfg = EngineConfig::new(policy, parse(policy).expect("policy"));
+            cfg.search = search;
+            run(&scn, &cfg).expect("runs").0
+        };
+        let indexed = run_with(PlacementSearch::Indexed);
+        let scanned = run_with(PlacementSearch::Scan);
+        assert!(indexed.migrations > 0, "{policy}: nothing to compare");
+        assert!(
+            crate::report::same_outcome(&indexed, &scanned),
+            "{policy}: index {indexed:?}\nscan {scanned:?}"
+        );
+    }
+}

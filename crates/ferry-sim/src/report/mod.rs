@@ -102,6 +102,18 @@ impl Report {
     }
 }
 
+/// Whether two reports describe the same run outcome: every field equal (floats to the
+/// bit) except the wall time.
+pub fn same_outcome(a: &Report, b: &Report) -> bool {
+    let strip = |r: &Report| {
+        let mut r = r.clone();
+        r.wall_s = 0.0;
+        serde_json::to_value(&r).ok()
+    };
+    let (x, y) = (strip(a), strip(b));
+    x.is_some() && x == y
+}
+
 /// State of the data centre at the end of one scheduling interval (for plots).
 #[derive(Debug, Clone, Serialize)]
 pub struct IntervalStats {

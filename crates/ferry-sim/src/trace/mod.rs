@@ -94,6 +94,73 @@ impl Trace {
     }
 }
 
+/// The two samples around the last time a row was read (synthetic samples are computed,
+/// and one scheduling interval reads the same pair many times).
+#[derive(Debug, Clone, Copy)]
+pub struct SampleCache {
+    k: usize,
+    at_k: f64,
+    at_next: f64,
+}
+
+impl Default for SampleCache {
+    fn default() -> Self {
+        Self {
+            k: usize::MAX,
+            at_k: 0.0,
+            at_next: 0.0,
+        }
+    }
+}
+
+impl Trace {
+    fn cached(&self, row: usize, k: usize, cache: &mut SampleCache) -> (f64, f64) {
+        if cache.k != k {
+            let at_k = if cache.k != usize::MAX && cache.k + 1 == k {
+                cache.at_next
+            } else {
+                self.sample(row, k)
+            };
+            *cache = SampleCache {
+                k,
+                at_k,
+                at_next: self.sample(row, k + 1),
+            };
+        }
+        (cache.at_k, cache.at_next)
+    }
+
+    /// [`Trace::at`] through a per-row cache of the surrounding samples (same values).
+    pub fn at_cached(&self, row: usize, t: f64, cache: &mut SampleCache) -> f64 {
+        let iv = self.interval_s();
+        let q = t / iv;
+        if !(q >= 0.0 && q < u32::MAX as f64) {
+            return self.at(row, t);
+        }
+        // `q` is not negative: truncation is `floor`, and only a `q` next to an integer can
+        // be a multiple of the interval (so the slow `%` runs only there).
+        let k1 = q as usize;
+        let frac = q - k1 as f64;
+        if !(1e-9..=1.0 - 1e-9).contains(&frac) && t % iv == 0.0 {
+            let k = q as usize;
+            return if cache.k == k {
+                cache.at_k
+            } else if cache.k != usize::MAX && cache.k + 1 == k {
+                cache.at_next
+            } else {
+                self.sample(row, k)
+            };
+        }
+        if frac == 0.0 {
+            return self.at(row, t);
+        }
+        let (k1f, k2f) = (k1 as f64, k1 as f64 + 1.0);
+        let (u1, u2) = self.cached(row, k1, cache);
+        let delta = (u2 - u1) / ((k2f - k1f) * iv);
+        u1 + delta * (t - k1f * iv)
+    }
+}
+
 /// Loads a PlanetLab day file: `name<TAB>v1 v2 ...` per line, integers 0..=100.
 pub fn load_planetlab(path: &Path) -> Result<Trace, SimError> {
     let text = std::fs::read_to_string(path).map_err(|source| SimError::Io {

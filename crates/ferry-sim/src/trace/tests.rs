@@ -41,3 +41,24 @@ fn bundled_sample_is_found() {
     let p = resolve("20110303", Some(&bundled_dir())).expect("sample present");
     assert!(load_planetlab(&p).is_ok());
 }
+
+#[test]
+fn cached_reads_give_the_same_values() {
+    let t = Trace::Synthetic(SyntheticParams {
+        vms: 3,
+        days: 0.5,
+        ..SyntheticParams::default()
+    });
+    let mut caches = [SampleCache::default(); 3];
+    let mut times: Vec<f64> = (0..400).map(|i| 0.1 + i as f64 * 37.3).collect();
+    times.extend([300.0, 600.0, 599.9, 600.1, 0.0, 150.0]);
+    for &x in &times {
+        for (row, cache) in caches.iter_mut().enumerate() {
+            assert_eq!(
+                t.at_cached(row, x, cache).to_bits(),
+                t.at(row, x).to_bits(),
+                "{row} {x}"
+            );
+        }
+    }
+}
