@@ -75,6 +75,7 @@ pub struct Cluster {
     pub enforce_bw: bool,
     /// How PABFD searches for a host (the index, or the plain scan it must agree with).
     pub search: PlacementSearch,
+    journal: Journal,
 }
 
 /// Sums over a host's VMs that the overload detectors need (see [`Cluster::host_load`]).
@@ -146,14 +147,25 @@ fn add_history(out: &mut [f64; HISTORY_LEN], vm: &VmView, host_mips: f64, depth:
     }
 }
 
-/// A saved allocation, restored after a planning round.
-#[derive(Debug, Clone)]
+/// A saved allocation, restored after a planning round (see [`Cluster::checkpoint`]).
+#[derive(Debug)]
+#[must_use = "an allocation saved for planning must be restored"]
 pub struct Checkpoint {
-    vms: Vec<Vec<VmId>>,
-    avail: Vec<f64>,
-    ram: Vec<f64>,
-    bw: Vec<f64>,
-    vm_host: Vec<Option<HostId>>,
+    generation: u32,
+}
+
+/// What a planning round changed, saved before the first change of each host and VM.
+#[derive(Debug, Clone, Default)]
+struct Journal {
+    /// The checkpoint being recorded (0: none).
+    generation: u32,
+    /// The latest generation handed out.
+    last: u32,
+    /// Generation in which each host's / VM's old state was saved.
+    host_saved: Vec<u32>,
+    vm_saved: Vec<u32>,
+    hosts: Vec<(HostId, Vec<VmId>, f64, f64, f64)>,
+    vms: Vec<(VmId, Option<HostId>)>,
 }
 
 impl HostView {
@@ -213,6 +225,27 @@ impl Cluster {
             enforce_ram: true,
             enforce_bw: true,
             search: PlacementSearch::Auto,
+            journal: Journal::default(),
+        }
+    }
+
+    /// Saves what `host` holds before a change, once per checkpoint.
+    fn save_host(&mut self, host: HostId) {
+        let j = &mut self.journal;
+        if j.generation != 0 && j.host_saved[host] != j.generation {
+            j.host_saved[host] = j.generation;
+            let h = &self.hosts[host];
+            j.hosts
+                .push((host, h.vms.clone(), h.avail_mips, h.ram_used, h.bw_used));
+        }
+    }
+
+    /// Saves where `vm` is placed before a change, once per checkpoint.
+    fn save_vm(&mut self, vm: VmId) {
+        let j = &mut self.journal;
+        if j.generation != 0 && j.vm_saved[vm] != j.generation {
+            j.vm_saved[vm] = j.generation;
+            j.vms.push((vm, self.vms[vm].host));
         }
     }
 
@@ -223,6 +256,8 @@ impl Cluster {
 
     /// Places `vm` on `host` (planning or real), like CloudSim's `Host.vmCreate`.
     pub fn vm_create(&mut self, host: HostId, vm: VmId) {
+        self.save_host(host);
+        self.save_vm(vm);
         let c = self.capped_demand(host, vm);
         let h = &mut self.hosts[host];
         h.vms.push(vm);
@@ -239,6 +274,8 @@ impl Cluster {
     /// Removes `vm` from `host`, like CloudSim's `Host.vmDestroy`.
     pub fn vm_destroy(&mut self, host: HostId, vm: VmId) {
         if let Some(pos) = self.hosts[host].vms.iter().position(|&v| v == vm) {
+            self.save_host(host);
+            self.save_vm(vm);
             self.hosts[host].vms.remove(pos);
             self.hosts[host].ram_used -= self.vms[vm].ram_mb;
             self.hosts[host].bw_used -= self.vms[vm].bw_mbps;
@@ -251,6 +288,7 @@ impl Cluster {
 
     /// Recomputes a host's available MIPS from its VMs' current demand.
     pub fn recompute_avail(&mut self, host: HostId) {
+        self.save_host(host);
         let mut avail = self.hosts[host].total_mips;
         for &v in &self.hosts[host].vms {
             let c = self.capped_demand(host, v);
@@ -375,32 +413,49 @@ impl Cluster {
         max_ram / (h.bw_mbps / 16.0)
     }
 
-    /// Saves the allocation so that planning can move VMs around and undo it.
-    pub fn checkpoint(&self) -> Checkpoint {
+    /// Saves the allocation so that planning can move VMs around and undo it. Until
+    /// [`Cluster::restore`], [`Cluster::vm_create`], [`Cluster::vm_destroy`] and
+    /// [`Cluster::recompute_avail`] record the state of each host and VM they change first
+    /// (the allocation must change only through them), so saving and restoring cost what
+    /// the round changed, not the size of the cluster.
+    ///
+    /// # Panics
+    /// If a checkpoint is already open.
+    pub fn checkpoint(&mut self) -> Checkpoint {
+        let j = &mut self.journal;
+        assert_eq!(j.generation, 0, "a checkpoint is already open");
+        j.host_saved.resize(self.hosts.len(), 0);
+        j.vm_saved.resize(self.vms.len(), 0);
+        // Generations count from 1 and never repeat while the flags live.
+        j.last = match j.last.checked_add(1) {
+            Some(g) => g,
+            None => {
+                j.host_saved.fill(0);
+                j.vm_saved.fill(0);
+                1
+            }
+        };
+        j.generation = j.last;
         Checkpoint {
-            vms: self.hosts.iter().map(|h| h.vms.clone()).collect(),
-            avail: self.hosts.iter().map(|h| h.avail_mips).collect(),
-            ram: self.hosts.iter().map(|h| h.ram_used).collect(),
-            bw: self.hosts.iter().map(|h| h.bw_used).collect(),
-            vm_host: self.vms.iter().map(|v| v.host).collect(),
+            generation: j.generation,
         }
     }
 
-    /// Restores an allocation saved by [`Cluster::checkpoint`].
+    /// Restores the allocation saved by [`Cluster::checkpoint`].
     pub fn restore(&mut self, cp: Checkpoint) {
-        for (h, (((vms, avail), ram), bw)) in self
-            .hosts
-            .iter_mut()
-            .zip(cp.vms.into_iter().zip(cp.avail).zip(cp.ram).zip(cp.bw))
-        {
-            h.vms = vms;
-            h.avail_mips = avail;
-            h.ram_used = ram;
-            h.bw_used = bw;
+        let j = &mut self.journal;
+        assert_eq!(j.generation, cp.generation, "restoring a stale checkpoint");
+        for (h, vms, avail, ram, bw) in j.hosts.drain(..) {
+            let host = &mut self.hosts[h];
+            host.vms = vms;
+            host.avail_mips = avail;
+            host.ram_used = ram;
+            host.bw_used = bw;
         }
-        for (v, host) in self.vms.iter_mut().zip(cp.vm_host) {
-            v.host = host;
+        for (v, host) in j.vms.drain(..) {
+            self.vms[v].host = host;
         }
+        j.generation = 0;
     }
 
     /// Power of `host` at utilisation `u`.
@@ -408,3 +463,6 @@ impl Cluster {
         self.power_models[self.hosts[host].power].power(u)
     }
 }
+
+#[cfg(test)]
+mod tests;

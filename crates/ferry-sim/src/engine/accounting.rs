@@ -46,6 +46,12 @@ impl HostAcc {
         self.last = Some(e);
     }
 
+    /// Whether the latest entry says the host is off (another off entry then changes
+    /// nothing: no time is counted, and the shutdown was counted when the first was closed).
+    pub fn is_off(&self) -> bool {
+        self.last.is_some_and(|e| !e.active)
+    }
+
     fn finalize(&mut self, e: HostEntry) {
         if self.prev_final_active.unwrap_or(true) && !e.active {
             self.shutdowns += 1;

@@ -7,6 +7,7 @@
 //! that starts a segment at 0 %.
 
 mod accounting;
+mod measure;
 mod ops;
 
 use crate::error::SimError;
@@ -14,7 +15,7 @@ use crate::migration::MigrationModel;
 use crate::report::{IntervalStats, OpOutcome, Report};
 use crate::setup::Scenario;
 use crate::trace::SampleCache;
-use accounting::{HostAcc, HostEntry, VmAcc};
+use accounting::{HostAcc, VmAcc};
 use ferry_cluster::consolidation;
 use ferry_cluster::overload::Detector;
 use ferry_cluster::placement::PlacementSearch;
@@ -121,6 +122,8 @@ pub(crate) struct Sim<'a> {
     last_t: Vec<f64>,
     host_acc: Vec<HostAcc>,
     vm_acc: Vec<VmAcc>,
+    /// Scheduler shares of the last [`Sim::measure_all`], per host.
+    shares: Vec<measure::Shares>,
     energy_j: f64,
     migrations: u64,
     moved_mb: f64,
@@ -227,6 +230,7 @@ impl<'a> Sim<'a> {
             last_t: vec![T0; n_h],
             host_acc: vec![HostAcc::default(); n_h],
             vm_acc: vec![VmAcc::default(); n_v],
+            shares: Vec::new(),
             energy_j: 0.0,
             migrations: 0,
             moved_mb: 0.0,
@@ -278,9 +282,7 @@ impl<'a> Sim<'a> {
                 vm.push_history(u);
             }
         }
-        for h in 0..self.c.hosts.len() {
-            self.measure(h, t);
-        }
+        self.measure_all(t);
         let mut emptied = Vec::new();
         if self.cfg.drop_idle_vms {
             for v in 0..self.c.vms.len() {
@@ -303,82 +305,6 @@ impl<'a> Sim<'a> {
             }
         }
         None
-    }
-
-    /// Re-measures one host at `t`: CPU shares, utilisation, energy and SLA entries.
-    fn measure(&mut self, h: HostId, t: f64) {
-        let host = &self.c.hosts[h];
-        let (total, pe) = (host.total_mips, host.pe_mips);
-        let mut sum_eff = 0.0;
-        let mut over = false;
-        let mut avail = total;
-        for &v in &host.vms {
-            let c = self.c.vms[v].demand_mips.min(pe);
-            let eff = if self.mig_in[h].contains(&v) {
-                0.1 * c
-            } else {
-                c
-            };
-            sum_eff += eff;
-            if avail >= eff {
-                avail -= eff;
-            } else {
-                over = true;
-                avail = 0.0;
-            }
-        }
-        let f = if over { total / sum_eff } else { 1.0 };
-        let mut util_mips = 0.0;
-        let mut req_total = 0.0;
-        for i in 0..self.c.hosts[h].vms.len() {
-            let v = self.c.hosts[h].vms[i];
-            let vm = &self.c.vms[v];
-            let req = vm.demand_mips;
-            let c = req.min(pe);
-            let incoming = self.mig_in[h].contains(&v);
-            let outgoing = vm.in_migration && !incoming;
-            let mut alloc = if incoming {
-                0.1 * c * f
-            } else if outgoing {
-                c * f * 0.9
-            } else {
-                c * f
-            };
-            if over {
-                alloc = alloc.floor();
-            }
-            if incoming {
-                util_mips += alloc;
-            } else {
-                self.vm_acc[v].push(t, alloc, req, outgoing);
-                util_mips += if vm.in_migration { alloc / 0.9 } else { alloc };
-            }
-            req_total += req;
-        }
-        let host = &mut self.c.hosts[h];
-        host.avail_mips = avail;
-        host.measured_mips = util_mips;
-        let clamp = |u: f64| if u > 1.0 && u < 1.01 { 1.0 } else { u };
-        let dt = t - self.last_t[h];
-        if dt > 0.0 && !matches!(self.cfg.policy, PolicySpec::Npa) {
-            let pm = &self.c.power_models[host.power];
-            self.energy_j += pm.energy_linear(
-                clamp(self.prev_mips[h] / total),
-                clamp(util_mips / total),
-                dt,
-            );
-            if self.prev_mips[h] == 0.0 && util_mips > 0.0 {
-                self.energy_j += pm.wake_j;
-            }
-        }
-        self.prev_mips[h] = util_mips;
-        self.last_t[h] = t;
-        self.host_acc[h].push(HostEntry {
-            t,
-            alloc: util_mips,
-            req: req_total,
-            active: util_mips > 0.0,
-        });
     }
 
     /// Processes migration completions strictly before `until`.
