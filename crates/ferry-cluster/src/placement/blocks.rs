@@ -4,6 +4,8 @@
 //! none can. (A segment tree was tried first: mixing several limits in one aggregate made
 //! its searches descend into hundreds of nodes for each host found.)
 
+use std::cmp::Reverse;
+
 /// Positions per block.
 const BLOCK: usize = 64;
 
@@ -116,14 +118,14 @@ impl HostBlocks {
     }
 
     /// Every enabled position of `lo..hi` whose host is below `limit` and whose free capacity
-    /// covers `need`, as `(host, position)`.
+    /// covers `need`, as hosts in position order (wrapped for a min-heap).
     pub(super) fn fitting(
         &self,
         lo: usize,
         hi: usize,
         need: &Need,
         limit: usize,
-        out: &mut Vec<(usize, usize)>,
+        out: &mut Vec<Reverse<usize>>,
     ) {
         let hi = hi.min(self.leaves.len());
         let mut pos = lo;
@@ -134,7 +136,7 @@ impl HostBlocks {
                 for p in pos..end {
                     if let Some(l) = &self.leaves[p] {
                         if l.host < limit && Summary::of(l).fits(need) {
-                            out.push((l.host, p));
+                            out.push(Reverse(l.host));
                         }
                     }
                 }
@@ -212,7 +214,7 @@ mod tests {
             let hi = (lo + len).min(leaves.len());
             let need = Need { mips, ram, bw: 0.5, max_demand, max_key };
             let ok = |p: usize| leaves[p].3 && leaves[p].1 >= mips && leaves[p].2 >= ram && leaves[p].4 <= max_demand && leaves[p].5 <= max_key;
-            let want: Vec<(usize, usize)> = (lo.min(hi)..hi).filter(|&p| ok(p) && leaves[p].0 < limit).map(|p| (leaves[p].0, p)).collect();
+            let want: Vec<Reverse<usize>> = (lo.min(hi)..hi).filter(|&p| ok(p) && leaves[p].0 < limit).map(|p| Reverse(leaves[p].0)).collect();
             let mut got = Vec::new();
             t.fitting(lo, hi, &need, limit, &mut got);
             prop_assert_eq!(got, want);

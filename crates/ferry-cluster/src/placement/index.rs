@@ -32,7 +32,8 @@ use crate::forecast::{self, ForecastParams, Trend};
 use crate::overload::Detector;
 use crate::state::{Cluster, HostLoad};
 use crate::{HostId, VmId};
-use std::collections::BTreeSet;
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, BinaryHeap};
 use std::sync::Arc;
 
 /// A live allocation this close (fraction of capacity) to the measured utilisation counts
@@ -460,7 +461,7 @@ impl HostIndex {
             pieces_of(ki, k, demand / k.total_mips, &mut pieces);
         }
         pieces.sort_by(|a, b| a.min().total_cmp(&b.min()));
-        let mut fitting: Vec<(usize, usize)> = Vec::new();
+        let mut fitting: Vec<Reverse<HostId>> = Vec::new();
         for p in &pieces {
             if p.min() - EPS > best.d + PRUNE {
                 break;
@@ -482,8 +483,10 @@ impl HostIndex {
                 fitting.clear();
                 kind.blocks
                     .fitting(p.lo_pos, p.hi_pos, &need, limit, &mut fitting);
-                fitting.sort_unstable();
-                for &(h, _) in &fitting {
+                // Usually the first few candidates settle it: take them in host order from
+                // a heap (linear to build) rather than sorting them all.
+                let mut heap = BinaryHeap::from(std::mem::take(&mut fitting));
+                while let Some(Reverse(h)) = heap.pop() {
                     if c.is_suitable(h, vm) {
                         best = consider(h);
                         if best.host == Some(h) {
@@ -491,6 +494,7 @@ impl HostIndex {
                         }
                     }
                 }
+                fitting = heap.into_vec();
             } else {
                 // A sloped piece: try hosts from the cheap end while they could still win.
                 let rising = p.phi_a <= p.phi_b;
