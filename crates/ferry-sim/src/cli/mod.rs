@@ -18,6 +18,9 @@ pub fn run(args: &SimArgs) -> Result<(), SimError> {
         None => {
             let (r, series) = run_one(args, &args.policy, &args.trace)?;
             print!("{}", report::table(std::slice::from_ref(&r)));
+            for op in &r.operations {
+                println!("{}", op.summary());
+            }
             write_outputs(args, std::slice::from_ref(&r), Some(&series))
         }
         Some(SimCommand::Compare(c)) => {
@@ -89,12 +92,31 @@ pub fn run_one(
     cfg.failure_warning_s = args.fail_warning;
     let started = std::time::Instant::now();
     let (mut r, s) = if args.pods > 1 {
-        if !cfg.drains.is_empty() || !cfg.failures.is_empty() {
-            return Err(SimError::Config("--drain and --fail need --pods 1".into()));
-        }
+        engine::check_hosts(&cfg, scn.hosts.len())?;
         let pods = scn.split(args.pods);
+        // Each pod gets the drains and failures of its own hosts, numbered within the pod.
+        let ranges: Vec<_> = (0..pods.len())
+            .map(|p| scn.pod_hosts(pods.len(), p))
+            .collect();
+        let local = |ops: &[HostAt], p: usize| -> Vec<HostAt> {
+            ops.iter()
+                .filter(|o| ranges[p].contains(&o.host))
+                .map(|o| HostAt {
+                    host: o.host - ranges[p].start,
+                    t: o.t,
+                })
+                .collect()
+        };
         let results = parallel(args.jobs, pods.len(), |i| {
-            engine::run(&pods[i], &cfg).map(|(r, _)| r)
+            let mut pod_cfg = cfg.clone();
+            pod_cfg.drains = local(&cfg.drains, i);
+            pod_cfg.failures = local(&cfg.failures, i);
+            engine::run(&pods[i], &pod_cfg).map(|(mut r, _)| {
+                for op in &mut r.operations {
+                    op.host += ranges[i].start;
+                }
+                r
+            })
         });
         let parts = results.into_iter().collect::<Result<Vec<_>, _>>()?;
         let mut r = Report::merge(parts).ok_or_else(|| SimError::Config("no pods".into()))?;

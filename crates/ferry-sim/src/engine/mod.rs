@@ -139,27 +139,46 @@ pub(crate) struct Sim<'a> {
     pub(crate) ops: Vec<OpOutcome>,
 }
 
-/// Runs `scn` under `cfg`; returns the metrics and per-interval statistics.
-pub fn run(scn: &Scenario, cfg: &EngineConfig) -> Result<(Report, Vec<IntervalStats>), SimError> {
-    let started = std::time::Instant::now();
-    let mut sim = Sim::new(scn, cfg)?;
+/// Rejects drains and failures of hosts that do not exist among `hosts`.
+pub fn check_hosts(cfg: &EngineConfig, hosts: usize) -> Result<(), SimError> {
     for op in cfg.drains.iter().chain(&cfg.failures) {
-        if op.host >= scn.hosts.len() {
+        if op.host >= hosts {
             return Err(SimError::Config(format!(
-                "host {} does not exist (there are {} hosts)",
-                op.host,
-                scn.hosts.len()
+                "host {} does not exist (there are {hosts} hosts)",
+                op.host
             )));
         }
     }
+    Ok(())
+}
+
+/// Runs `scn` under `cfg`; returns the metrics and per-interval statistics.
+pub fn run(scn: &Scenario, cfg: &EngineConfig) -> Result<(Report, Vec<IntervalStats>), SimError> {
+    let started = std::time::Instant::now();
+    check_hosts(cfg, scn.hosts.len())?;
+    let mut sim = Sim::new(scn, cfg)?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed);
     let mut series = Vec::new();
     let mut t = T0;
     let npa = matches!(cfg.policy, PolicySpec::Npa);
+    sim.ops = ops::outcomes(cfg);
+    // Failure warnings and failures, latest first: handled the moment they happen.
+    let mut host_events = ops::host_events(cfg);
     loop {
         let next = t + scn.interval_s;
         if next > scn.end_s {
             break;
+        }
+        while let Some(&(at, ev)) = host_events.last() {
+            if at > next {
+                break;
+            }
+            host_events.pop();
+            // One before the first measurement happens at the first one.
+            let at = at.max(t);
+            sim.complete_until(at);
+            sim.update_all(at, false);
+            sim.host_event(at, ev);
         }
         sim.complete_until(next);
         let dt = next - t;
@@ -336,6 +355,7 @@ impl<'a> Sim<'a> {
             for h in touched {
                 self.measure(h, t);
             }
+            self.note_emptied(t);
             if self.full_updates && self.cfg.drop_idle_vms {
                 // A VM that just arrived may now count as completed (it was migrating).
                 let mut arrived: Vec<VmId> = batch.iter().map(|e| e.vm).collect();
@@ -482,7 +502,14 @@ impl<'a> Sim<'a> {
             vms_lost: self.vms_lost,
             vms_not_created: self.vms_not_created,
             vms_dropped: self.vms_dropped,
-            operations: self.ops,
+            operations: self
+                .ops
+                .into_iter()
+                .map(|mut o| {
+                    o.met = o.emptied_at_s.is_some_and(|e| e <= o.deadline_s);
+                    o
+                })
+                .collect(),
             wall_s,
             raw: [active, viol, req, lost],
         }

@@ -1,6 +1,6 @@
 //! Initial placement, maintenance drains and failure evacuations.
 
-use super::{HostAt, Sim};
+use super::{EngineConfig, HostAt, Sim};
 use crate::error::SimError;
 use crate::report::OpOutcome;
 use crate::setup::Scenario;
@@ -142,55 +142,62 @@ impl Sim<'_> {
             .duration_s
     }
 
-    /// Starts drains whose deadline approaches, evacuates hosts about to fail, and fails
-    /// hosts whose time has come.
-    pub(super) fn operations(&mut self, t: f64) -> Result<(), SimError> {
-        if self.ops.is_empty() {
-            for d in &self.cfg.drains {
-                self.ops.push(outcome("drain", *d));
-            }
-            for f in &self.cfg.failures {
-                self.ops.push(outcome("evacuate", *f));
+    /// Records, for every started operation, the moment its host became empty.
+    pub(super) fn note_emptied(&mut self, t: f64) {
+        for op in &mut self.ops {
+            if op.emptied_at_s.is_none()
+                && op.problem.is_none()
+                && self.c.hosts[op.host].closed
+                && self.c.hosts[op.host].vms.is_empty()
+            {
+                op.emptied_at_s = Some(t);
             }
         }
+    }
+
+    /// At a scheduling event: starts drains whose deadline approaches.
+    pub(super) fn operations(&mut self, t: f64) -> Result<(), SimError> {
+        self.note_emptied(t);
         let det = self.detector();
-        let n_drains = self.cfg.drains.len();
-        for i in 0..self.ops.len() {
+        for i in 0..self.cfg.drains.len() {
             let (host, deadline) = (self.ops[i].host, self.ops[i].deadline_s);
-            let is_drain = i < n_drains;
-            let started = self.c.hosts[host].closed;
-            if started
-                && self.ops[i].emptied_at_s.is_none()
-                && self.c.hosts[host].vms.is_empty()
-                && self.ops[i].problem.is_none()
-            {
-                self.ops[i].emptied_at_s = Some(t);
+            if self.c.hosts[host].closed {
+                continue;
             }
-            if is_drain && !started {
-                let bw = self.c.hosts[host].bw_mbps;
-                let est: f64 = self.c.hosts[host]
-                    .vms
-                    .iter()
-                    .map(|&v| self.migration_time(v, bw))
-                    .sum();
-                if t + est + 2.0 * self.scn.interval_s >= deadline {
-                    let times: Vec<f64> = (0..self.c.vms.len())
-                        .map(|v| self.migration_time(v, bw))
-                        .collect();
-                    match drain::plan(&mut self.c, &det, host, t, deadline, |v| times[v]) {
-                        Ok(p) => self.start(t, &p.migrations),
-                        Err(e) => self.ops[i].problem = Some(e.to_string()),
-                    }
-                    if self.c.hosts[host].vms.is_empty() {
-                        self.ops[i].emptied_at_s = Some(t);
-                    }
+            let bw = self.c.hosts[host].bw_mbps;
+            let est: f64 = self.c.hosts[host]
+                .vms
+                .iter()
+                .map(|&v| self.migration_time(v, bw))
+                .sum();
+            if t + est + 2.0 * self.scn.interval_s >= deadline {
+                let times: Vec<f64> = (0..self.c.vms.len())
+                    .map(|v| self.migration_time(v, bw))
+                    .collect();
+                match drain::plan(&mut self.c, &det, host, t, deadline, |v| times[v]) {
+                    Ok(p) => self.start(t, &p.migrations),
+                    Err(e) => self.ops[i].problem = Some(e.to_string()),
                 }
-            } else if !is_drain && !started && t >= deadline - self.cfg.failure_warning_s {
+                self.note_emptied(t);
+            }
+        }
+        Ok(())
+    }
+
+    /// A failure warning (evacuate now) or a failure (the host dies now), at `t`.
+    pub(super) fn host_event(&mut self, t: f64, ev: HostEvent) {
+        match ev {
+            HostEvent::Warning(i) => {
+                let (host, fails_at) = (self.ops[i].host, self.ops[i].deadline_s);
+                if self.failed[host] {
+                    return;
+                }
+                let det = self.detector();
                 let bw = self.c.hosts[host].bw_mbps;
                 let times: Vec<f64> = (0..self.c.vms.len())
                     .map(|v| self.migration_time(v, bw))
                     .collect();
-                let p = evacuate::plan(&mut self.c, &det, host, deadline - t, |v| times[v]);
+                let p = evacuate::plan(&mut self.c, &det, host, fails_at - t, |v| times[v]);
                 if !p.stranded.is_empty() {
                     self.ops[i].problem = Some(format!(
                         "{} VM(s) cannot leave host {host} before it fails",
@@ -198,12 +205,15 @@ impl Sim<'_> {
                     ));
                 }
                 self.start(t, &p.migrations);
+                self.note_emptied(t);
             }
-            if !is_drain && t >= deadline && !self.failed[host] {
-                self.fail_host(host, t);
+            HostEvent::Failure(i) => {
+                let host = self.ops[i].host;
+                if !self.failed[host] {
+                    self.fail_host(host, t);
+                }
             }
         }
-        Ok(())
     }
 
     /// The host dies: VMs still on it are lost and cold-restarted elsewhere.
@@ -237,12 +247,50 @@ impl Sim<'_> {
     }
 }
 
+/// Something that happens to a host between scheduling events (the index of its operation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum HostEvent {
+    /// The host is predicted to fail: evacuate it.
+    Warning(usize),
+    /// The host fails.
+    Failure(usize),
+}
+
+/// The outcomes to fill in: drains first, then evacuations, in the order given.
+pub(super) fn outcomes(cfg: &EngineConfig) -> Vec<OpOutcome> {
+    let drains = cfg.drains.iter().map(|d| outcome("drain", *d));
+    drains
+        .chain(cfg.failures.iter().map(|f| outcome("evacuate", *f)))
+        .collect()
+}
+
+/// Warnings and failures with their times, latest first (a warning before its failure when
+/// both fall at the same time).
+pub(super) fn host_events(cfg: &EngineConfig) -> Vec<(f64, HostEvent)> {
+    let first = cfg.drains.len();
+    let mut events: Vec<(f64, HostEvent)> = cfg
+        .failures
+        .iter()
+        .enumerate()
+        .flat_map(|(i, f)| {
+            [
+                (f.t - cfg.failure_warning_s, HostEvent::Warning(first + i)),
+                (f.t, HostEvent::Failure(first + i)),
+            ]
+        })
+        .collect();
+    let rank = |e: &HostEvent| matches!(e, HostEvent::Failure(_));
+    events.sort_by(|a, b| b.0.total_cmp(&a.0).then(rank(&b.1).cmp(&rank(&a.1))));
+    events
+}
+
 fn outcome(kind: &str, at: HostAt) -> OpOutcome {
     OpOutcome {
         kind: kind.to_string(),
         host: at.host,
         deadline_s: at.t,
         emptied_at_s: None,
+        met: false,
         problem: None,
     }
 }

@@ -41,24 +41,76 @@ fn consolidation_saves_energy_over_dvfs() {
     assert!(thr.slatah >= 0.0 && thr.pdm >= 0.0);
 }
 
-#[test]
-fn drain_empties_host_by_deadline() {
+fn thirty(days: f64) -> Scenario {
     let trace = Trace::Synthetic(SyntheticParams {
         vms: 30,
-        days: 0.25,
+        days,
         ..SyntheticParams::default()
     });
-    let scn = Scenario::reference(trace, 30, Some(30), 0.25, 300.0).expect("scenario");
+    Scenario::reference(trace, 30, Some(30), days, 300.0).expect("scenario")
+}
+
+#[test]
+fn drain_empties_host_by_deadline() {
+    let scn = thirty(0.25);
     let mut cfg = EngineConfig::new("lr-mmt-1.2", parse("lr-mmt-1.2").expect("policy"));
-    cfg.drains.push(HostAt { host: 1, t: 7200.0 });
-    cfg.failures.push(HostAt { host: 3, t: 9000.0 });
+    // The deadline falls on a scheduling event (0.1 + 24 x 300).
+    cfg.drains.push(HostAt { host: 1, t: 7200.1 });
     let (r, _) = run(&scn, &cfg).expect("runs");
     let d = &r.operations[0];
+    assert_eq!(d.problem, None, "{d:?}");
+    let emptied = d.emptied_at_s.expect("emptied");
+    assert!(d.met && emptied <= 7200.1, "{d:?}");
+    // The moment the last migration ended, not the next scheduling event.
+    let k = (emptied - 0.1) / 300.0;
+    assert!((k - k.round()).abs() > 1e-9, "{d:?}");
+    assert!(emptied > 7200.1 - 3.0 * 300.0, "started too early: {d:?}");
+}
+
+#[test]
+fn a_drain_that_cannot_be_met_is_reported_late() {
+    let scn = thirty(0.1);
+    let mut cfg = EngineConfig::new("lr-mmt-1.2", parse("lr-mmt-1.2").expect("policy"));
+    // Before the first scheduling event: nothing can start in time.
+    cfg.drains.push(HostAt { host: 1, t: 200.0 });
+    let (r, _) = run(&scn, &cfg).expect("runs");
+    let d = &r.operations[0];
+    assert!(!d.met, "{d:?}");
+    assert!(d.problem.is_some() || d.emptied_at_s.is_some_and(|e| e > 200.0));
     assert!(
-        d.problem.is_some() || d.emptied_at_s.is_some_and(|t| t <= 7200.0 + 300.0),
-        "{d:?}"
+        d.summary().contains("LATE") || d.summary().contains("NOT emptied"),
+        "{}",
+        d.summary()
     );
-    assert_eq!(r.operations.len(), 2);
+}
+
+#[test]
+fn evacuation_starts_when_the_warning_arrives() {
+    // A warning of 100 s, shorter than the 300 s interval: checked only at scheduling
+    // events, it would be seen at 9000.1, after the failure, and the VMs would be lost.
+    let scn = thirty(0.25);
+    let mut cfg = EngineConfig::new("lr-mmt-1.2", parse("lr-mmt-1.2").expect("policy"));
+    cfg.failures.push(HostAt { host: 3, t: 9000.0 });
+    cfg.failure_warning_s = 100.0;
+    let (r, _) = run(&scn, &cfg).expect("runs");
+    let e = &r.operations[0];
+    assert_eq!(e.kind, "evacuate");
+    assert_eq!(e.problem, None, "{e:?}");
+    assert_eq!(r.vms_lost, 0, "{e:?}");
+    let emptied = e.emptied_at_s.expect("emptied");
+    assert!(e.met && (8900.0..9000.0).contains(&emptied), "{e:?}");
+}
+
+#[test]
+fn a_failure_without_warning_loses_its_vms_at_the_failure_time() {
+    let scn = thirty(0.25);
+    let mut cfg = EngineConfig::new("lr-mmt-1.2", parse("lr-mmt-1.2").expect("policy"));
+    cfg.failures.push(HostAt { host: 3, t: 9000.0 });
+    cfg.failure_warning_s = 0.0;
+    let (r, _) = run(&scn, &cfg).expect("runs");
+    let e = &r.operations[0];
+    assert!(!e.met, "{e:?}");
+    assert!(r.vms_lost > 0, "{e:?}");
 }
 
 #[test]

@@ -12,10 +12,34 @@ pub struct OpOutcome {
     pub host: usize,
     /// Deadline (drain) or failure time (evacuation), s.
     pub deadline_s: f64,
-    /// When the host became empty, if it did.
+    /// When the host became empty (the end of the last migration off it), if it did.
     pub emptied_at_s: Option<f64>,
+    /// The host was empty at or before the deadline (compared exactly, no slack).
+    pub met: bool,
     /// Why it could not be done, if it could not.
     pub problem: Option<String>,
+}
+
+impl OpOutcome {
+    /// One line for people: what was asked and what happened.
+    pub fn summary(&self) -> String {
+        let what = match self.emptied_at_s {
+            Some(e) if self.met => {
+                format!("emptied at {e:.1} s, {:.1} s early", self.deadline_s - e)
+            }
+            Some(e) => format!("emptied at {e:.1} s, LATE by {:.1} s", e - self.deadline_s),
+            None => "NOT emptied".to_string(),
+        };
+        let problem = self
+            .problem
+            .as_deref()
+            .map(|p| format!(" ({p})"))
+            .unwrap_or_default();
+        format!(
+            "{} host {} by {:.1} s: {what}{problem}",
+            self.kind, self.host, self.deadline_s
+        )
+    }
 }
 
 /// Metrics of one run.

@@ -152,7 +152,7 @@ impl Scenario {
         let pods = pods.clamp(1, self.hosts.len());
         (0..pods)
             .map(|p| {
-                let hs = self.hosts.len() * p / pods..self.hosts.len() * (p + 1) / pods;
+                let hs = self.pod_hosts(pods, p);
                 let vs = self.vms.len() * p / pods..self.vms.len() * (p + 1) / pods;
                 Scenario {
                     hosts: self.hosts[hs].to_vec(),
@@ -161,6 +161,11 @@ impl Scenario {
                 }
             })
             .collect()
+    }
+
+    /// The hosts of pod `p` of [`Scenario::split`] into `pods` (already clamped) pods.
+    pub fn pod_hosts(&self, pods: usize, p: usize) -> std::ops::Range<usize> {
+        self.hosts.len() * p / pods..self.hosts.len() * (p + 1) / pods
     }
 
     /// Rejects set-ups whose VMs cannot all be placed at full size.
