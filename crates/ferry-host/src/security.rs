@@ -17,6 +17,8 @@ pub struct SecurityConfig {
     pub insecure: bool,
     /// Names a source's certificate must carry to send this host a VM (empty: any the CA signed).
     pub allow: Vec<String>,
+    /// A revocation list (default: `revoked.txt` in the certificate directory, if there is one).
+    pub revoked: Option<PathBuf>,
 }
 
 /// What a host may do without certificates.
@@ -56,6 +58,8 @@ pub struct TlsSetup {
     pub server: Arc<rustls::ServerConfig>,
     /// Who may send us a VM.
     pub policy: tls::Policy,
+    /// The revocation list checked at every handshake.
+    pub revoked: Option<PathBuf>,
 }
 
 /// Why the security configuration cannot be used.
@@ -81,14 +85,45 @@ pub enum SecurityError {
         #[source]
         source: TlsError,
     },
+    /// The revocation list cannot be used.
+    #[error("cannot use the revocation list {path}")]
+    Revoked {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: TlsError,
+    },
+    /// An --allow name that no certificate can carry.
+    #[error("--allow '{0}' is not a DNS name or an IP address")]
+    BadAllowName(String),
     /// Building the TLS configuration failed.
     #[error("TLS configuration")]
     Tls(#[from] TlsError),
 }
 
+/// Checks that `name` can appear in a certificate (DNS-name syntax, or an IP address).
+pub fn validate_allow_name(name: &str) -> Result<(), SecurityError> {
+    match rustls::pki_types::ServerName::try_from(name) {
+        Ok(_) if !name.ends_with('.') => Ok(()),
+        _ => Err(SecurityError::BadAllowName(name.to_string())),
+    }
+}
+
 impl Security {
+    /// The revocation list in force (TLS only).
+    pub fn revoked(&self) -> Option<&std::path::Path> {
+        match self {
+            Security::Tls(t) => t.revoked.as_deref(),
+            _ => None,
+        }
+    }
+
     /// Loads the certificates `cfg` names (or accepts `--insecure`; the caller warns about it).
     pub fn load(cfg: &SecurityConfig, need: Need) -> Result<Security, SecurityError> {
+        for name in &cfg.allow {
+            validate_allow_name(name)?;
+        }
         if cfg.insecure {
             return Ok(Security::Insecure);
         }
@@ -100,17 +135,64 @@ impl Security {
             (None, None) => return Err(SecurityError::NeedCertificates),
             _ => return Err(SecurityError::Incomplete),
         };
-        let id = tls::Identity::from_dir(dir, name).map_err(|source| SecurityError::Identity {
-            name: name.clone(),
-            dir: dir.clone(),
-            source,
-        })?;
+        let mut id =
+            tls::Identity::from_dir(dir, name).map_err(|source| SecurityError::Identity {
+                name: name.clone(),
+                dir: dir.clone(),
+                source,
+            })?;
+        if let Some(path) = &cfg.revoked {
+            let list = tls::DenyList::open(path).map_err(|source| SecurityError::Revoked {
+                path: path.clone(),
+                source,
+            })?;
+            id = id.with_revoked(list);
+        }
+        let policy = tls::Policy {
+            allowed: cfg.allow.clone(),
+        };
         Ok(Security::Tls(Box::new(TlsSetup {
             client: tls::client_config(&id)?,
-            server: tls::server_config(&id)?,
-            policy: tls::Policy {
-                allowed: cfg.allow.clone(),
-            },
+            server: tls::server_config_for(&id, &policy)?,
+            policy,
+            revoked: id.revoked().map(|l| l.path().to_path_buf()),
         })))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allow_names_must_be_certificate_names() {
+        for ok in [
+            "hosta",
+            "hosta.dc1.example",
+            "10.0.0.2",
+            "::1",
+            "xn--bcher-kva.example",
+        ] {
+            validate_allow_name(ok).unwrap();
+        }
+        for bad in [
+            "",
+            "host a",
+            "hosta/",
+            "*.example",
+            "a..b",
+            "trailing.",
+            "-",
+            "h\u{e9}te",
+        ] {
+            assert!(validate_allow_name(bad).is_err(), "{bad:?}");
+        }
+        let cfg = SecurityConfig {
+            insecure: true,
+            allow: vec!["no spaces please".into()],
+            ..SecurityConfig::default()
+        };
+        let e = Security::load(&cfg, Need::Network).unwrap_err();
+        assert!(e.to_string().contains("'no spaces please'"), "{e}");
     }
 }

@@ -245,6 +245,96 @@ fn certs_commands_create_a_ca_and_host_certificates() {
     );
 }
 
+/// The operator flow: the CA stays on the operator's machine, each host gets a bundle with only
+/// its own key; revocation goes into a list the hosts read.
+#[test]
+fn certs_issue_host_bundles_and_revoke() {
+    use std::os::unix::fs::PermissionsExt;
+    let t = Tmp::new();
+    let ca = t.arg("ca");
+    assert!(run(&["certs", "init", "--dir", &ca]).status.success());
+    let bundle = t.path("hostb-bundle");
+    let o = run(&[
+        "certs",
+        "issue",
+        "hostb",
+        "--san",
+        "10.0.0.2",
+        "--dir",
+        &ca,
+        "--bundle",
+        &bundle.to_string_lossy(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    let serial = out
+        .split("serial ")
+        .nth(1)
+        .and_then(|r| r.split(')').next())
+        .unwrap_or_else(|| panic!("no serial printed: {out}"))
+        .to_string();
+    let mut files: Vec<String> = std::fs::read_dir(&bundle)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    assert_eq!(files, ["ca.pem", "hostb.key", "hostb.pem"], "{out}");
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&bundle), 0o700);
+    assert_eq!(mode(&bundle.join("hostb.key")), 0o600);
+    assert!(!t.path("ca").join("hostb.key").exists());
+
+    let r = run(&["certs", "revoke", "--serial", &serial, "--dir", &ca]);
+    assert!(r.status.success(), "{}", stderr(&r));
+    let r = run(&["certs", "revoke", "hostc", "--dir", &ca]);
+    assert!(r.status.success(), "{}", stderr(&r));
+    let list = std::fs::read_to_string(t.path("ca").join("revoked.txt")).unwrap();
+    assert_eq!(list, format!("serial:{serial}\nname:hostc\n"));
+    let bad = run(&["certs", "revoke", "--serial", "xyz", "--dir", &ca]);
+    assert!(!bad.status.success());
+    assert!(stderr(&bad).contains("hex"), "{}", stderr(&bad));
+    // A host refuses to start on a revocation list it cannot read or parse.
+    std::fs::write(t.path("broken.txt"), "hostb\n").unwrap();
+    let o = run(&[
+        "vm",
+        "receive",
+        "--listen",
+        "127.0.0.1:0",
+        "--certs",
+        &bundle.to_string_lossy(),
+        "--name",
+        "hostb",
+        "--revoked",
+        &t.arg("broken.txt"),
+        "--control",
+        &t.arg("r.sock"),
+    ]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("revocation list"), "{}", stderr(&o));
+}
+
+#[test]
+fn allow_names_are_checked_at_startup() {
+    let t = Tmp::new();
+    let o = run(&[
+        "vm",
+        "receive",
+        "--listen",
+        "127.0.0.1:0",
+        "--insecure",
+        "--allow",
+        "hosta;rm -rf",
+        "--control",
+        &t.arg("a.sock"),
+    ]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("--allow 'hosta;rm -rf' is not a DNS name or an IP address"),
+        "{}",
+        stderr(&o)
+    );
+}
+
 /// A slow (bandwidth-limited) migration can be inspected, re-limited and cancelled from the CLI;
 /// after the cancel the VM runs on at the source.
 #[test]

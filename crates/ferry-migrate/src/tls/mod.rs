@@ -5,17 +5,21 @@
 //! its policy allows. Plaintext exists only behind an explicit `--insecure`.
 
 pub mod certs;
+pub mod revoke;
 mod stream;
+mod verify;
 
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use rustls::client::WebPkiServerVerifier;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, ClientConnection, RootCertStore, ServerConfig, ServerConnection};
 
+pub use revoke::DenyList;
 pub use stream::TlsStream;
 
 use crate::channel::Stream;
@@ -70,12 +74,14 @@ pub enum TlsError {
     BadName(String),
 }
 
-/// This host's identity: the cluster CA it trusts, and its own certificate and key.
+/// This host's identity: the cluster CA it trusts, its own certificate and key, and the
+/// certificates it no longer accepts.
 #[derive(Clone, Debug)]
 pub struct Identity {
     ca: CertificateDer<'static>,
     chain: Vec<CertificateDer<'static>>,
     key: Arc<PrivateKeyDer<'static>>,
+    revoked: Option<DenyList>,
 }
 
 fn read_pem(path: &Path) -> Result<Vec<u8>, TlsError> {
@@ -110,16 +116,34 @@ impl Identity {
             ca: ca_der,
             chain,
             key: Arc::new(key_der),
+            revoked: None,
         })
     }
 
-    /// Loads `ca.pem`, `NAME.pem` and `NAME.key` from a directory made by `ferry certs`.
+    /// Loads `ca.pem`, `NAME.pem` and `NAME.key` from a directory made by `ferry certs`, and the
+    /// revocation list `revoked.txt` there if there is one.
     pub fn from_dir(dir: &Path, name: &str) -> Result<Self, TlsError> {
-        Self::load(
+        let id = Self::load(
             &dir.join("ca.pem"),
             &dir.join(format!("{name}.pem")),
             &dir.join(format!("{name}.key")),
-        )
+        )?;
+        let list = dir.join(certs::REVOKED_FILE);
+        if list.exists() {
+            return Ok(id.with_revoked(DenyList::open(&list)?));
+        }
+        Ok(id)
+    }
+
+    /// Refuses peers that `list` names, at every handshake, in both directions.
+    pub fn with_revoked(mut self, list: DenyList) -> Self {
+        self.revoked = Some(list);
+        self
+    }
+
+    /// The revocation list in force, if any.
+    pub fn revoked(&self) -> Option<&DenyList> {
+        self.revoked.as_ref()
     }
 
     fn roots(&self) -> Result<Arc<RootCertStore>, TlsError> {
@@ -145,23 +169,43 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     })
 }
 
-/// The source's side: trusts the cluster CA, presents its own certificate.
+/// The source's side: trusts the cluster CA (minus revoked certificates), presents its own
+/// certificate.
 pub fn client_config(id: &Identity) -> Result<Arc<ClientConfig>, TlsError> {
+    let webpki = WebPkiServerVerifier::builder_with_provider(id.roots()?, provider())
+        .build()
+        .map_err(|e| TlsError::Verifier(e.to_string()))?;
+    let check = verify::ServerCheck {
+        inner: webpki,
+        revoked: id.revoked.clone(),
+    };
     let cfg = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_root_certificates(id.roots()?)
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(check))
         .with_client_auth_cert(id.chain.clone(), id.key.clone_key())?;
     Ok(Arc::new(cfg))
 }
 
-/// The destination's side: requires a client certificate signed by the cluster CA.
+/// The destination's side: requires a client certificate signed by the cluster CA, not revoked.
 pub fn server_config(id: &Identity) -> Result<Arc<ServerConfig>, TlsError> {
-    let verifier = WebPkiClientVerifier::builder_with_provider(id.roots()?, provider())
+    server_config_for(id, &Policy::default())
+}
+
+/// Like [`server_config`], admitting only peers `policy` allows: a refused peer is told so in the
+/// handshake (an `access_denied` alert), not merely hung up on.
+pub fn server_config_for(id: &Identity, policy: &Policy) -> Result<Arc<ServerConfig>, TlsError> {
+    let webpki = WebPkiClientVerifier::builder_with_provider(id.roots()?, provider())
         .build()
         .map_err(|e| TlsError::Verifier(e.to_string()))?;
+    let check = verify::ClientCheck {
+        inner: webpki,
+        revoked: id.revoked.clone(),
+        policy: policy.clone(),
+    };
     let cfg = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_client_cert_verifier(verifier)
+        .with_client_cert_verifier(Arc::new(check))
         .with_single_cert(id.chain.clone(), id.key.clone_key())?;
     Ok(Arc::new(cfg))
 }
@@ -230,7 +274,14 @@ pub fn accept(
         .map(|a| a.to_string())
         .unwrap_or_else(|_| "peer".into());
     let mut conn = ServerConnection::new(cfg.clone()).map_err(TlsError::from)?;
-    handshake(&sock, &mut conn, &peer, timeout)?;
+    handshake(&sock, &mut conn, &peer, timeout).map_err(|e| match e {
+        MigrateError::Tls(TlsError::Rustls(rustls::Error::InvalidCertificate(
+            rustls::CertificateError::ApplicationVerificationFailure,
+        ))) => MigrateError::Tls(TlsError::NotAllowed {
+            allowed: policy.allowed.join(", "),
+        }),
+        e => e,
+    })?;
     let cert = conn
         .peer_certificates()
         .and_then(|c| c.first())

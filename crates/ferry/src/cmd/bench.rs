@@ -180,7 +180,7 @@ fn stop_and_copy(a: &StopAndCopyArgs) -> anyhow::Result<ExitCode> {
         let mut results: Vec<Option<RunResult>> = specs.iter().map(|_| None).collect();
         for i in order {
             let s = &specs[i];
-            let certs = s.tls.then_some(certs.as_path());
+            let certs = s.tls.then_some(&certs);
             let r = migrate_full_guest(a, s, &dir, &image, ws, certs, &mut limit)?;
             print_run(&r, limit);
             all_ok &= r.ok();
@@ -302,15 +302,18 @@ fn migrate_full_guest(
     dir: &std::path::Path,
     image: &std::path::Path,
     ws: u64,
-    certs: Option<&std::path::Path>,
+    certs: Option<&hosts::Certs>,
     limit: &mut f64,
 ) -> anyhow::Result<RunResult> {
-    let mut dst = hosts::destination(dir, "127.0.0.1:0", !a.no_prefault, certs)?;
+    let bundle = |c: &hosts::Certs| c.destination.clone();
+    let dst_bundle = certs.map(bundle);
+    let mut dst = hosts::destination(dir, "127.0.0.1:0", !a.no_prefault, dst_bundle.as_deref())?;
     let addr = dst
         .listen()
         .cloned()
         .context("the destination printed no address")?;
-    let mut src = hosts::source(dir, image, a.memory, certs, false)?;
+    let src_bundle = certs.map(|c| c.source.clone());
+    let mut src = hosts::source(dir, image, a.memory, src_bundle.as_deref(), false)?;
     let t = Instant::now();
     println!(
         "filling {} of guest RAM with {} data ...",

@@ -110,7 +110,12 @@ fn demo(a: &DemoArgs, dir: &Path) -> anyhow::Result<ExitCode> {
     } else {
         "127.0.0.1:0".into()
     };
-    let mut dst = hosts::destination(dir, &listen, true, certs.as_deref())?;
+    let mut dst = hosts::destination(
+        dir,
+        &listen,
+        true,
+        certs.as_ref().map(|c| c.destination.as_path()),
+    )?;
     let addr = dst
         .listen()
         .cloned()
@@ -119,7 +124,13 @@ fn demo(a: &DemoArgs, dir: &Path) -> anyhow::Result<ExitCode> {
         "destination host: process {} listening on {addr}",
         dst.pid()
     ));
-    let mut src = hosts::source(dir, &image, a.memory, certs.as_deref(), a.same_host)?;
+    let mut src = hosts::source(
+        dir,
+        &image,
+        a.memory,
+        certs.as_ref().map(|c| c.source.as_path()),
+        a.same_host,
+    )?;
     let t = Instant::now();
     let booted = src.wait_guest("the guest to start", Duration::from_secs(60), |g| {
         g.ferry_guest && g.iterations > 0 && (g.heartbeats > 0 || a.heartbeat == Heartbeat::None)

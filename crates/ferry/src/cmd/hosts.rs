@@ -18,18 +18,32 @@ fn ferry() -> anyhow::Result<Command> {
     ))
 }
 
-/// Creates a cluster CA in `dir/certs` with certificates for "destination" (valid for 127.0.0.1)
-/// and "source"; returns the directory.
-pub(crate) fn make_certs(dir: &Path) -> anyhow::Result<PathBuf> {
-    let certs = dir.join("certs");
-    ferry_migrate::tls::certs::init_ca(&certs, 1)?;
-    ferry_migrate::tls::certs::issue(&certs, &["destination".into(), "127.0.0.1".into()], 1)?;
-    ferry_migrate::tls::certs::issue(&certs, &["source".into()], 1)?;
-    Ok(certs)
+/// The certificate bundles of a loopback pair.
+pub(crate) struct Certs {
+    /// The destination's ("destination", valid for 127.0.0.1).
+    pub(crate) destination: PathBuf,
+    /// The source's ("source").
+    pub(crate) source: PathBuf,
 }
 
-fn auth(certs: Option<&Path>, name: &str, local: bool) -> Auth {
-    match certs {
+/// As an operator would: a cluster CA in `dir/ca` and one bundle per host (its key and
+/// certificate and the CA certificate, not the CA key) in `dir/destination` and `dir/source`.
+pub(crate) fn make_certs(dir: &Path) -> anyhow::Result<Certs> {
+    use ferry_migrate::tls::certs;
+    let ca = dir.join("ca");
+    certs::init_ca(&ca, 1)?;
+    let c = Certs {
+        destination: dir.join("destination"),
+        source: dir.join("source"),
+    };
+    let dst_names = ["destination".into(), "127.0.0.1".into()];
+    certs::issue_bundle(&ca, &dst_names, 1, &c.destination)?;
+    certs::issue_bundle(&ca, &["source".into()], 1, &c.source)?;
+    Ok(c)
+}
+
+fn auth(bundle: Option<&Path>, name: &str, local: bool) -> Auth {
+    match bundle {
         Some(c) => Auth::Certs {
             dir: c.to_path_buf(),
             name: name.into(),
@@ -40,8 +54,8 @@ fn auth(certs: Option<&Path>, name: &str, local: bool) -> Auth {
 }
 
 /// Starts `ferry vm receive` on `listen` (`127.0.0.1:0` picks a port; `unix:PATH` for a same-host
-/// destination, which needs no certificates). With `certs` it accepts only TLS peers of that CA,
-/// else plaintext (--insecure).
+/// destination, which needs no certificates). With a certificate bundle it accepts only TLS peers
+/// of its CA, else plaintext (--insecure).
 pub(crate) fn destination(
     dir: &Path,
     listen: &str,
@@ -73,8 +87,8 @@ pub(crate) fn destination(
     )?)
 }
 
-/// Starts `ferry vm run` booting `image` with `memory` bytes of RAM: TLS with `certs`, plaintext
-/// without them, or (with `local`) no certificates at all, for a same-host migration.
+/// Starts `ferry vm run` booting `image` with `memory` bytes of RAM: TLS with a certificate bundle,
+/// plaintext without one, or (with `local`) no certificates at all, for a same-host migration.
 pub(crate) fn source(
     dir: &Path,
     image: &Path,

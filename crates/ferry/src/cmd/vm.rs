@@ -86,9 +86,14 @@ pub struct HostArgs {
     /// This host's name: its certificate is CERTS/NAME.pem with key CERTS/NAME.key.
     #[arg(long)]
     pub name: Option<String>,
+    /// Revocation list (`ferry certs revoke`): peers whose certificate it names are refused at
+    /// every handshake, in both directions; the file is read again at each handshake. Default:
+    /// CERTS/revoked.txt when it exists.
+    #[arg(long, requires = "certs")]
+    pub revoked: Option<PathBuf>,
     /// Migrate in plaintext, without authentication: anyone on the network can read guest memory
     /// and anyone can send this host a VM. For isolated test networks only.
-    #[arg(long, conflicts_with_all = ["certs", "name"])]
+    #[arg(long, conflicts_with_all = ["certs", "name", "revoked"])]
     pub insecure: bool,
 }
 
@@ -100,6 +105,7 @@ impl HostArgs {
                 name: self.name.clone(),
                 insecure: self.insecure,
                 allow: allow.to_vec(),
+                revoked: self.revoked.clone(),
             },
             need,
         )?;
