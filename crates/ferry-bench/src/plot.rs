@@ -14,6 +14,8 @@ fn draw(
     unit: &str,
     bars: &[(String, f64)],
 ) -> Result<(), Box<dyn std::error::Error>> {
+    // Plotters sizes SVG text with its registered fonts.
+    ferry_fonts::register()?;
     let root = SVGBackend::new(path, (900, 120 + 40 * bars.len() as u32)).into_drawing_area();
     root.fill(&WHITE)?;
     let max = bars.iter().map(|b| b.1).fold(0.0, f64::max).max(1e-9) * 1.15;
@@ -88,4 +90,23 @@ pub fn write_plots(results: &[ScenarioResult], dir: &Path) -> Result<(), BenchEr
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_bar_plot_is_written_with_its_labels() {
+        let dir = std::env::temp_dir().join(format!("ferry-bench-plot-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("t.svg");
+        let bars = vec![
+            ("ferry seq".to_string(), 1.5),
+            ("qemu seq".to_string(), 2.0),
+        ];
+        let drawn = super::draw(&path, "total migration time", "s", &bars);
+        let svg = std::fs::read_to_string(&path).unwrap_or_default();
+        std::fs::remove_dir_all(&dir).ok();
+        drawn.expect("plot drawn");
+        assert!(svg.contains("total migration time") && svg.contains("qemu seq"));
+    }
 }

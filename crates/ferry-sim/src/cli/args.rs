@@ -95,7 +95,7 @@ pub struct SimArgs {
     #[arg(long, global = true, value_name = "DIR")]
     pub out: Option<PathBuf>,
 
-    /// Also draw plots (SVG with labels, PNG without text) into --out (default ./ferry-sim-out):
+    /// Also draw plots (SVG and PNG, both with text) into --out (default ./ferry-sim-out):
     /// energy vs SLAV per policy; hosts, utilisation and migrations over time.
     #[arg(long, global = true)]
     pub plot: bool,

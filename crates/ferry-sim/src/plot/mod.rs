@@ -1,10 +1,16 @@
-//! Plots (plotters): SVG with labels, PNG without text (no system fonts needed).
+//! Plots (plotters): SVG and PNG, both with titles, axes and labels (the font is embedded:
+//! [`ferry_fonts`], no system fonts needed).
 
 use crate::error::SimError;
 use crate::report::{IntervalStats, Report};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use std::path::Path;
+
+/// Registers the embedded font (plotters knows no other).
+fn fonts(path: &Path) -> Result<(), SimError> {
+    ferry_fonts::register().map_err(|e| perr(path, e))
+}
 
 fn perr(path: &Path, e: impl std::fmt::Display) -> SimError {
     SimError::Plot {
@@ -17,24 +23,21 @@ fn perr(path: &Path, e: impl std::fmt::Display) -> SimError {
 pub fn energy_vs_slav(reports: &[Report], base: &Path) -> Result<(), SimError> {
     let svg = base.with_extension("svg");
     let png = base.with_extension("png");
+    fonts(&svg)?;
     {
         let root = SVGBackend::new(&svg, (800, 600)).into_drawing_area();
-        scatter(&root, reports, true).map_err(|e| perr(&svg, e))?;
+        scatter(&root, reports).map_err(|e| perr(&svg, e))?;
         root.present().map_err(|e| perr(&svg, e))?;
     }
     let root = BitMapBackend::new(&png, (800, 600)).into_drawing_area();
-    scatter(&root, reports, false).map_err(|e| perr(&png, e))?;
+    scatter(&root, reports).map_err(|e| perr(&png, e))?;
     root.present().map_err(|e| perr(&png, e))?;
     Ok(())
 }
 
 type DrawResult = Result<(), Box<dyn std::error::Error>>;
 
-fn scatter<DB: DrawingBackend>(
-    root: &DrawingArea<DB, Shift>,
-    reports: &[Report],
-    text: bool,
-) -> DrawResult
+fn scatter<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, reports: &[Report]) -> DrawResult
 where
     DB::ErrorType: 'static,
 {
@@ -42,31 +45,25 @@ where
     let xmax = reports.iter().map(|r| r.energy_kwh).fold(1.0, f64::max) * 1.1;
     let ymax = reports.iter().map(|r| r.slav * 100.0).fold(1e-6, f64::max) * 1.2;
     let mut b = ChartBuilder::on(root);
-    b.margin(20);
-    if text {
-        b.caption("Energy vs SLAV per policy", ("sans-serif", 22))
-            .x_label_area_size(40)
-            .y_label_area_size(70);
-    }
+    b.margin(20)
+        .caption("Energy vs SLAV per policy", ("sans-serif", 22))
+        .x_label_area_size(40)
+        .y_label_area_size(70);
     let mut chart = b.build_cartesian_2d(0.0..xmax, 0.0..ymax)?;
-    let mut mesh = chart.configure_mesh();
-    if text {
-        mesh.x_desc("energy (kWh)").y_desc("SLAV (%)");
-    } else {
-        mesh.disable_x_axis().disable_y_axis();
-    }
-    mesh.draw()?;
+    chart
+        .configure_mesh()
+        .x_desc("energy (kWh)")
+        .y_desc("SLAV (%)")
+        .draw()?;
     for (i, r) in reports.iter().enumerate() {
         let color = Palette99::pick(i).to_rgba();
         let p = (r.energy_kwh, r.slav * 100.0);
         chart.draw_series(std::iter::once(Circle::new(p, 6, color.filled())))?;
-        if text {
-            chart.draw_series(std::iter::once(Text::new(
-                r.policy.clone(),
-                (p.0, p.1),
-                ("sans-serif", 13),
-            )))?;
-        }
+        chart.draw_series(std::iter::once(Text::new(
+            r.policy.clone(),
+            (p.0, p.1),
+            ("sans-serif", 13),
+        )))?;
     }
     Ok(())
 }
@@ -75,22 +72,19 @@ where
 pub fn timeline(series: &[IntervalStats], base: &Path) -> Result<(), SimError> {
     let svg = base.with_extension("svg");
     let png = base.with_extension("png");
+    fonts(&svg)?;
     {
         let root = SVGBackend::new(&svg, (900, 900)).into_drawing_area();
-        panels(&root, series, true).map_err(|e| perr(&svg, e))?;
+        panels(&root, series).map_err(|e| perr(&svg, e))?;
         root.present().map_err(|e| perr(&svg, e))?;
     }
     let root = BitMapBackend::new(&png, (900, 900)).into_drawing_area();
-    panels(&root, series, false).map_err(|e| perr(&png, e))?;
+    panels(&root, series).map_err(|e| perr(&png, e))?;
     root.present().map_err(|e| perr(&png, e))?;
     Ok(())
 }
 
-fn panels<DB: DrawingBackend>(
-    root: &DrawingArea<DB, Shift>,
-    s: &[IntervalStats],
-    text: bool,
-) -> DrawResult
+fn panels<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, s: &[IntervalStats]) -> DrawResult
 where
     DB::ErrorType: 'static,
 {
@@ -118,20 +112,12 @@ where
     for (area, (name, ys, color)) in areas.iter().zip(series) {
         let ymax = ys.iter().cloned().fold(1e-9, f64::max) * 1.1;
         let mut b = ChartBuilder::on(area);
-        b.margin(15);
-        if text {
-            b.caption(name, ("sans-serif", 18))
-                .x_label_area_size(30)
-                .y_label_area_size(50);
-        }
+        b.margin(15)
+            .caption(name, ("sans-serif", 18))
+            .x_label_area_size(30)
+            .y_label_area_size(50);
         let mut chart = b.build_cartesian_2d(0.0..tmax, 0.0..ymax)?;
-        let mut mesh = chart.configure_mesh();
-        if text {
-            mesh.x_desc("hours");
-        } else {
-            mesh.disable_x_axis().disable_y_axis();
-        }
-        mesh.draw()?;
+        chart.configure_mesh().x_desc("hours").draw()?;
         chart.draw_series(LineSeries::new(hours.iter().copied().zip(ys), &color))?;
     }
     Ok(())
