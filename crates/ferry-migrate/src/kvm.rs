@@ -39,6 +39,19 @@ impl MigrationSource for Vm {
     fn collect_dirty_final(&mut self, into: &mut DirtyBitmap) -> Result<(), MigrateError> {
         Ok(Vm::collect_dirty_final(self, into)?)
     }
+    fn start_dirty_log_unprotected(&mut self) -> Result<bool, MigrateError> {
+        Ok(Vm::start_dirty_log_unprotected(self)?)
+    }
+    fn protect_pages(&mut self, pages: &DirtyBitmap) -> Result<(), MigrateError> {
+        Ok(Vm::protect_pages(self, pages)?)
+    }
+    fn collect_dirty_keep(
+        &mut self,
+        into: &mut DirtyBitmap,
+        keep: &DirtyBitmap,
+    ) -> Result<(), MigrateError> {
+        Ok(Vm::collect_dirty_keep(self, into, keep)?)
+    }
     fn stop_dirty_log(&mut self) -> Result<(), MigrateError> {
         Ok(self.set_dirty_logging(false)?)
     }

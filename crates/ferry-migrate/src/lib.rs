@@ -10,6 +10,7 @@
 pub mod channel;
 pub mod digest;
 mod error;
+mod hotpages;
 mod kvm;
 pub mod memory;
 pub mod postcopy;

@@ -152,6 +152,10 @@ pub struct Report {
     /// skip counted once per round; they went in a later round or the final one).
     #[serde(default)]
     pub held_back_pages: u64,
+    /// Pages a guest walking its memory was left to write without a trap during the live copy
+    /// (auto, ferry_model::hotset), sent in the pause or pushed after it; 0: every page tracked.
+    #[serde(default)]
+    pub hot_set_pages: u64,
     /// Round-trip time of the link, measured by the handshake, in ms.
     #[serde(default)]
     pub rtt_ms: f64,

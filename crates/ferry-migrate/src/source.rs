@@ -26,7 +26,11 @@ use crate::vm::MigrationSource;
 use crate::MigrateError;
 use ferry_model::convergence::{decide, expected_postcopy_pause, ConvergenceConfig, Decision};
 use ferry_model::heat::PageHeat;
+use ferry_model::hotset::{endgame, Endgame, HotSet};
 use ferry_model::parallelism::{auto_channels, channels_to_open, round_channels, LinkFacts};
+use ferry_model::walk::{walk_order, FaultWalk};
+
+use crate::hotpages::{self, HotTracking};
 
 /// Pages per Pages frame.
 pub const BATCH_PAGES: usize = 256;
@@ -354,6 +358,7 @@ fn copy_phases<S: MigrationSource>(
     let mut dirty = DirtyBitmap::full(pages);
     let mut round = 0u32;
     let mut go_postcopy = opts.strategy == Strategy::Postcopy;
+    let mut hot: Option<HotTracking> = None;
     if matches!(
         opts.strategy,
         Strategy::Precopy | Strategy::Auto | Strategy::Hybrid
@@ -370,7 +375,23 @@ fn copy_phases<S: MigrationSource>(
             postcopy_pause: (opts.strategy == Strategy::Auto && link.postcopy)
                 .then(|| expected_postcopy_pause(link.rtt)),
         };
-        src.start_dirty_log()?;
+        // With post-copy at hand, auto leaves the pages of a guest walking its memory writable
+        // until the switch-over (hotpages.rs): it never crawls through write-protected pages.
+        hot = if opts.strategy == Strategy::Auto && link.postcopy {
+            hotpages::start_tracking(src, &**mem, &opts.cancel)?
+        } else {
+            src.start_dirty_log()?;
+            None
+        };
+        if let Some(h) = &hot {
+            report.hot_set_pages = h.hot().count();
+            events(Event::Adapt {
+                what: format!(
+                    "the guest walks its memory: the {} MiB it writes stay writable until the switch-over",
+                    (h.hot().count() * PAGE_SIZE as u64) >> 20
+                ),
+            });
+        }
         events(Event::Phase {
             phase: Phase::LiveCopy,
         });
@@ -380,13 +401,17 @@ fn copy_phases<S: MigrationSource>(
             if opts.cancel.load(Ordering::SeqCst) {
                 return Err(MigrateError::Cancelled);
             }
-            // Pages the guest rewrites every round wait for the final round (heat.rs).
-            let held = heat.hold_back().filter(|_| round > 0).map(|hot| {
-                let mut held = dirty.clone();
-                held.and(hot);
-                held
-            });
-            let to_send = match &held {
+            // Pages the guest rewrites every round wait for the final round (heat.rs); with a
+            // hot set left writable, those are its pages.
+            let held = heat
+                .hold_back()
+                .filter(|_| round > 0 && hot.is_none())
+                .map(|hot| {
+                    let mut held = dirty.clone();
+                    held.and(hot);
+                    held
+                });
+            let mut to_send = match &held {
                 Some(h) => {
                     let mut s = dirty.clone();
                     s.and_not(h);
@@ -394,6 +419,9 @@ fn copy_phases<S: MigrationSource>(
                 }
                 None => dirty.clone(),
             };
+            if let Some(h) = &hot {
+                to_send.and_not(h.hot()); // owed until the switch-over
+            }
             rescale(link, opts, events)?;
             let mut stats = send_round(mem, link, round, &to_send, false, report, events)?;
             // Count the round as done when the destination has applied it: bandwidth is then
@@ -402,7 +430,10 @@ fn copy_phases<S: MigrationSource>(
             await_round_ack(link, round)?;
             stats.seconds += t_ack.elapsed().as_secs_f64();
             dirty.clear();
-            src.collect_dirty(&mut dirty)?;
+            match hot.as_mut() {
+                Some(h) => h.collect(src, &mut dirty)?,
+                None => src.collect_dirty(&mut dirty)?,
+            }
             heat.observe(&dirty);
             if let Some(h) = &held {
                 report.held_back_pages += h.count();
@@ -412,7 +443,24 @@ fn copy_phases<S: MigrationSource>(
             report.rounds.push(stats.clone());
             events(Event::Round(stats));
             round += 1;
-            match decide(&conv, &report.rounds, dirty.count(), throttle) {
+            let mut decision = decide(&conv, &report.rounds, dirty.count(), throttle);
+            if let (Some(h), Decision::SwitchOver | Decision::Postcopy) = (&hot, decision) {
+                // The hot set is owed too: in the pause when it fits, else pushed after it.
+                let bw = report
+                    .rounds
+                    .iter()
+                    .rev()
+                    .take(3)
+                    .map(|r| r.bandwidth())
+                    .fold(0.0, f64::max);
+                report.hot_set_pages = h.hot().count();
+                dirty.or(h.hot());
+                decision = match endgame(h.hot().count(), bw, opts.downtime_target, true) {
+                    Endgame::InPause => Decision::SwitchOver,
+                    Endgame::Postcopy => Decision::Postcopy,
+                };
+            }
+            match decision {
                 Decision::Continue => {}
                 Decision::Throttle(p) => {
                     throttle = p;
@@ -446,7 +494,10 @@ fn copy_phases<S: MigrationSource>(
         }
     }
     if go_postcopy {
-        return postcopy_switch(src, mem, link, opts, report, paused, round, dirty, events);
+        let walk = hot.map(|h| h.set);
+        return postcopy_switch(
+            src, mem, link, opts, report, paused, round, dirty, walk, events,
+        );
     }
     events(Event::Phase {
         phase: Phase::SwitchOver,
@@ -529,6 +580,9 @@ struct PostcopyPlan {
     needed: DirtyBitmap,
     /// The subset the guest wrote just before the pause: pushed first.
     hot: DirtyBitmap,
+    /// Where the guest walks next, if it walks its memory: the hot pages go in walk order from
+    /// there (ferry_model::walk).
+    head: Option<u64>,
     /// The destination resumes without waiting for Go ([`postcopy::START_RUNS`]).
     go_implied: bool,
 }
@@ -545,6 +599,7 @@ fn postcopy_switch<S: MigrationSource>(
     paused: &mut bool,
     round: u32,
     mut dirty: DirtyBitmap,
+    mut walk: Option<HotSet>,
     events: &mut dyn FnMut(Event),
 ) -> Result<(Instant, Option<PostcopyPlan>), MigrateError> {
     let pages = mem.pages();
@@ -587,6 +642,11 @@ fn postcopy_switch<S: MigrationSource>(
         "dirty log read in the pause"
     );
     src.set_throttle(0)?;
+    // Where a walking guest goes next: its probes written since they were last armed end there.
+    let head = walk.as_mut().and_then(|w| {
+        w.observe(&dirty);
+        w.head()
+    });
     // Core pages written since go inside the pause when they are few (a stack, counters: tens of
     // pages, microseconds); the guest would fault on them first thing.
     let mut core_paused = low_memory(pages);
@@ -639,6 +699,7 @@ fn postcopy_switch<S: MigrationSource>(
             Some(PostcopyPlan {
                 needed,
                 hot,
+                head,
                 go_implied,
             }),
         ));
@@ -667,6 +728,7 @@ fn postcopy_switch<S: MigrationSource>(
         Some(PostcopyPlan {
             needed,
             hot,
+            head,
             go_implied: false,
         }),
     ))
@@ -1108,12 +1170,17 @@ fn push_pages(
     // the dirty log does not show them), then the pages written just before the pause.
     let mut hot: VecDeque<u64> = (0..LOW_MEMORY_PAGES.min(needed.pages()))
         .filter(|&p| needed.get(p))
-        .chain(plan.hot.iter())
         .collect();
+    match plan.head {
+        Some(head) => hot.extend(walk_order(plan.hot.iter(), head)),
+        None => hot.extend(plan.hot.iter()),
+    }
     // No lock: the pusher, which yields its CPU to everything, must never hold up the request path.
     let sent = ferry_model::bitmap::AtomicBitmap::new(needed.pages());
     let stop = AtomicBool::new(false);
     let urgent_sent = AtomicU64::new(0);
+    // Where a walking guest goes next (set by the request server, taken by the pusher).
+    let follow = AtomicU64::new(NO_FOLLOW);
     let total = needed.count();
     let Link {
         control,
@@ -1174,12 +1241,14 @@ fn push_pages(
         // Channel 0's own thread: requested pages, the moment they are asked for (with one channel
         // it shares the channel, and the queue, with the push; after the push it serves alone).
         let urgent = {
-            let (requests, sent, stop, urgent_sent, urgent_ch) =
-                (&requests, &sent, &stop, &urgent_sent, &urgent_ch);
+            let (requests, sent, stop, urgent_sent, urgent_ch, follow) =
+                (&requests, &sent, &stop, &urgent_sent, &urgent_ch, &follow);
             s.spawn(move || -> Result<(), MigrateError> {
                 priority::urgent(); // and leave from here
                 let mut buf = vec![0u8; POSTCOPY_URGENT_BATCH * PAGE_SIZE];
                 let mut out = Vec::new();
+                let mut walk = FaultWalk::new();
+                let mut around = Vec::new();
                 loop {
                     let pages: Vec<u64> = {
                         let q = requests
@@ -1194,11 +1263,25 @@ fn push_pages(
                             return Ok(());
                         }
                         let n = q.len().min(POSTCOPY_URGENT_BATCH);
-                        let mut v: Vec<u64> = q.drain(..n).filter(|&p| needed.get(p)).collect();
-                        v.sort_unstable();
-                        v.dedup();
+                        let v: Vec<u64> = q.drain(..n).filter(|&p| needed.get(p)).collect();
                         v
                     };
+                    // A guest walking its memory gets the pages ahead of its fault too, and the
+                    // push moves there (ferry_model::walk), in arrival order of the faults.
+                    around.clear();
+                    for &p in &pages {
+                        let answer = walk.fault(p);
+                        let end = (p + 1 + answer.around).min(needed.pages());
+                        around.extend(
+                            (p + 1..end).filter(|&q| needed.get(q) && sent.test_and_set(q)),
+                        );
+                        if let Some(f) = answer.push_from {
+                            follow.store(f.min(needed.pages()), Ordering::Relaxed);
+                        }
+                    }
+                    let mut pages = pages;
+                    pages.sort_unstable();
+                    pages.dedup();
                     for &p in &pages {
                         sent.test_and_set(p);
                     }
@@ -1206,8 +1289,12 @@ fn push_pages(
                         .lock()
                         .map_err(|_| MigrateError::Config("lock poisoned".into()))?;
                     let (w, enc) = &mut *ch;
+                    // The faulting pages in a frame of their own: the guest waits for them only.
                     send_pages(&**mem, w, enc, &pages, &mut buf, &mut out)?;
-                    urgent_sent.fetch_add(pages.len() as u64, Ordering::Relaxed);
+                    for chunk in around.chunks(BATCH_PAGES) {
+                        send_pages(&**mem, w, enc, chunk, &mut buf, &mut out)?;
+                    }
+                    urgent_sent.fetch_add((pages.len() + around.len()) as u64, Ordering::Relaxed);
                 }
             })
         };
@@ -1222,14 +1309,21 @@ fn push_pages(
         });
         // The background push: channel 1 when there is one, else channel 0 shared with requests.
         let mut push_ch = push_w.first_mut().zip(push_enc.first_mut());
-        let mut cursor = 0u64;
+        let mut cursor = plan.head.unwrap_or(0);
         let mut buf = vec![0u8; BATCH_PAGES * PAGE_SIZE];
         let mut out = Vec::with_capacity(BATCH_PAGES * PAGE_SIZE + 4096);
         let mut last_request = Instant::now() - Duration::from_secs(1);
         let mut no_requests = VecDeque::new();
         let (finished_tx, finished) = std::sync::mpsc::channel::<()>();
-        let (requests, sent, stop, urgent_ch, pushed, push_bytes) =
-            (&requests, &sent, &stop, &urgent_ch, &pushed, &push_bytes);
+        let (requests, sent, stop, urgent_ch, pushed, push_bytes, follow) = (
+            &requests,
+            &sent,
+            &stop,
+            &urgent_ch,
+            &pushed,
+            &push_bytes,
+            &follow,
+        );
         let running_at = &running_at;
         let mut push_loop = move |idle: &mut priority::IdleWindow| -> Result<(), MigrateError> {
             {
@@ -1255,6 +1349,13 @@ fn push_pages(
                 idle.tick();
                 if stop.load(Ordering::SeqCst) {
                     break Err(MigrateError::PeerClosed("post-copy"));
+                }
+                // The guest walks its memory: push where it goes, ahead of its faults (the pages
+                // written before the pause are behind such a guest, pushed in turn).
+                let f = follow.swap(NO_FOLLOW, Ordering::Relaxed);
+                if f != NO_FOLLOW {
+                    cursor = f;
+                    hot.clear();
                 }
                 let batch = if dedicated {
                     // Not the request queue's lock: a pusher descheduled while holding it (it
@@ -1418,6 +1519,9 @@ fn push_pages(
     events(Event::Phase { phase: Phase::Done });
     Ok(())
 }
+
+/// No walk to follow (see `follow` in [`push_pages`]).
+const NO_FOLLOW: u64 = u64::MAX;
 
 /// Reads `pages` from guest memory (a copy: the source is paused, but this keeps one code path),
 /// encodes them as one batch and sends it.

@@ -132,6 +132,8 @@ pub struct SyntheticVm {
     shared: Arc<Shared>,
     script: DirtyScript,
     worker: Option<JoinHandle<()>>,
+    /// Whether it models KVM's manual log clearing (pages may be left writable).
+    manual_clear: bool,
 }
 
 impl SyntheticVm {
@@ -153,7 +155,15 @@ impl SyntheticVm {
             shared,
             script,
             worker: Some(worker),
+            manual_clear: false,
         }
+    }
+
+    /// Models KVM's manual log clearing with logs initially set: pages may be left writable
+    /// while tracked (ferry_model::hotset). Off by default.
+    pub fn with_manual_clear(mut self) -> Self {
+        self.manual_clear = true;
+        self
     }
 
     /// Fills every page with distinct content (so zero-page elision cannot hide bugs).
@@ -257,6 +267,48 @@ impl MigrationSource for SyntheticVm {
             .ok_or_else(|| MigrateError::Config("dirty logging is off".into()))?;
         into.or(d);
         d.clear();
+        Ok(())
+    }
+    fn start_dirty_log_unprotected(&mut self) -> Result<bool, MigrateError> {
+        if !self.manual_clear {
+            return Ok(false);
+        }
+        // KVM's log with manual clearing, initially set: every bit set; a write to an armed page
+        // sets its bit, a write to an unarmed one finds it set already. So the log alone models it.
+        *self
+            .shared
+            .dirty
+            .lock()
+            .map_err(|_| MigrateError::Config("poisoned".into()))? =
+            Some(DirtyBitmap::full(self.shared.mem.pages));
+        Ok(true)
+    }
+    fn protect_pages(&mut self, pages: &DirtyBitmap) -> Result<(), MigrateError> {
+        let mut d = self
+            .shared
+            .dirty
+            .lock()
+            .map_err(|_| MigrateError::Config("poisoned".into()))?;
+        d.as_mut()
+            .ok_or_else(|| MigrateError::Config("dirty logging is off".into()))?
+            .and_not(pages);
+        Ok(())
+    }
+    fn collect_dirty_keep(
+        &mut self,
+        into: &mut DirtyBitmap,
+        keep: &DirtyBitmap,
+    ) -> Result<(), MigrateError> {
+        let mut d = self
+            .shared
+            .dirty
+            .lock()
+            .map_err(|_| MigrateError::Config("poisoned".into()))?;
+        let d = d
+            .as_mut()
+            .ok_or_else(|| MigrateError::Config("dirty logging is off".into()))?;
+        into.or(d);
+        d.and(keep);
         Ok(())
     }
     fn stop_dirty_log(&mut self) -> Result<(), MigrateError> {

@@ -26,6 +26,26 @@ pub trait MigrationSource {
     fn collect_dirty_final(&mut self, into: &mut DirtyBitmap) -> Result<(), MigrateError> {
         self.collect_dirty(into)
     }
+    /// Starts tracking with no page write-protected, where the VM can (KVM's manual log clearing
+    /// with logs initially set): every page then reads as written, and stays writable, until
+    /// [`MigrationSource::protect_pages`] arms it. False: not possible here, nothing changed.
+    fn start_dirty_log_unprotected(&mut self) -> Result<bool, MigrateError> {
+        Ok(false)
+    }
+    /// Arms `pages` for tracking: forgets that they were written and write-protects them (after
+    /// [`MigrationSource::start_dirty_log_unprotected`]; otherwise every page read is armed).
+    fn protect_pages(&mut self, _pages: &DirtyBitmap) -> Result<(), MigrateError> {
+        Ok(())
+    }
+    /// Like [`MigrationSource::collect_dirty`], but the pages in `keep` stay writable: they keep
+    /// reading as written, and the guest writes them without a trap (ferry_model::hotset).
+    fn collect_dirty_keep(
+        &mut self,
+        into: &mut DirtyBitmap,
+        _keep: &DirtyBitmap,
+    ) -> Result<(), MigrateError> {
+        self.collect_dirty(into)
+    }
     /// Stops tracking.
     fn stop_dirty_log(&mut self) -> Result<(), MigrateError>;
     /// Stops the vCPUs.

@@ -65,9 +65,17 @@ fn same_memory(a: &dyn GuestMemory, b: &dyn GuestMemory) -> bool {
 }
 
 fn run(strategy: Strategy, channels: u16, s: DirtyScript) -> ferry_migrate::Report {
+    run_vm(strategy, channels, s, SyntheticVm::new(PAGES, s))
+}
+
+fn run_vm(
+    strategy: Strategy,
+    channels: u16,
+    s: DirtyScript,
+    mut src: SyntheticVm,
+) -> ferry_migrate::Report {
     let (l, addr) = listener();
     let rx = spawn_receiver(l, s);
-    let mut src = SyntheticVm::new(PAGES, s);
     src.fill();
     src.resume().unwrap();
     thread::sleep(Duration::from_millis(30));
@@ -182,6 +190,41 @@ fn precopy_holds_back_pages_rewritten_every_round() {
     rx.join().unwrap().unwrap();
     assert_eq!(report.digest_match, Some(true));
     assert!(report.held_back_pages > 0, "{report:?}");
+}
+
+/// A guest walking its memory in order (issue 12 item 6): auto finds its pages by probes, leaves
+/// them writable through the live copy and post-copies them; the guest arrives intact.
+#[test]
+fn auto_leaves_a_walking_guests_pages_writable_and_post_copies_them() {
+    // 100k pages/s over 16 MiB: a probe read every 10 ms sees a quarter of the walk.
+    let s = DirtyScript {
+        pages_per_sec: 100_000,
+        working_set: PAGES,
+        random: false,
+    };
+    let r = run_vm(
+        Strategy::Auto,
+        2,
+        s,
+        SyntheticVm::new(PAGES, s).with_manual_clear(),
+    );
+    assert!(r.hot_set_pages > PAGES / 2, "{r:?}");
+    assert_eq!(r.strategy_used, "hybrid", "{r:?}");
+    assert!(r.postcopy_pages >= r.hot_set_pages / 2, "{r:?}");
+}
+
+/// A random writer is no walk: every page is tracked as before, even where pages could be left
+/// writable.
+#[test]
+fn auto_tracks_every_page_of_a_random_writer() {
+    let s = script(100_000, PAGES);
+    let r = run_vm(
+        Strategy::Auto,
+        2,
+        s,
+        SyntheticVm::new(PAGES, s).with_manual_clear(),
+    );
+    assert_eq!(r.hot_set_pages, 0, "{r:?}");
 }
 
 #[test]

@@ -194,6 +194,15 @@ impl DirtyBitmap {
     pub fn words(&self) -> &[u64] {
         &self.words
     }
+
+    /// The words covering `pages` pages from page `first_page` (a multiple of 64), as a KVM slot's
+    /// log covers its pages; the slice is shorter where the bitmap ends first.
+    pub fn words_at(&self, first_page: u64, pages: u64) -> &[u64] {
+        debug_assert!(first_page.is_multiple_of(64));
+        let start = ((first_page / 64) as usize).min(self.words.len());
+        let end = (start + pages.div_ceil(64) as usize).min(self.words.len());
+        &self.words[start..end]
+    }
 }
 
 #[cfg(test)]
@@ -234,5 +243,12 @@ mod tests {
         assert_eq!(b.next_set_from(130), None);
         assert_eq!(DirtyBitmap::from_words(130, b.words()).unwrap(), b);
         assert!(DirtyBitmap::from_words(1000, b.words()).is_none());
+        assert_eq!(b.words_at(64, 66), &b.words()[1..3]);
+        assert_eq!(
+            b.words_at(128, 64),
+            &b.words()[2..3],
+            "cut where the bitmap ends"
+        );
+        assert!(b.words_at(192, 64).is_empty());
     }
 }

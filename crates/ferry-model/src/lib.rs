@@ -9,7 +9,9 @@ pub mod bitmap;
 pub mod convergence;
 pub mod cpu;
 pub mod heat;
+pub mod hotset;
 pub mod parallelism;
+pub mod walk;
 
 use serde::{Deserialize, Serialize};
 

@@ -12,7 +12,7 @@ use kvm_bindings::{
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 
 use crate::devices::{Console, HeartbeatLog, HeartbeatSnapshot, PortBus};
-use crate::dirty::{clear_dirty_log, enable_manual_clear, get_dirty_log, DirtyBitmap};
+use crate::dirty::{clear_dirty_log, enable_manual_clear, get_dirty_log, ClearMode, DirtyBitmap};
 use crate::loader::{load_multiboot, BootInfo};
 use crate::memory::{GuestRam, PAGE_SIZE};
 use crate::state::{VcpuState, VmState};
@@ -41,8 +41,8 @@ pub struct Vm {
     msr_index: Vec<u32>,
     running: bool,
     dirty_logging: bool,
-    /// KVM leaves clearing the dirty log to us (see [`Vm::collect_dirty`]).
-    manual_clear: bool,
+    /// Whether KVM leaves clearing the dirty log to us (see [`Vm::collect_dirty`]).
+    clear_mode: ClearMode,
     slot_scratch: Vec<u64>,
     /// What this host's KVM offers a guest, as KVM lists it (before any restriction).
     supported_cpuid: kvm_bindings::CpuId,
@@ -136,7 +136,7 @@ impl Vm {
         let ram = Arc::new(ram);
         // Memory first: SET_USER_MEMORY_REGION is ~100x slower once the irqchip exists.
         set_slots(&fd, &ram, false)?;
-        let manual_clear = enable_manual_clear(&fd);
+        let clear_mode = enable_manual_clear(&fd);
         fd.set_tss_address(0xfffb_d000)
             .map_err(VmmError::kvm("SET_TSS_ADDR"))?;
         fd.create_irq_chip()
@@ -179,7 +179,7 @@ impl Vm {
             msr_index,
             running: false,
             dirty_logging: false,
-            manual_clear,
+            clear_mode,
             slot_scratch: Vec::new(),
             cpu: host_cpu,
             host_cpu,
@@ -512,8 +512,22 @@ impl Vm {
         }
     }
 
-    /// Turns KVM dirty logging on or off for all of RAM.
+    /// Turns KVM dirty logging on or off for all of RAM. Turned on, every page is armed: only
+    /// writes from now on show (where KVM marks pages initially written,
+    /// [`ClearMode::ManualInitiallySet`], that takes one clear of the whole log; see
+    /// [`Vm::start_dirty_log_unprotected`] for leaving them so).
     pub fn set_dirty_logging(&mut self, on: bool) -> Result<(), VmmError> {
+        let was = self.dirty_logging;
+        self.switch_dirty_logging(on)?;
+        if on && !was && self.clear_mode == ClearMode::ManualInitiallySet {
+            let mut scratch = DirtyBitmap::new(self.ram.pages());
+            self.read_dirty_log(&mut scratch, Rearm::All)?;
+        }
+        Ok(())
+    }
+
+    /// Turns KVM dirty logging on or off, as KVM does it.
+    fn switch_dirty_logging(&mut self, on: bool) -> Result<(), VmmError> {
         if on != self.dirty_logging {
             set_slots(&self.fd, &self.ram, on)?;
             self.dirty_logging = on;
@@ -527,7 +541,20 @@ impl Vm {
     /// log only copies it, and KVM_CLEAR_DIRTY_LOG then write-protects exactly the pages read as
     /// dirty, skipped for a slot with none: classic reading walks and re-protects every slot.
     pub fn collect_dirty(&mut self, into: &mut DirtyBitmap) -> Result<(), VmmError> {
-        self.read_dirty_log(into, true)
+        self.read_dirty_log(into, Rearm::All)
+    }
+
+    /// Like [`Vm::collect_dirty`], but the pages in `keep` are not write-protected again: they
+    /// stay writable, so the guest writes them at full speed, and they keep reading as written
+    /// until [`Vm::protect_pages`] (or a later collect without them) arms them. Without manual
+    /// clearing ([`Vm::can_keep_writable`] false) every page read is re-armed, as by
+    /// [`Vm::collect_dirty`].
+    pub fn collect_dirty_keep(
+        &mut self,
+        into: &mut DirtyBitmap,
+        keep: &DirtyBitmap,
+    ) -> Result<(), VmmError> {
+        self.read_dirty_log(into, Rearm::Except(keep))
     }
 
     /// Like [`Vm::collect_dirty`], but with manual clearing leaves KVM's log as it is: nothing is
@@ -535,33 +562,109 @@ impl Vm {
     /// working set the clear took about 0.2 ms there). Turn logging off and on before relying on
     /// the log again.
     pub fn collect_dirty_final(&mut self, into: &mut DirtyBitmap) -> Result<(), VmmError> {
-        self.read_dirty_log(into, false)
+        self.read_dirty_log(into, Rearm::None)
     }
 
-    /// ORs every slot's log into `into`; with manual clearing, `rearm` clears (and write-protects)
-    /// the pages read (without it, reading clears the log anyway).
-    fn read_dirty_log(&mut self, into: &mut DirtyBitmap, rearm: bool) -> Result<(), VmmError> {
+    /// Turns dirty logging on (again) without write-protecting any page, where KVM can
+    /// (KVM_DIRTY_LOG_INITIALLY_SET): every page then reads as written and stays writable until
+    /// [`Vm::protect_pages`] arms it. Returns false, having changed nothing, where KVM cannot.
+    pub fn start_dirty_log_unprotected(&mut self) -> Result<bool, VmmError> {
+        if self.clear_mode != ClearMode::ManualInitiallySet {
+            return Ok(false);
+        }
+        self.switch_dirty_logging(false)?;
+        self.switch_dirty_logging(true)?;
+        Ok(true)
+    }
+
+    /// Arms the log for `pages`: clears their bits and write-protects them, so that from now on
+    /// only new writes show. Pages whose bit is clear are already armed and stay as they are.
+    /// Without manual clearing this is a no-op: every page read is armed by the read itself.
+    pub fn protect_pages(&mut self, pages: &DirtyBitmap) -> Result<(), VmmError> {
+        if !self.dirty_logging {
+            return Err(VmmError::BadState("dirty logging is off".into()));
+        }
+        if !self.clear_mode.manual() {
+            return Ok(());
+        }
+        let page = PAGE_SIZE as u64;
+        for slot in self.ram.slots() {
+            let n = slot.len / page;
+            let words = pages.words_at(slot.offset / page, n);
+            if words.iter().all(|&w| w == 0) {
+                continue;
+            }
+            self.slot_scratch.clear();
+            self.slot_scratch.extend_from_slice(words);
+            self.slot_scratch.resize(n.div_ceil(64) as usize, 0);
+            clear_dirty_log(&self.fd, slot.id, n, &self.slot_scratch)
+                .map_err(|e| VmmError::BadState(format!("KVM_CLEAR_DIRTY_LOG: {e}")))?;
+        }
+        Ok(())
+    }
+
+    /// ORs every slot's log into `into`; with manual clearing, `rearm` says which of the pages read
+    /// are cleared (and write-protected) again (without it, reading clears the log anyway).
+    fn read_dirty_log(&mut self, into: &mut DirtyBitmap, rearm: Rearm<'_>) -> Result<(), VmmError> {
         if !self.dirty_logging {
             return Err(VmmError::BadState("dirty logging is off".into()));
         }
         let page = PAGE_SIZE as u64;
         for slot in self.ram.slots() {
             let pages = slot.len / page;
+            let first = slot.offset / page;
             get_dirty_log(&self.fd, slot.id, pages, &mut self.slot_scratch)
                 .map_err(|e| VmmError::BadState(format!("KVM_GET_DIRTY_LOG: {e}")))?;
-            if rearm && self.manual_clear && self.slot_scratch.iter().any(|&w| w != 0) {
-                clear_dirty_log(&self.fd, slot.id, pages, &mut self.slot_scratch)
+            into.or_words_at(first, &self.slot_scratch);
+            if !self.clear_mode.manual() {
+                continue;
+            }
+            match rearm {
+                Rearm::None => continue,
+                Rearm::All => {}
+                Rearm::Except(keep) => {
+                    for (w, k) in self
+                        .slot_scratch
+                        .iter_mut()
+                        .zip(keep.words_at(first, pages))
+                    {
+                        *w &= !k;
+                    }
+                }
+            }
+            if self.slot_scratch.iter().any(|&w| w != 0) {
+                clear_dirty_log(&self.fd, slot.id, pages, &self.slot_scratch)
                     .map_err(|e| VmmError::BadState(format!("KVM_CLEAR_DIRTY_LOG: {e}")))?;
             }
-            into.or_words_at(slot.offset / page, &self.slot_scratch);
         }
         Ok(())
     }
 
     /// Whether the dirty log is cleared manually (KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2).
     pub fn manual_dirty_clear(&self) -> bool {
-        self.manual_clear
+        self.clear_mode.manual()
     }
+
+    /// Whether pages can be left writable while the dirty log runs ([`Vm::collect_dirty_keep`]).
+    pub fn can_keep_writable(&self) -> bool {
+        self.clear_mode.manual()
+    }
+
+    /// How this VM's dirty log is cleared.
+    pub fn dirty_clear_mode(&self) -> ClearMode {
+        self.clear_mode
+    }
+}
+
+/// Which pages a read of the dirty log arms again.
+#[derive(Clone, Copy)]
+enum Rearm<'a> {
+    /// Every page read as written.
+    All,
+    /// Every page read as written except these.
+    Except(&'a DirtyBitmap),
+    /// None (the last read of a migration).
+    None,
 }
 
 impl Drop for Vm {

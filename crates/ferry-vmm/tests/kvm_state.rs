@@ -125,6 +125,58 @@ fn dirty_log_sees_writes_once_and_again_after_they_recur() {
     assert!(fresh.get(512) && fresh.count() == 1);
 }
 
+/// Pages left writable (issue 12 item 6): with KVM's manual clearing and logs initially set, a
+/// page never armed reads as written and stays writable; an armed one shows only new writes, and a
+/// read that keeps a page leaves it unarmed.
+#[test]
+fn pages_left_writable_read_as_written_until_armed() {
+    if !require_kvm() {
+        return;
+    }
+    // Writes guest page 512 and nothing else in RAM (as above).
+    let mut vm = booted(&image_with(&[
+        0xff, 0x05, 0x00, 0x00, 0x20, 0x00, 0xeb, 0xf8,
+    ]));
+    assert!(
+        vm.start_dirty_log_unprotected().unwrap(),
+        "this KVM leaves pages writable when logging starts (KVM_DIRTY_LOG_INITIALLY_SET): {:?}",
+        vm.dirty_clear_mode()
+    );
+    let pages = vm.ram().pages();
+    let (all, none) = (
+        ferry_vmm::dirty::DirtyBitmap::full(pages),
+        ferry_vmm::dirty::DirtyBitmap::new(pages),
+    );
+    let read = |vm: &mut Vm, keep: &ferry_vmm::dirty::DirtyBitmap| {
+        let mut d = ferry_vmm::dirty::DirtyBitmap::new(pages);
+        vm.collect_dirty_keep(&mut d, keep).unwrap();
+        d.iter().collect::<Vec<_>>()
+    };
+    assert_eq!(read(&mut vm, &all).len() as u64, pages, "nothing armed yet");
+    // Arm every page but 512: the paused guest wrote nothing, only page 512 still shows.
+    let mut arm = all.clone();
+    arm.clear_page(512);
+    vm.protect_pages(&arm).unwrap();
+    assert_eq!(read(&mut vm, &all), vec![512]);
+    // The guest writes page 512 only; keeping it, it stays unarmed and keeps showing.
+    vm.resume().unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    vm.pause().unwrap();
+    assert_eq!(read(&mut vm, &all), vec![512]);
+    // A read that does not keep it arms it: the next read of a paused guest shows nothing.
+    assert_eq!(read(&mut vm, &none), vec![512]);
+    assert_eq!(read(&mut vm, &none), Vec::<u64>::new());
+    // Armed, the guest's next writes show once.
+    vm.resume().unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    vm.pause().unwrap();
+    assert_eq!(read(&mut vm, &none), vec![512]);
+    // Turned off and on the usual way, every page is armed again.
+    vm.set_dirty_logging(false).unwrap();
+    vm.set_dirty_logging(true).unwrap();
+    assert_eq!(read(&mut vm, &none), Vec::<u64>::new());
+}
+
 #[test]
 fn guest_runs_pauses_and_exits() {
     if !require_kvm() {
