@@ -106,6 +106,11 @@ pub struct SimArgs {
     #[arg(long, value_enum, global = true)]
     pub migration: Option<MigrationArg>,
 
+    /// Migrations one host's network link carries at once, each at that share of the
+    /// bandwidth; more wait in line (default: no limit, every migration at full bandwidth).
+    #[arg(long, global = true, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub link_slots: Option<u32>,
+
     /// Pre-copy: MB/s a VM dirties at 100 % CPU.
     #[arg(long, default_value_t = 20.0, global = true, value_name = "MB_PER_S")]
     pub dirty_rate: f64,

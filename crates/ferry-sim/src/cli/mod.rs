@@ -93,6 +93,7 @@ pub fn run_one(
             ..PreCopy::default()
         }),
     };
+    cfg.link_slots = args.link_slots.map(|n| n as usize);
     cfg.drains = args.drain.clone();
     cfg.failures = args.fail.clone();
     cfg.failure_warning_s = args.fail_warning;

@@ -7,6 +7,7 @@
 //! that starts a segment at 0 %.
 
 mod accounting;
+mod links;
 mod measure;
 mod ops;
 
@@ -64,6 +65,10 @@ pub struct EngineConfig {
     /// Drop a VM for good once it requests 0 MIPS at a measurement (CloudSim's
     /// `PowerDatacenter` treats it as completed and deallocates it).
     pub drop_idle_vms: bool,
+    /// Migrations a host's link carries at once, each at that share of the bandwidth (the
+    /// slower of source and target); more wait in line, the VM reserved on its target.
+    /// `None`: every migration runs at once at the target's full bandwidth (CloudSim).
+    pub link_slots: Option<usize>,
 }
 
 impl EngineConfig {
@@ -81,6 +86,7 @@ impl EngineConfig {
             failures: Vec::new(),
             failure_warning_s: 1800.0,
             drop_idle_vms: true,
+            link_slots: None,
         }
     }
 }
@@ -90,6 +96,8 @@ struct Completion {
     t: f64,
     seq: u64,
     vm: VmId,
+    /// The source whose link the migration used (if it holds a link slot).
+    from: Option<HostId>,
     to: HostId,
 }
 
@@ -137,6 +145,7 @@ pub(crate) struct Sim<'a> {
     vms_dropped: u64,
     vms_not_created: u64,
     pub(crate) ops: Vec<OpOutcome>,
+    links: links::Links,
 }
 
 /// Rejects drains and failures of hosts that do not exist among `hosts`.
@@ -263,6 +272,7 @@ impl<'a> Sim<'a> {
             vms_dropped: 0,
             vms_not_created: 0,
             ops: Vec::new(),
+            links: links::Links::new(n_h, cfg.link_slots),
         };
         let pabfd = matches!(
             cfg.policy,
@@ -346,8 +356,15 @@ impl<'a> Sim<'a> {
                 touched = self.update_all(t, false);
             }
             for e in &batch {
-                touched.extend(self.finish_migration(e.vm, e.to));
+                if let Some(from) = e.from {
+                    self.links.release(from, e.to);
+                }
+                // A migration to a host that failed meanwhile was cancelled.
+                if !self.failed[e.to] {
+                    touched.extend(self.finish_migration(e.vm, e.to));
+                }
             }
+            self.launch_waiting(t);
             // Hosts nothing happened to since they were measured at `t` would measure the
             // same again: only the touched ones are re-measured.
             touched.sort_unstable();
@@ -405,22 +422,11 @@ impl<'a> Sim<'a> {
                 self.c.hosts[m.to].bw_used += self.c.vms[v].bw_mbps;
                 self.mig_in[m.to].push(v);
             }
-            let vm = &self.c.vms[v];
-            let cost = self.cfg.migration.cost(
-                vm.ram_mb,
-                vm.demand_mips / vm.mips,
-                self.c.hosts[m.to].bw_mbps,
-            );
-            self.moved_mb += cost.moved_mb;
-            self.downtime_s += cost.downtime_s;
             self.migrations += 1;
-            self.seq += 1;
-            self.events.push(Completion {
-                t: t + cost.duration_s,
-                seq: self.seq,
-                vm: v,
-                to: m.to,
-            });
+            match self.c.vms[v].host {
+                Some(from) if self.links.limited() => self.launch_or_wait(t, v, from, m.to),
+                _ => self.launch(t, v, None, m.to),
+            }
             touched.push(m.to);
             if let Some(h) = self.c.vms[v].host {
                 touched.push(h);

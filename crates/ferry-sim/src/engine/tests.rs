@@ -2,6 +2,7 @@ use super::*;
 use crate::setup::Scenario;
 use crate::trace::{SyntheticParams, Trace};
 use ferry_cluster::policy::parse;
+use ferry_cluster::Migration;
 
 fn small(policy: &str, hosts: usize, vms: usize) -> Report {
     let trace = Trace::Synthetic(SyntheticParams {
@@ -156,4 +157,47 @@ fn the_index_and_the_scan_give_identical_runs_on_a_planetlab_sample() {
             "{policy}: index {indexed:?}\nscan {scanned:?}"
         );
     }
+}
+
+/// Moves VMs 0..n of a 30-host scenario onto host 29 at once; returns when the last arrived.
+fn all_onto_one_host(slots: Option<usize>, n: usize) -> f64 {
+    let scn = thirty(0.1);
+    let mut cfg = EngineConfig::new("thr-mmt-0.8", parse("thr-mmt-0.8").expect("policy"));
+    cfg.link_slots = slots;
+    cfg.drop_idle_vms = false;
+    let mut sim = Sim::new(&scn, &cfg).expect("scenario");
+    let to = 29;
+    let plan: Vec<Migration> = (0..n)
+        .filter_map(|vm| {
+            let from = sim.c.vms[vm].host?;
+            (from != to).then_some(Migration { vm, from, to })
+        })
+        .collect();
+    assert!(plan.len() >= 8, "too few VMs to move: {}", plan.len());
+    sim.start(T0, &plan);
+    let mut last = T0;
+    while let Some(e) = sim.events.peek().copied() {
+        last = e.t;
+        sim.complete_until(e.t + 1e-9);
+    }
+    for m in &plan {
+        assert_eq!(sim.c.vms[m.vm].host, Some(to), "VM {} did not arrive", m.vm);
+    }
+    assert_eq!(sim.links.waiting(), 0);
+    last - T0
+}
+
+#[test]
+fn migrations_that_share_a_link_share_its_bandwidth() {
+    let free = all_onto_one_host(None, 10);
+    let two = all_onto_one_host(Some(2), 10);
+    let one = all_onto_one_host(Some(1), 10);
+    // Ten migrations into one host: unlimited, they all run at once at full bandwidth; with
+    // two slots they go two at a time at half the bandwidth each (five waves of twice the
+    // time); one at a time at full bandwidth takes as long as two at half.
+    assert!(two > 4.0 * free, "two slots {two} s vs unlimited {free} s");
+    assert!(
+        (one - two).abs() < 0.25 * two,
+        "one slot {one} s vs two {two} s"
+    );
 }
