@@ -240,6 +240,14 @@ impl ControlClient {
         }
     }
 
+    /// Resumes a VM kept paused after a migration in doubt (see [`crate::resolve`]).
+    pub fn resume(&self, rollback: bool) -> Result<(), ClientError> {
+        match self.call(&Request::Resume { rollback }, &mut |_| {})? {
+            Reply::Resumed => Ok(()),
+            other => Err(Self::unexpected("resume", other)),
+        }
+    }
+
     /// Stops the VM and its host process.
     pub fn stop(&self) -> Result<(), ClientError> {
         match self.call(&Request::Stop, &mut |_| {})? {

@@ -9,6 +9,7 @@
 //! - [`transport`]: TCP, TLS and Unix listeners and connectors for migrations;
 //! - [`socket`]: private control sockets (0600 in a 0700 directory);
 //! - [`outcome`]: where a failed migration left the VM, and `ferry migrate`'s exit codes;
+//! - [`resolve`]: settling a migration whose outcome is unknown, by asking the other side;
 //! - [`supervise`]: starting and stopping `ferry vm run` / `vm receive` processes.
 //!
 //! `ferry vm run` and `ferry vm receive` wrap one [`vm_host::VmHost`] each; a daemon can keep
@@ -19,6 +20,7 @@ pub mod guest_probe;
 pub mod outcome;
 pub mod protocol;
 pub mod receive;
+pub mod resolve;
 pub mod security;
 pub mod server;
 pub mod socket;

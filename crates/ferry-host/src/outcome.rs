@@ -58,7 +58,8 @@ impl MigrateExit {
   3  migrated, but an integrity check failed (RAM digests differ)
   4  failed: the VM still runs on the source, nothing changed
   5  interrupted post-copy: the VM is paused; `ferry migrate --recover` with the same --to finishes it
-  6  outcome unknown (source host died or went silent, or the link failed after commit): check both hosts";
+  6  outcome unknown (source host died or went silent, or the link failed after commit): settle it with
+     `ferry vm resolve --control SRC --peer DST`, which asks the destination and resumes on at most one";
 }
 
 /// What the VM location means, in words, for error output.
@@ -71,9 +72,8 @@ pub fn location_text(vm: VmLocation) -> &'static str {
              `ferry migrate --recover` with the same --to finishes the migration"
         }
         VmLocation::Unknown => {
-            "the outcome is unknown: check both hosts (`ferry vm status --control ...` on each) \
-             before acting; a copy kept paused on the source must not run while the destination \
-             may run the VM"
+            "the outcome is unknown: the source keeps its copy paused; `ferry vm resolve \
+             --control SRC --peer DST` asks the destination and resumes the VM on at most one host"
         }
     }
 }

@@ -49,6 +49,13 @@ pub enum Request {
         /// New limit in bytes/s (0 = unlimited).
         bytes_per_sec: u64,
     },
+    /// Resume a VM kept paused after a migration whose outcome was in doubt, once the destination
+    /// is known to hold no copy (`ferry vm resolve` asks it first).
+    Resume {
+        /// Also when a post-copy was interrupted: the guest goes back to its state at the
+        /// switch-over (the destination, gone or empty, had the newer one).
+        rollback: bool,
+    },
 }
 
 impl Request {
@@ -61,6 +68,7 @@ impl Request {
             Request::Stop => "stop",
             Request::Cancel => "cancel",
             Request::SetBandwidth { .. } => "set-bandwidth",
+            Request::Resume { .. } => "resume",
         }
     }
 }
@@ -165,6 +173,8 @@ pub enum Reply {
     Migrated(Box<Report>),
     /// Answer to [`Request::Cancel`].
     CancelRequested,
+    /// Answer to [`Request::Resume`]: the VM runs here again.
+    Resumed,
     /// Answer to [`Request::SetBandwidth`].
     Bandwidth {
         /// The limit now in force, bytes/s (0 = unlimited).

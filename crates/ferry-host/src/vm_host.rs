@@ -259,6 +259,36 @@ impl VmHost {
         Ok(())
     }
 
+    /// Resumes the VM kept paused after a migration whose outcome was in doubt; the caller has
+    /// established that the destination holds no copy that runs or will run. An interrupted
+    /// post-copy is resumed only with `rollback` (its destination had the newer state).
+    pub fn resume_in_doubt(&self, rollback: bool) -> Result<(), ErrorReply> {
+        let mut st = lock(&self.state);
+        Self::require_running(&st)?;
+        if !st.outcome_unknown && st.interrupted.is_none() {
+            return Err(ErrorReply::new(
+                Cause::Refused,
+                "no migration of this VM is in doubt: nothing to resume",
+            ));
+        }
+        if st.interrupted.is_some() && !rollback {
+            return Err(ErrorReply::new(
+                Cause::Refused,
+                "a post-copy of this VM was interrupted: the destination ran the guest after the \
+                 switch-over; finish it with `ferry migrate --recover`, or roll back only if that \
+                 host is gone",
+            )
+            .with_vm(VmLocation::PausedRecoverable));
+        }
+        lock(&self.vm)
+            .resume()
+            .map_err(|e| ErrorReply::new(Cause::Vm, describe(&e)))?;
+        st.outcome_unknown = false;
+        st.interrupted = None;
+        self.changed.notify_all();
+        Ok(())
+    }
+
     fn active(&self) -> Result<Arc<ActiveMigration>, ErrorReply> {
         match &lock(&self.state).phase {
             Phase::Migrating(m) => Ok(m.clone()),
@@ -518,6 +548,7 @@ impl Handler for VmHost {
             Request::Verify => self.verify(VERIFY_TIMEOUT).map(Reply::Verified),
             Request::Stop => self.stop().map(|()| Reply::Stopped),
             Request::Cancel => self.cancel().map(|()| Reply::CancelRequested),
+            Request::Resume { rollback } => self.resume_in_doubt(rollback).map(|()| Reply::Resumed),
             Request::SetBandwidth { bytes_per_sec } => self
                 .set_bandwidth(bytes_per_sec)
                 .map(|bytes_per_sec| Reply::Bandwidth { bytes_per_sec }),

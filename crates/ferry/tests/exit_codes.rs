@@ -4,14 +4,11 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::Path;
 use std::process::Stdio;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::proxy::CutProxy;
 use common::*;
 use ferry_vmm::testing::require_kvm;
 
@@ -164,83 +161,6 @@ fn a_silent_destination_is_a_timeout_and_the_vm_stays_on_the_source() {
     assert!(err.contains("still runs on the source"), "{err}");
     assert!(took < Duration::from_secs(20), "{took:?}");
     assert_still_running(&src_sock);
-}
-
-/// A TCP forwarder, each direction of each connection paced to `rate` bytes/s, whose connections
-/// can be cut (both directions shut down) while it keeps accepting new ones: a slow link and its
-/// failure, in userspace.
-struct CutProxy {
-    addr: String,
-    conns: Arc<Mutex<Vec<TcpStream>>>,
-    stop: Arc<AtomicBool>,
-}
-
-impl CutProxy {
-    fn new(upstream: &str, rate: u64) -> CutProxy {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
-        listener.set_nonblocking(true).unwrap();
-        let conns: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
-        let stop = Arc::new(AtomicBool::new(false));
-        let (c, s, up) = (conns.clone(), stop.clone(), upstream.to_string());
-        std::thread::spawn(move || {
-            while !s.load(Ordering::Relaxed) {
-                let Ok((down, _)) = listener.accept() else {
-                    std::thread::sleep(Duration::from_millis(5));
-                    continue;
-                };
-                down.set_nonblocking(false).unwrap();
-                let Ok(upc) = TcpStream::connect(&up) else {
-                    continue;
-                };
-                let mut list = c.lock().unwrap();
-                list.push(down.try_clone().unwrap());
-                list.push(upc.try_clone().unwrap());
-                drop(list);
-                pump(down.try_clone().unwrap(), upc.try_clone().unwrap(), rate);
-                pump(upc, down, rate);
-            }
-        });
-        CutProxy { addr, conns, stop }
-    }
-
-    /// Cuts every connection made so far.
-    fn cut(&self) {
-        for c in self.conns.lock().unwrap().drain(..) {
-            let _ = c.shutdown(Shutdown::Both);
-        }
-    }
-}
-
-impl Drop for CutProxy {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        self.cut();
-    }
-}
-
-fn pump(mut from: TcpStream, mut to: TcpStream, rate: u64) {
-    std::thread::spawn(move || {
-        let mut buf = vec![0u8; 16 * 1024];
-        let start = Instant::now();
-        let mut sent = 0u64;
-        loop {
-            match from.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    if to.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                    sent += n as u64;
-                    let due = Duration::from_secs_f64(sent as f64 / rate as f64);
-                    if let Some(wait) = due.checked_sub(start.elapsed()) {
-                        std::thread::sleep(wait);
-                    }
-                }
-            }
-        }
-        let _ = to.shutdown(Shutdown::Write);
-    });
 }
 
 /// A link cut in post-copy, after the guest has run on the destination: exit 5 (paused,

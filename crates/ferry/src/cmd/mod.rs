@@ -10,4 +10,5 @@ mod hosts;
 pub mod migrate;
 pub mod netlab;
 pub mod remote;
+pub mod resolve;
 pub mod vm;

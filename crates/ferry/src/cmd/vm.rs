@@ -43,6 +43,9 @@ pub enum VmCommand {
     Stop(StopArgs),
     /// List the VMs of a host's daemon.
     List(crate::cmd::remote::ListArgs),
+    /// Settle a migration whose outcome is unknown (`ferry migrate` exit 6): ask the destination,
+    /// then resume the VM on at most one host.
+    Resolve(crate::cmd::resolve::ResolveArgs),
 }
 
 /// `ferry vm stop`.
@@ -200,6 +203,7 @@ pub fn run(cmd: VmCommand) -> anyhow::Result<ExitCode> {
             None => run_vm(a),
         },
         VmCommand::List(a) => crate::cmd::remote::list(a),
+        VmCommand::Resolve(a) => crate::cmd::resolve::run(a),
         VmCommand::Receive(a) => receive(a),
         VmCommand::Status(c) => {
             let s = ControlClient::new(&c.control).status()?;

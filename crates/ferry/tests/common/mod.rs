@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use ferry_host::{ControlClient, HostStatus};
 
+pub mod proxy;
+
 pub fn ferry() -> Command {
     Command::new(env!("CARGO_BIN_EXE_ferry"))
 }
