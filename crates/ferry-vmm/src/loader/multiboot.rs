@@ -112,7 +112,7 @@ fn load_aout(ram: &GuestRam, image: &[u8], hdr: usize) -> Result<(u32, u64), Vmm
         if bss_end < end {
             return Err(bad("bss_end_addr below load_end_addr"));
         }
-        ram.write(end, &vec![0u8; (bss_end - end) as usize])?;
+        zero(ram, end, bss_end - end)?;
         end = bss_end;
     }
     if entry < load_addr || u64::from(entry) >= end {
@@ -145,6 +145,7 @@ fn load_elf32(ram: &GuestRam, image: &[u8]) -> Result<(u32, u64), VmmError> {
         return Err(bad("ELF program header entries too small"));
     }
     let mut end = 0u64;
+    let mut entry_loaded = false;
     for i in 0..phnum {
         let ph = phoff + i * phentsize;
         let f =
@@ -163,17 +164,34 @@ fn load_elf32(ram: &GuestRam, image: &[u8]) -> Result<(u32, u64), VmmError> {
             .ok_or_else(|| bad("ELF segment extends past the end of the file"))?;
         ram.write(paddr, data)?;
         if memsz > filesz as u64 {
-            ram.write(
-                paddr + filesz as u64,
-                &vec![0u8; (memsz - filesz as u64) as usize],
-            )?;
+            zero(ram, paddr + filesz as u64, memsz - filesz as u64)?;
         }
-        end = end.max(paddr + memsz);
+        entry_loaded |= (paddr..paddr + memsz.max(filesz as u64)).contains(&u64::from(entry));
+        end = end.max(paddr + memsz.max(filesz as u64));
     }
     if end == 0 {
         return Err(bad("ELF file has no loadable segment"));
     }
+    if !entry_loaded {
+        return Err(bad(format!(
+            "ELF entry {entry:#x} is outside every loadable segment"
+        )));
+    }
     Ok((entry, end))
+}
+
+/// Zeroes `len` bytes of guest RAM at `gpa` (a bss), checked against RAM before anything is
+/// written and without allocating more than a page: an image's bss size comes from the file.
+fn zero(ram: &GuestRam, gpa: u64, len: u64) -> Result<(), VmmError> {
+    ram.gpa_to_offset(gpa, len)?;
+    let page = [0u8; 4096];
+    let mut done = 0;
+    while done < len {
+        let n = (len - done).min(page.len() as u64);
+        ram.write(gpa + done, &page[..n as usize])?;
+        done += n;
+    }
+    Ok(())
 }
 
 /// Writes the information structure: memory sizes (flags bit 0) and a memory map (bit 6).

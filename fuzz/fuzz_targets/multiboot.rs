@@ -1,0 +1,3 @@
+#![no_main]
+//! cargo-fuzz entry for ferry_fuzz::Target::Multiboot.
+libfuzzer_sys::fuzz_target!(|data: &[u8]| ferry_fuzz::Target::Multiboot.run(data));
