@@ -156,6 +156,16 @@ pub struct Report {
     /// (auto, ferry_model::hotset), sent in the pause or pushed after it; 0: every page tracked.
     #[serde(default)]
     pub hot_set_pages: u64,
+    /// CPU the live rounds' copy threads got, in cores (their CPU time over the rounds' wall
+    /// time): near their thread count on an idle host, their fair share on a busy one.
+    #[serde(default)]
+    pub live_copy_cpu_cores: f64,
+    /// CPU time of the live rounds' copy threads, ms (with `live_copy_ms`, the rounds' wall time).
+    #[serde(default)]
+    pub live_copy_cpu_ms: f64,
+    /// Wall time of the live rounds that ran copy threads, ms.
+    #[serde(default)]
+    pub live_copy_ms: f64,
     /// Round-trip time of the link, measured by the handshake, in ms.
     #[serde(default)]
     pub rtt_ms: f64,

@@ -753,6 +753,8 @@ pub fn new_migration_id() -> [u8; 16] {
 struct RoundProgress {
     pages: AtomicU64,
     bytes: AtomicU64,
+    /// CPU time of the round's copy threads, ns.
+    cpu_ns: AtomicU64,
 }
 
 /// Sends every page in `dirty` across all channels, then a RoundEnd on each.
@@ -832,6 +834,10 @@ fn send_round(
                             &cancel,
                             bulk.as_mut(),
                         );
+                        if let Some(b) = &bulk {
+                            done.cpu_ns
+                                .fetch_add(b.cpu_time().as_nanos() as u64, Ordering::Relaxed);
+                        }
                         let _ = finished_tx.send(());
                         r
                     })
@@ -871,6 +877,13 @@ fn send_round(
     }
     let bytes = link.bytes() - before;
     report.pages_sent += total;
+    let cpu_ns = done.cpu_ns.load(Ordering::Relaxed);
+    if cpu_ns > 0 {
+        // What CPU share the live copy got (a busy host: issue 12 item 5).
+        report.live_copy_cpu_ms += cpu_ns as f64 / 1e6;
+        report.live_copy_ms += t.elapsed().as_secs_f64() * 1e3;
+        report.live_copy_cpu_cores = report.live_copy_cpu_ms / report.live_copy_ms;
+    }
     Ok(RoundStats {
         round,
         pages: total,

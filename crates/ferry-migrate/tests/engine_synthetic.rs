@@ -227,6 +227,22 @@ fn auto_tracks_every_page_of_a_random_writer() {
     assert_eq!(r.hot_set_pages, 0, "{r:?}");
 }
 
+/// The live copy says what CPU it got (issue 12 item 5: on a busy host, its fair share).
+#[test]
+fn the_live_copy_reports_its_cpu_share() {
+    let r = run(Strategy::Precopy, 2, script(50_000, PAGES / 4));
+    assert!(r.live_copy_ms > 0.0 && r.live_copy_cpu_ms > 0.0, "{r:?}");
+    // Two copy threads at most, and the CPU time is theirs over the rounds' wall time.
+    assert!(
+        r.live_copy_cpu_cores > 0.0 && r.live_copy_cpu_cores <= 2.2,
+        "{r:?}"
+    );
+    assert!(
+        (r.live_copy_cpu_cores - r.live_copy_cpu_ms / r.live_copy_ms).abs() < 1e-9,
+        "{r:?}"
+    );
+}
+
 #[test]
 fn auto_converges_a_guest_that_dirties_faster_than_the_link() {
     run(Strategy::Auto, 2, script(2_000_000, PAGES));
