@@ -1,12 +1,13 @@
 //! The real VM behind the engine's traits.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use ferry_model::bitmap::DirtyBitmap;
 use ferry_vmm::devices::{Console, HeartbeatLog};
+use ferry_vmm::memory::Populator;
 use ferry_vmm::postcopy::PostcopyRam;
 use ferry_vmm::state::VmState;
-use ferry_vmm::Vm;
+use ferry_vmm::{GuestRam, RamBackingChoice, RamPlan, RamRequest, Vm};
 use ferry_wire::message::VmConfig;
 
 use crate::memory::GuestMemory;
@@ -66,7 +67,7 @@ impl MigrationSource for Vm {
         Ok(())
     }
     fn memory_file(&self) -> Option<std::fs::File> {
-        self.ram().file().try_clone().ok()
+        self.ram().file().and_then(|f| f.try_clone().ok())
     }
     fn save_state(&mut self) -> Result<Vec<u8>, MigrateError> {
         let state = Vm::save_state(self)?;
@@ -78,6 +79,25 @@ impl MigrationSource for Vm {
 pub struct KvmSink {
     /// The VM (paused until the source commits).
     pub vm: Vm,
+    /// How its RAM was chosen (None: RAM handed over by a VMM on this host).
+    pub ram_plan: Option<RamPlan>,
+    /// Faults RAM in while pages arrive; stopped before anything makes pages missing (post-copy)
+    /// and before the guest runs.
+    populator: Mutex<Option<Populator>>,
+}
+
+impl KvmSink {
+    /// Stops the background populate (waiting for its current 2 MiB step) and forgets it.
+    fn stop_populating(&self) {
+        let p = match self.populator.lock() {
+            Ok(mut p) => p.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        };
+        if let Some(p) = p {
+            let pages = p.stop();
+            tracing::debug!(pages, "background populate stopped");
+        }
+    }
 }
 
 impl MigrationSink for KvmSink {
@@ -92,9 +112,15 @@ impl MigrationSink for KvmSink {
         Ok(())
     }
     fn resume(&mut self) -> Result<(), MigrateError> {
+        // The guest's vCPU gets the CPU, not a thread faulting in RAM it may never touch.
+        self.stop_populating();
         Ok(self.vm.resume()?)
     }
     fn postcopy_target(&self) -> Result<Arc<dyn PostcopyTarget>, MigrateError> {
+        // Populating a page after it was dropped would make it present (zero) instead of missing:
+        // the populator stops here, before the engine can discard anything (the engine gets the
+        // target from this call before its first discard).
+        self.stop_populating();
         Ok(Arc::new(KvmPostcopy(PostcopyRam::new(
             self.vm.ram().clone(),
         )?)))
@@ -118,30 +144,48 @@ impl MigrationSink for KvmSink {
 pub struct KvmSinkFactory {
     /// Makes the console of the VM (called once per incoming VM).
     pub console: Box<dyn FnMut() -> Console + Send>,
-    /// Fault all of RAM in when the VM is created, before any page arrives (first-touch faults are
-    /// slow on nested KVM, and the source waits for the VM to exist before it pauses anything).
+    /// Fault RAM in on a background thread at normal priority while pages arrive (from the top of
+    /// RAM down, meeting the stream, which populates each run just before writing it). Never
+    /// before the VM counts as created: the source waits for that before it sends the first page.
+    /// Not for pure post-copy (pages arrive by userfaultfd into missing pages; populated ones would
+    /// have to be dropped again inside the pause); stopped before any page is dropped when a
+    /// migration switches to post-copy.
     pub prefault: bool,
+    /// What guest RAM is made of (`--ram-backing`).
+    pub ram_backing: RamBackingChoice,
+}
+
+/// Whether a migration of this strategy (the VmConfig's code) may end in post-copy. Unknown codes
+/// may.
+fn may_postcopy(strategy: u8) -> bool {
+    strategy != crate::Strategy::StopAndCopy.code() && strategy != crate::Strategy::Precopy.code()
 }
 
 impl SinkFactory for KvmSinkFactory {
     type Sink = KvmSink;
     fn create(&mut self, cfg: &VmConfig) -> Result<KvmSink, MigrateError> {
-        let console = (self.console)();
-        let vm = Vm::new(
-            ferry_vmm::VmConfig {
-                memory: cfg.memory,
-                vcpus: cfg.vcpus,
-            },
-            console,
-        )?;
-        // Not for pure post-copy: every page with data is punched out again at switch-over (inside
-        // the pause), so populating it first only adds to the downtime.
-        if self.prefault && cfg.strategy != crate::Strategy::Postcopy.code() {
-            // Before the VM counts as created (the source waits for that before anything pauses):
-            // first-touch faults here cost far more than the copy itself on nested KVM.
-            vm.ram().populate()?;
-        }
-        Ok(KvmSink { vm })
+        let postcopy = may_postcopy(cfg.strategy);
+        let (ram, plan) = GuestRam::planned(&RamRequest {
+            size: cfg.memory,
+            choice: self.ram_backing,
+            may_postcopy: postcopy,
+        })?;
+        tracing::info!(%plan, "guest RAM for the incoming VM");
+        let vm = Vm::with_ram(ram, cfg.vcpus, (self.console)())?;
+        let pure_postcopy = cfg.strategy == crate::Strategy::Postcopy.code();
+        let populator = if self.prefault && !pure_postcopy {
+            Some(
+                Populator::start(vm.ram().clone())
+                    .map_err(MigrateError::io("starting the RAM populate thread"))?,
+            )
+        } else {
+            None
+        };
+        Ok(KvmSink {
+            vm,
+            ram_plan: Some(plan),
+            populator: Mutex::new(populator),
+        })
     }
 
     fn create_shared(
@@ -149,9 +193,11 @@ impl SinkFactory for KvmSinkFactory {
         cfg: &VmConfig,
         memory: std::fs::File,
     ) -> Result<KvmSink, MigrateError> {
-        let ram = ferry_vmm::GuestRam::from_file(memory, cfg.memory)?;
+        let ram = GuestRam::from_file(memory, cfg.memory)?;
         Ok(KvmSink {
             vm: Vm::with_ram(ram, cfg.vcpus, (self.console)())?,
+            ram_plan: None,
+            populator: Mutex::new(None),
         })
     }
 }
@@ -161,6 +207,7 @@ impl Default for KvmSinkFactory {
         Self {
             console: Box::new(|| Console::new(None, false, HeartbeatLog::default())),
             prefault: true,
+            ram_backing: RamBackingChoice::Auto,
         }
     }
 }
@@ -198,5 +245,25 @@ impl PostcopyTarget for KvmPostcopy {
     }
     fn place(&self, page: u64, data: &[u8]) -> Result<(), MigrateError> {
         Ok(self.0.place(page, data)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_stop_and_copy_and_precopy_never_end_in_post_copy() {
+        use crate::Strategy::*;
+        for (s, may) in [
+            (StopAndCopy, false),
+            (Precopy, false),
+            (Postcopy, true),
+            (Hybrid, true),
+            (Auto, true),
+        ] {
+            assert_eq!(may_postcopy(s.code()), may, "{s}");
+        }
+        assert!(may_postcopy(200), "an unknown strategy may");
     }
 }

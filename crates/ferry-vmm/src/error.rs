@@ -62,6 +62,12 @@ pub enum VmmError {
         /// Features the guest still sees beyond the requested set.
         kept: String,
     },
+    /// The RAM backing asked for is not available on this host.
+    #[error(transparent)]
+    Backing(#[from] crate::memory::BackingError),
+    /// An operation this VM's configuration cannot do.
+    #[error("not supported: {0}")]
+    Unsupported(&'static str),
     /// A vCPU thread could not be started or stopped.
     #[error("vCPU thread: {0}")]
     Thread(String),

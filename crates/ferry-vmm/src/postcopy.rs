@@ -1,11 +1,14 @@
 //! Post-copy support for guest RAM: pages the destination does not have yet are *missing*; a guest
 //! (or KVM on its behalf) touching one blocks on userfaultfd until the page is placed atomically.
+//!
+//! Works on memfd RAM (4 KiB or shmem THP: holes punched in the file) and anonymous RAM
+//! (`MADV_DONTNEED`); not on hugetlb RAM, whose pages can only be placed 2 MiB at a time.
 
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::memory::{GuestRam, PAGE_SIZE};
+use crate::memory::{GuestRam, RamBacking, PAGE_SIZE};
 use crate::uffd::{CopyOutcome, Userfaultfd, FEATURE_MISSING_SHMEM};
 use crate::VmmError;
 
@@ -30,39 +33,27 @@ fn uffd_err(op: &'static str) -> impl FnOnce(std::io::Error) -> VmmError {
 impl PostcopyRam {
     /// Opens a userfaultfd for `ram` (not yet armed).
     pub fn new(ram: Arc<GuestRam>) -> Result<Self, VmmError> {
+        let features = match ram.backing() {
+            RamBacking::Memfd | RamBacking::ShmemThpMemfd => FEATURE_MISSING_SHMEM,
+            // Anonymous memory is what userfaultfd always supported: no feature bit.
+            RamBacking::AnonThp => 0,
+            RamBacking::HugetlbMemfd => {
+                return Err(VmmError::Unsupported(
+                    "post-copy on hugetlb RAM (pages can only be placed 2 MiB at a time)",
+                ))
+            }
+        };
         // KVM resolves guest accesses from kernel mode (get_user_pages): those faults must be seen,
         // so the fd is opened without UFFD_USER_MODE_ONLY.
-        let uffd = Userfaultfd::open(FEATURE_MISSING_SHMEM)
+        let uffd = Userfaultfd::open(features)
             .map_err(uffd_err("open (is /dev/userfaultfd available?)"))?;
         Ok(Self { ram, uffd })
     }
 
-    /// Drops the content of pages `[first, first + count)` so they read as missing.
+    /// Drops the content of pages `[first, first + count)` so they read as missing
+    /// ([`GuestRam::discard`]).
     pub fn discard(&self, first: u64, count: u64) -> Result<(), VmmError> {
-        let (off, len) = (first * PAGE_SIZE as u64, count * PAGE_SIZE as u64);
-        if first
-            .checked_add(count)
-            .is_none_or(|end| end > self.ram.pages())
-        {
-            return Err(VmmError::OutOfRange { addr: off, len });
-        }
-        // SAFETY: fallocate on our own memfd within its size; punching a hole only frees pages, and
-        // the kernel zaps every mapping of them (KVM's included, through its MMU notifier).
-        let r = unsafe {
-            libc::fallocate(
-                self.ram.file().as_raw_fd(),
-                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-                off as libc::off_t,
-                len as libc::off_t,
-            )
-        };
-        if r != 0 {
-            return Err(VmmError::Memory {
-                size: len,
-                source: std::io::Error::last_os_error(),
-            });
-        }
-        Ok(())
+        self.ram.discard(first, count)
     }
 
     /// Starts trapping accesses to missing pages.
@@ -160,7 +151,30 @@ mod tests {
         if !crate::testing::require_userfaultfd() {
             return;
         }
-        let ram = Arc::new(GuestRam::new(4 << 20).unwrap());
+        for b in [
+            RamBacking::Memfd,
+            RamBacking::ShmemThpMemfd,
+            RamBacking::AnonThp,
+        ] {
+            eprintln!("backing {b:?}");
+            missing_page_blocks_until_placed(b);
+        }
+    }
+
+    #[test]
+    fn hugetlb_ram_refuses_post_copy() {
+        let Some(_pool) = crate::testing::require_hugetlb(2) else {
+            return;
+        };
+        let ram = Arc::new(GuestRam::with_backing(4 << 20, RamBacking::HugetlbMemfd).unwrap());
+        assert!(matches!(
+            PostcopyRam::new(ram),
+            Err(VmmError::Unsupported(_))
+        ));
+    }
+
+    fn missing_page_blocks_until_placed(backing: RamBacking) {
+        let ram = Arc::new(GuestRam::with_backing(4 << 20, backing).unwrap());
         ram.write_u64(3 * PAGE_SIZE as u64, 0x1111).unwrap();
         ram.write_u64(5 * PAGE_SIZE as u64, 0x2222).unwrap();
         let pc = Arc::new(PostcopyRam::new(ram.clone()).unwrap());

@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use ferry_vmm::devices::{Console, HeartbeatLog};
 use ferry_vmm::state::{VmState, MSR_IA32_TSC};
-use ferry_vmm::testing::require_kvm;
-use ferry_vmm::{ExitReason, Vm, VmConfig};
+use ferry_vmm::testing::{require_hugetlb, require_kvm};
+use ferry_vmm::{ExitReason, GuestRam, RamBacking, Vm, VmConfig};
 
 const MSR_KERNEL_GS_BASE: u32 = 0xc000_0102;
 const MSR_SYSENTER_EIP: u32 = 0x176;
@@ -60,6 +60,27 @@ fn booted(image: &[u8]) -> Vm {
     vm
 }
 
+/// A VM of 16 MiB on `backing`, booted into `image`.
+fn booted_on(image: &[u8], backing: RamBacking) -> Vm {
+    let ram = GuestRam::with_backing(16 << 20, backing).unwrap();
+    let mut vm = Vm::with_ram(ram, 1, quiet()).unwrap();
+    vm.boot_multiboot(image).unwrap();
+    vm
+}
+
+/// Every backing this host can create now (hugetlb while `pool` lives, when a pool can be had).
+fn backings(pool: &Option<ferry_vmm::testing::HugetlbReservation>) -> Vec<RamBacking> {
+    let mut all = vec![
+        RamBacking::Memfd,
+        RamBacking::ShmemThpMemfd,
+        RamBacking::AnonThp,
+    ];
+    if pool.is_some() {
+        all.push(RamBacking::HugetlbMemfd);
+    }
+    all
+}
+
 fn msr(s: &VmState, i: u32) -> Option<u64> {
     s.vcpus[0].msr(i)
 }
@@ -69,10 +90,19 @@ fn dirty_log_sees_writes_once_and_again_after_they_recur() {
     if !require_kvm() {
         return;
     }
+    let pool = require_hugetlb(8);
+    for backing in backings(&pool) {
+        eprintln!("backing {backing:?}");
+        dirty_log_on(backing);
+    }
+}
+
+fn dirty_log_on(backing: RamBacking) {
     // l: inc dword [0x200000]; jmp l  -- writes guest page 512 and nothing else in RAM.
-    let mut vm = booted(&image_with(&[
-        0xff, 0x05, 0x00, 0x00, 0x20, 0x00, 0xeb, 0xf8,
-    ]));
+    let mut vm = booted_on(
+        &image_with(&[0xff, 0x05, 0x00, 0x00, 0x20, 0x00, 0xeb, 0xf8]),
+        backing,
+    );
     vm.set_dirty_logging(true).unwrap();
     eprintln!("manual dirty-log clearing: {}", vm.manual_dirty_clear());
     let pages = vm.ram().pages();
@@ -123,6 +153,12 @@ fn dirty_log_sees_writes_once_and_again_after_they_recur() {
     vm.pause().unwrap();
     vm.collect_dirty(&mut fresh).unwrap();
     assert!(fresh.get(512) && fresh.count() == 1);
+    // The page the guest wrote holds data for migration, whatever the backing.
+    assert!(vm.ram().data_pages().get(512));
+    assert!(
+        vm.ram().read_u64(0x20_0000).unwrap() > 0,
+        "the guest's counter"
+    );
 }
 
 /// Pages left writable (issue 12 item 6): with KVM's manual clearing and logs initially set, a
@@ -262,16 +298,77 @@ fn full_state_round_trips_into_a_new_vm() {
     assert!(b.save_state().unwrap().vcpus[0].regs.rcx > ecx);
 }
 
+/// Guest code: `l: rdtsc; mov [0x200000], eax; mov [0x200004], edx; jmp l` -- the TSC the guest
+/// sees, stored low half first (a read between the two stores can only see a value too small).
+fn tsc_image() -> Vec<u8> {
+    image_with(&[
+        0x0f, 0x31, // rdtsc
+        0xa3, 0x00, 0x00, 0x20, 0x00, // mov [0x200000], eax
+        0x89, 0x15, 0x04, 0x00, 0x20, 0x00, // mov [0x200004], edx
+        0xeb, 0xf1, // jmp l
+    ])
+}
+
+/// The TSC value the guest stored last.
+fn guest_tsc(vm: &Vm) -> u64 {
+    vm.ram().read_u64(0x20_0000).unwrap()
+}
+
+/// Runs `vm` for a moment and returns the last TSC value its guest saw.
+fn run_a_little(vm: &mut Vm) -> u64 {
+    vm.resume().unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    vm.pause().unwrap();
+    guest_tsc(vm)
+}
+
+/// A new VM holding `from`'s RAM, with `state` restored into it.
+fn restored(from: &Vm, state: &VmState) -> Vm {
+    let mut vm = booted(&tsc_image());
+    let mut page = vec![0u8; ferry_vmm::PAGE_SIZE];
+    for p in 0..from.ram().pages() {
+        from.ram().read_page(p, &mut page);
+        vm.ram().write_page(p, &page);
+    }
+    vm.restore_state(state).unwrap();
+    vm
+}
+
+/// What a host does with a restored IA32_TSC.
+#[derive(Debug, PartialEq, Eq)]
+enum TscRestore {
+    /// The guest's TSC continues from the written value.
+    Honoured,
+    /// The write reports success and does nothing: the guest sees the host's TSC (nested KVM here).
+    IgnoredByHost,
+}
+
 #[test]
 fn tsc_restore_is_detected_honestly() {
     if !require_kvm() {
         return;
     }
-    let mut a = booted(&tiny_image(false));
-    a.pause().unwrap();
+    let mut a = booted(&tsc_image());
+    let seen_on_a = run_a_little(&mut a);
+    assert!(seen_on_a > 0, "the guest stored its TSC");
+    let saved = msr(&a.save_state().unwrap(), MSR_IA32_TSC).expect("the TSC MSR is saved");
+    assert!(
+        saved >= seen_on_a,
+        "saved TSC {saved} is behind what the guest saw, {seen_on_a}"
+    );
+
+    // Restored as saved, on any host: the guest's clock must not go back.
+    let mut b = restored(&a, &a.save_state().unwrap());
+    let seen_on_b = run_a_little(&mut b);
+    assert!(
+        seen_on_b > seen_on_a,
+        "guest-visible TSC went backwards across a restore: {seen_on_a} -> {seen_on_b}"
+    );
+
+    // Restored half-way back: the host either honours it or ignores it, and the guest must see
+    // whichever the host reported.
+    let target = saved / 2;
     let mut s = a.save_state().unwrap();
-    let before = msr(&s, MSR_IA32_TSC).expect("the TSC MSR is saved");
-    let target = before / 2;
     for m in s.vcpus[0]
         .msrs
         .iter_mut()
@@ -279,20 +376,35 @@ fn tsc_restore_is_detected_honestly() {
     {
         m.data = target;
     }
-    let mut b = booted(&tiny_image(false));
-    b.restore_state(&s).unwrap();
-    let after = msr(&b.save_state().unwrap(), MSR_IA32_TSC).unwrap();
-    // Either the host honours the write (the TSC is near the target) or it ignores it (the TSC keeps
-    // counting from the host's value). Say which, rather than pretend.
-    if after < before {
-        assert!(
-            after >= target && after - target < before / 4,
-            "TSC restored near the saved value"
-        );
-        eprintln!("TSC restore: honoured (wrote {target}, read {after})");
+    let mut c = restored(&a, &s);
+    let read_back = msr(&c.save_state().unwrap(), MSR_IA32_TSC).unwrap();
+    let outcome = if read_back < saved {
+        TscRestore::Honoured
     } else {
-        eprintln!("NOTE: this host ignores writes to IA32_TSC (wrote {target}, read {after}); the guest sees host TSC");
+        TscRestore::IgnoredByHost
+    };
+    let seen_on_c = run_a_little(&mut c);
+    match outcome {
+        TscRestore::Honoured => {
+            assert!(
+                read_back >= target && read_back - target < saved / 4,
+                "KVM reads back {read_back}, neither near the written {target} nor the host's"
+            );
+            assert!(
+                (target..saved).contains(&seen_on_c),
+                "KVM honoured the TSC write ({read_back}) but the guest saw {seen_on_c}, not {target}..{saved}"
+            );
+        }
+        TscRestore::IgnoredByHost => assert!(
+            seen_on_c > seen_on_a,
+            "KVM ignored the TSC write (reads back {read_back}) but the guest saw {seen_on_c}, \
+             behind the {seen_on_a} it had seen before"
+        ),
     }
+    eprintln!(
+        "TSC restore: {outcome:?} (wrote {target}, KVM reads back {read_back}, guest saw {seen_on_a} \
+         before and {seen_on_c} after; unchanged restore {seen_on_b})"
+    );
 }
 
 #[test]

@@ -485,3 +485,131 @@ fn same_host_demo_hands_the_ram_over_without_copying() {
     assert!(out.contains("used: fd-handover"), "{out}");
     assert!(out.contains("integrity           OK"), "{out}");
 }
+
+/// Output lines of a child's stderr, collected on a thread (`ferry vm run` keeps running).
+fn collect_stderr(child: &mut Child) -> std::sync::Arc<std::sync::Mutex<String>> {
+    use std::io::{BufRead, BufReader};
+    let text = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let err = child.stderr.take().unwrap();
+    let sink = text.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(err).lines().map_while(Result::ok) {
+            let mut t = sink.lock().unwrap();
+            t.push_str(&line);
+            t.push('\n');
+        }
+    });
+    text
+}
+
+#[test]
+fn same_host_migration_of_anonymous_ram_copies_it_and_says_so() {
+    if !require_kvm() {
+        return;
+    }
+    let dir = tmp("anon-same-host");
+    std::fs::create_dir_all(&dir).unwrap();
+    let img = dir.join("guest.img");
+    let b = run(&[
+        "guest",
+        "build",
+        "--memory",
+        "64M",
+        "--ws",
+        "8M",
+        "-o",
+        &img.to_string_lossy(),
+    ]);
+    assert!(b.status.success(), "{}", stderr(&b));
+    let (src_sock, dst_sock, mig_sock) = (
+        dir.join("src.sock"),
+        dir.join("dst.sock"),
+        dir.join("migrate.sock"),
+    );
+    let listen = format!("unix:{}", mig_sock.display());
+    let mut dst = Killed(
+        ferry()
+            .args(["vm", "receive", "--once", "--listen", &listen, "--control"])
+            .arg(&dst_sock)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let dst_err = collect_stderr(&mut dst.0);
+    let mut first = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(dst.0.stdout.take().unwrap()),
+        &mut first,
+    )
+    .unwrap();
+    assert!(first.starts_with("listening on unix:"), "{first}");
+    let mut src = Killed(
+        ferry()
+            .args([
+                "vm",
+                "run",
+                "--memory",
+                "64M",
+                "--ram-backing",
+                "anon",
+                "--kernel",
+            ])
+            .arg(&img)
+            .arg("--control")
+            .arg(&src_sock)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let src_err = collect_stderr(&mut src.0);
+    let t = Instant::now();
+    while iterations(&src_sock) == 0 {
+        assert!(t.elapsed() < Duration::from_secs(30), "guest did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(status(&src_sock).unwrap()["vm"]["ram_backing"], "anon");
+    let said = src_err.lock().unwrap().clone();
+    assert!(said.contains("ferry: guest RAM: anonymous"), "{said}");
+    assert!(said.contains("copies its RAM over the socket"), "{said}");
+
+    let o = run(&[
+        "migrate",
+        "--vm",
+        &src_sock.to_string_lossy(),
+        "--to",
+        &listen,
+        "--strategy",
+        "precopy",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_ne!(report["strategy_used"], "fd-handover", "{report}");
+    assert!(
+        report["transport"]
+            .as_str()
+            .unwrap()
+            .contains("guest RAM copied: anonymous RAM has no file to hand over"),
+        "{report}"
+    );
+    assert_eq!(report["digest_match"], true, "{report}");
+    assert!(report["pages_sent"].as_u64().unwrap() > 0, "{report}");
+    // The guest runs on at the destination.
+    let before = iterations(&dst_sock);
+    let t = Instant::now();
+    while iterations(&dst_sock) <= before {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the guest does not run on the destination"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        dst_err.lock().unwrap().contains("ferry: guest RAM: "),
+        "{}",
+        dst_err.lock().unwrap()
+    );
+    drop((src, dst));
+    let _ = std::fs::remove_dir_all(&dir);
+}
