@@ -48,6 +48,7 @@ pub fn run(ctx: &RunCtx, s: &FerrySettings) -> Result<RunResult, BenchError> {
             once: true,
             // QEMU's destination does not fault its RAM in ahead of the copy: neither does ferry's.
             prefault: false,
+            ram_backing: s.ram_backing,
             allow: Vec::new(),
         },
         // QEMU migrates in plaintext: compare like for like.
@@ -76,6 +77,7 @@ pub fn run(ctx: &RunCtx, s: &FerrySettings) -> Result<RunResult, BenchError> {
             kernel: ctx.image.to_path_buf(),
             memory: ctx.guest.memory,
             vcpus: 1,
+            ram_backing: s.ram_backing,
         },
         auth: Auth::Insecure,
         control: ctx.dir.join("ferry-src.sock"),

@@ -4,6 +4,7 @@
 use std::fmt::Display;
 
 use ferry_guest::{Entropy, GuestConfig, Heartbeat, Pattern, Rate, WriteSize};
+use ferry_host::RamBackingChoice;
 use serde::{Serialize, Serializer};
 
 const MIB: u64 = 1 << 20;
@@ -174,6 +175,8 @@ pub struct FerrySettings {
     pub compression: String,
     /// --max-rounds
     pub max_rounds: u32,
+    /// `--ram-backing` of both VM hosts (`vm run` and `vm receive`).
+    pub ram_backing: RamBackingChoice,
 }
 
 impl Default for FerrySettings {
@@ -185,6 +188,7 @@ impl Default for FerrySettings {
             channels: None,
             compression: "adaptive".into(),
             max_rounds: 30,
+            ram_backing: RamBackingChoice::Auto,
         }
     }
 }
@@ -206,11 +210,12 @@ impl FerrySettings {
 
     fn describe(&self) -> String {
         format!(
-            "{}, downtime {} ms, {} ch, {}",
+            "{}, downtime {} ms, {} ch, {}, RAM {}",
             self.strategy,
             self.downtime_ms,
             self.channel_label(),
-            self.compression
+            self.compression,
+            self.ram_backing
         )
     }
 }
@@ -501,6 +506,17 @@ impl Scenario {
 pub fn all() -> Vec<Scenario> {
     let ferry_auto = || Variant::ferry("ferry auto (default)", FerrySettings::default());
     let ferry_precopy = || Variant::ferry("ferry precopy", FerrySettings::strategy("precopy"));
+    // Guest RAM as it was before huge-page backings (a memfd with 4 KiB pages here): the old
+    // default, side by side with the new one.
+    let ferry_memfd = || {
+        Variant::ferry(
+            "ferry memfd RAM (auto)",
+            FerrySettings {
+                ram_backing: RamBackingChoice::Memfd,
+                ..FerrySettings::default()
+            },
+        )
+    };
     // QEMU's "postcopy" row is one pre-copy round, then post-copy: ferry's hybrid is the match.
     let ferry_hybrid = || Variant::ferry("ferry hybrid", FerrySettings::strategy("hybrid"));
     let ferry_postcopy = || Variant::ferry("ferry postcopy", FerrySettings::strategy("postcopy"));
@@ -544,6 +560,7 @@ pub fn all() -> Vec<Scenario> {
             multifd("none"),
             ferry_postcopy(),
             qemu_postcopy(4),
+            ferry_memfd(),
         ]
     };
     let busy = |id: &str, title: &str, memory, ws, variants| {
@@ -568,7 +585,7 @@ pub fn all() -> Vec<Scenario> {
             "512 MiB guest, 64 MiB working set, unlimited bandwidth on both",
             512 * MIB,
             64 * MIB,
-            vec![ferry_auto(), qemu_precopy()],
+            vec![ferry_auto(), qemu_precopy(), ferry_memfd()],
         )
         .baseline(),
         Scenario {

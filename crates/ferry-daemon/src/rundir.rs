@@ -12,6 +12,7 @@
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use ferry_host::RamBackingChoice;
 use serde::{Deserialize, Serialize};
 
 /// What a VM process does.
@@ -37,6 +38,9 @@ pub struct VmMeta {
     pub vcpus: u8,
     /// The kernel image (role run).
     pub kernel: Option<PathBuf>,
+    /// What its guest RAM is made of (role run).
+    #[serde(default)]
+    pub ram_backing: RamBackingChoice,
     /// Its process (set once started).
     pub pid: Option<u32>,
     /// When it was created here, ms since the Unix epoch.
@@ -169,6 +173,7 @@ mod tests {
             memory: 64 << 20,
             vcpus: 1,
             kernel: Some("/k.img".into()),
+            ram_backing: RamBackingChoice::Auto,
             pid: Some(42),
             created_unix_ms: 1,
         }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use ferry_host::protocol::{HostState, HostStatus};
 use ferry_host::supervise::{Auth, HostSpec, Role as SpecRole};
 use ferry_host::transport::Endpoint;
-use ferry_host::ControlClient;
+use ferry_host::{ControlClient, RamBackingChoice};
 
 use crate::rundir::{process_serves, RunDir, VmMeta};
 
@@ -88,6 +88,7 @@ impl Launcher {
             kernel: meta.kernel.clone().unwrap_or_default(),
             memory: meta.memory,
             vcpus: meta.vcpus,
+            ram_backing: meta.ram_backing,
         };
         self.start(meta, role, ready, |s| s.vm.is_some())
     }
@@ -110,6 +111,8 @@ impl Launcher {
             listen: Endpoint::Tcp(host),
             once: true,
             prefault: true,
+            // The receiving host's own choice: the fastest backing it offers.
+            ram_backing: RamBackingChoice::Auto,
             allow,
         };
         self.start(meta, role, ready, |s| s.listen.is_some())

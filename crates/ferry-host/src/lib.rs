@@ -29,6 +29,8 @@ pub mod transport;
 pub mod vm_host;
 
 pub use client::{ClientError, ControlClient};
+/// What guest RAM is made of, and what a user asks for (`--ram-backing`).
+pub use ferry_vmm::{RamBacking, RamBackingChoice};
 pub use outcome::MigrateExit;
 pub use protocol::{
     Cause, ErrorReply, HostEvent, HostState, HostStatus, MigrateRequest, Reply, Request, VmLocation,

@@ -232,6 +232,9 @@ pub struct VmStatus {
     pub outcome_unknown: bool,
     /// A post-copy of this VM was interrupted: `ferry migrate --recover` finishes it.
     pub postcopy_interrupted: bool,
+    /// What its guest RAM is made of (absent from hosts older than this field).
+    #[serde(default)]
+    pub ram_backing: Option<ferry_vmm::RamBacking>,
 }
 
 /// A migration in progress.

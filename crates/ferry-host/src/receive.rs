@@ -7,7 +7,7 @@ use std::time::Duration;
 use ferry_migrate::channel::Stream;
 use ferry_migrate::{receive, KvmSinkFactory, MigrateError, ReceiveOptions};
 use ferry_vmm::devices::Console;
-use ferry_vmm::Vm;
+use ferry_vmm::{RamBackingChoice, Vm};
 
 use crate::outcome::describe;
 use crate::protocol::{Cause, ErrorReply, HostState, HostStatus, Reply, Request};
@@ -90,6 +90,8 @@ pub enum ReceiveNote {
         digest_match: Option<bool>,
         /// Set when a post-copy link failed: the VM waits paused for its source.
         postcopy_incomplete: Option<String>,
+        /// What its RAM is made of and why (`guest RAM: ...` in logs).
+        ram: String,
     },
     /// An incoming migration failed; the host waits for another (unless `once`).
     Failed(String),
@@ -115,8 +117,10 @@ pub struct ReceiveSettings {
     pub timeout: Duration,
     /// Give up after one failed incoming migration.
     pub once: bool,
-    /// Fault guest RAM in when the VM is created.
+    /// Fault guest RAM in while the first pages arrive (a background thread).
     pub prefault: bool,
+    /// What the RAM of an arriving VM is made of (`--ram-backing`).
+    pub ram_backing: RamBackingChoice,
     /// Makes the console of an incoming VM.
     pub console: Box<dyn FnMut() -> Console + Send>,
 }
@@ -135,6 +139,7 @@ pub fn receive_vm(
     let mut factory = KvmSinkFactory {
         console: settings.console,
         prefault: settings.prefault,
+        ram_backing: settings.ram_backing,
     };
     let listen = slot.listen();
     loop {
@@ -160,6 +165,13 @@ pub fn receive_vm(
             bytes: incoming.bytes,
             digest_match: incoming.digest_match,
             postcopy_incomplete: incoming.postcopy_incomplete.clone(),
+            ram: match &incoming.sink.ram_plan {
+                Some(plan) => plan.to_string(),
+                None => format!(
+                    "{}, handed over by the source on this host",
+                    incoming.sink.vm.ram().backing()
+                ),
+            },
         });
         let mut sink = incoming.sink;
         if let Some(rec) = incoming.recovery {

@@ -12,6 +12,8 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use ferry_vmm::RamBackingChoice;
+
 use crate::client::{ClientError, ControlClient};
 use crate::guest_probe::GuestStatus;
 use crate::transport::Endpoint;
@@ -32,6 +34,8 @@ pub enum Role {
         memory: u64,
         /// vCPUs.
         vcpus: u8,
+        /// What guest RAM is made of.
+        ram_backing: RamBackingChoice,
     },
     /// `ferry vm receive`: wait for a VM.
     Receive {
@@ -39,8 +43,10 @@ pub enum Role {
         listen: Endpoint,
         /// Exit after one failed incoming migration.
         once: bool,
-        /// Fault guest RAM in when the VM is created.
+        /// Fault guest RAM in while the first pages arrive.
         prefault: bool,
+        /// What the RAM of the arriving VM is made of.
+        ram_backing: RamBackingChoice,
         /// Source names allowed to send a VM (empty: any the CA signed).
         allow: Vec<String>,
     },
@@ -84,15 +90,18 @@ impl HostSpec {
                 kernel,
                 memory,
                 vcpus,
+                ram_backing,
             } => {
                 a.extend(["run".into(), "--kernel".into(), kernel.into()]);
                 a.extend(["--memory".into(), memory.to_string().into()]);
                 a.extend(["--vcpus".into(), vcpus.to_string().into()]);
+                a.extend(["--ram-backing".into(), ram_backing.to_string().into()]);
             }
             Role::Receive {
                 listen,
                 once,
                 prefault,
+                ram_backing,
                 allow,
             } => {
                 a.extend([
@@ -106,6 +115,7 @@ impl HostSpec {
                 if !prefault {
                     a.push("--no-prefault".into());
                 }
+                a.extend(["--ram-backing".into(), ram_backing.to_string().into()]);
                 for n in allow {
                     a.extend(["--allow".into(), n.into()]);
                 }

@@ -229,7 +229,8 @@ impl<'a> Connector<'a> {
         let (target, transport) = match to {
             Endpoint::Unix(p) => (
                 Target::Unix(p.clone()),
-                "unix socket, same host (guest RAM handed over as a file)",
+                // How guest RAM went (handed over or copied) is known only after the migration.
+                "unix socket, same host",
             ),
             Endpoint::Tcp(addr) => {
                 if matches!(security, Security::LocalOnly) {

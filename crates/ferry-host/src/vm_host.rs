@@ -27,7 +27,7 @@ use crate::protocol::{
 };
 use crate::security::Security;
 use crate::server::{EventSink, Handler};
-use crate::transport::Connector;
+use crate::transport::{Connector, Endpoint};
 
 /// How long a guest's verification sweep may take.
 pub const VERIFY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -211,6 +211,7 @@ impl VmHost {
                         heartbeat_period_ms: median.map(|m| m as f64 / 1e6),
                         outcome_unknown: st.outcome_unknown,
                         postcopy_interrupted: st.interrupted.is_some(),
+                        ram_backing: Some(self.ram.backing()),
                     }),
                     guest: Some(guest_probe::status(&self.ram)),
                     console_tail: Some(tail(&text, CONSOLE_TAIL).to_string()),
@@ -476,6 +477,17 @@ impl VmHost {
         let heartbeats = vm.heartbeats();
         match result.map(|mut r| {
             r.transport = connector.description();
+            if matches!(req.to, Endpoint::Unix(_)) {
+                r.transport
+                    .push_str(if r.strategy_used == ferry_migrate::source::HANDOVER {
+                        " (guest RAM handed over as a file)"
+                    } else if self.ram.file().is_none() {
+                        " (guest RAM copied: anonymous RAM has no file to hand over; \
+                     --ram-backing memfd on `vm run` allows that)"
+                    } else {
+                        " (guest RAM copied)"
+                    });
+            }
             r.source_max_gap_ms = heartbeats
                 .lock()
                 .ok()

@@ -487,7 +487,7 @@ fn same_host_demo_hands_the_ram_over_without_copying() {
 }
 
 /// Output lines of a child's stderr, collected on a thread (`ferry vm run` keeps running).
-fn collect_stderr(child: &mut Child) -> std::sync::Arc<std::sync::Mutex<String>> {
+fn collect_stderr(child: &mut std::process::Child) -> std::sync::Arc<std::sync::Mutex<String>> {
     use std::io::{BufRead, BufReader};
     let text = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
     let err = child.stderr.take().unwrap();
@@ -507,9 +507,8 @@ fn same_host_migration_of_anonymous_ram_copies_it_and_says_so() {
     if !require_kvm() {
         return;
     }
-    let dir = tmp("anon-same-host");
-    std::fs::create_dir_all(&dir).unwrap();
-    let img = dir.join("guest.img");
+    let t = Tmp::new();
+    let img = t.path("guest.img");
     let b = run(&[
         "guest",
         "build",
@@ -522,9 +521,9 @@ fn same_host_migration_of_anonymous_ram_copies_it_and_says_so() {
     ]);
     assert!(b.status.success(), "{}", stderr(&b));
     let (src_sock, dst_sock, mig_sock) = (
-        dir.join("src.sock"),
-        dir.join("dst.sock"),
-        dir.join("migrate.sock"),
+        t.path("src.sock"),
+        t.path("dst.sock"),
+        t.path("migrate.sock"),
     );
     let listen = format!("unix:{}", mig_sock.display());
     let mut dst = Killed(
@@ -563,15 +562,14 @@ fn same_host_migration_of_anonymous_ram_copies_it_and_says_so() {
             .unwrap(),
     );
     let src_err = collect_stderr(&mut src.0);
-    let t = Instant::now();
-    while iterations(&src_sock) == 0 {
-        assert!(t.elapsed() < Duration::from_secs(30), "guest did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert_eq!(status(&src_sock).unwrap()["vm"]["ram_backing"], "anon");
+    wait_iterations(&src_sock, 1, Duration::from_secs(30));
+    assert_eq!(
+        status(&src_sock).unwrap().vm.unwrap().ram_backing,
+        Some(ferry_host::RamBacking::AnonThp)
+    );
     let said = src_err.lock().unwrap().clone();
     assert!(said.contains("ferry: guest RAM: anonymous"), "{said}");
-    assert!(said.contains("copies its RAM over the socket"), "{said}");
+    assert!(said.contains("copies it over the socket"), "{said}");
 
     let o = run(&[
         "migrate",
@@ -597,19 +595,11 @@ fn same_host_migration_of_anonymous_ram_copies_it_and_says_so() {
     assert!(report["pages_sent"].as_u64().unwrap() > 0, "{report}");
     // The guest runs on at the destination.
     let before = iterations(&dst_sock);
-    let t = Instant::now();
-    while iterations(&dst_sock) <= before {
-        assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "the guest does not run on the destination"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_iterations(&dst_sock, before + 1, Duration::from_secs(10));
     assert!(
         dst_err.lock().unwrap().contains("ferry: guest RAM: "),
         "{}",
         dst_err.lock().unwrap()
     );
     drop((src, dst));
-    let _ = std::fs::remove_dir_all(&dir);
 }

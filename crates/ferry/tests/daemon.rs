@@ -270,6 +270,7 @@ async fn the_api_serves_its_document_and_metrics_and_refuses_clients_without_a_c
                 kernel: "/nonexistent".into(),
                 memory: 64 << 20,
                 vcpus: 1,
+                ram_backing: Default::default(),
             },
         )
         .await

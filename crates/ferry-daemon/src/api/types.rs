@@ -1,5 +1,6 @@
 //! What the API speaks: requests, replies and events, shared by the daemon and its clients.
 
+use ferry_host::{RamBacking, RamBackingChoice};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -62,6 +63,11 @@ pub struct VmInfo {
     pub kernel: Option<String>,
     /// Heartbeats the guest has written (a liveness sign for ferry guests).
     pub heartbeats: Option<u64>,
+    /// What its guest RAM is made of (`hugetlb`, `memfd-thp`, `anon` or `memfd`), as its process
+    /// last said.
+    #[serde(default)]
+    #[schema(value_type = Option<String>, example = "anon")]
+    pub ram_backing: Option<RamBacking>,
     /// The migration in progress, if any.
     pub migration: Option<String>,
     /// Why it is paused or exited, when known.
@@ -80,6 +86,11 @@ pub struct CreateVm {
     /// vCPUs.
     #[serde(default = "one")]
     pub vcpus: u8,
+    /// What guest RAM is made of: `auto` (default: the fastest the host offers), `anon`, `memfd`
+    /// or `hugetlb`, as `ferry vm run --ram-backing`.
+    #[serde(default)]
+    #[schema(value_type = String, example = "auto")]
+    pub ram_backing: RamBackingChoice,
 }
 
 fn one() -> u8 {

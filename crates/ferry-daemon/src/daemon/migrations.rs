@@ -327,6 +327,7 @@ impl Daemon {
             memory: req.memory,
             vcpus: req.vcpus,
             kernel: None,
+            ram_backing: ferry_host::RamBackingChoice::Auto,
             pid: None,
             created_unix_ms: unix_ms(),
         };

@@ -6,6 +6,7 @@ use std::process::Child;
 use std::time::Instant;
 
 use axum::http::StatusCode;
+use ferry_host::RamBacking;
 
 use crate::api::types::{LoadInfo, MigrationInfo, MigrationState, VmInfo, VmState};
 use crate::config::Capacity;
@@ -62,6 +63,8 @@ pub struct VmEntry {
     pub migration: Option<String>,
     /// Heartbeats seen in the last probe.
     pub heartbeats: Option<u64>,
+    /// What its RAM is made of, as the last probe said.
+    pub ram_backing: Option<RamBacking>,
     /// Resident memory of its process.
     pub rss: Option<u64>,
     /// When it entered its state.
@@ -78,6 +81,7 @@ impl VmEntry {
             child: None,
             migration: None,
             heartbeats: None,
+            ram_backing: None,
             rss: None,
             since: Instant::now(),
         }
@@ -113,6 +117,7 @@ impl VmEntry {
                 .as_ref()
                 .map(|k| k.to_string_lossy().into_owned()),
             heartbeats: self.heartbeats,
+            ram_backing: self.ram_backing,
             migration: self.migration.clone(),
             detail: self.detail.clone(),
         }
@@ -346,6 +351,7 @@ mod tests {
             memory: mib << 20,
             vcpus,
             kernel: None,
+            ram_backing: ferry_host::RamBackingChoice::Auto,
             pid: None,
             created_unix_ms: 0,
         }

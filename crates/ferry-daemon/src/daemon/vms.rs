@@ -51,6 +51,7 @@ impl Daemon {
             memory: req.memory,
             vcpus: req.vcpus,
             kernel: Some(kernel),
+            ram_backing: req.ram_backing,
             pid: None,
             created_unix_ms: unix_ms(),
         };
@@ -91,6 +92,7 @@ impl Daemon {
                     v.meta = meta;
                     v.child = Some(s.child);
                     v.heartbeats = s.status.vm.as_ref().map(|v| v.heartbeats_seen);
+                    v.ram_backing = s.status.vm.as_ref().and_then(|v| v.ram_backing);
                     v.set_state(VmState::Running, None);
                     v.info(self.name())
                 };
@@ -297,6 +299,7 @@ impl Daemon {
                 Some(HostState::Running) => {
                     if let Some(v) = self.state().vms.get_mut(name) {
                         v.heartbeats = s.vm.as_ref().map(|v| v.heartbeats_seen);
+                        v.ram_backing = s.vm.as_ref().and_then(|v| v.ram_backing);
                     }
                     match s.vm.as_ref() {
                         Some(v) if !v.running => (VmState::Paused, Some(paused_detail(s))),

@@ -20,18 +20,21 @@ use std::str::FromStr;
 /// Bytes in a huge page (x86-64 PMD).
 pub const HUGE_PAGE_SIZE: u64 = 2 << 20;
 
-/// What guest RAM is made of.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// What guest RAM is made of (serialized as [`RamBacking::name`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum RamBacking {
     /// A memfd on hugetlbfs (`MFD_HUGETLB | MFD_HUGE_2MB`): 2 MiB pages from the host's reserved
     /// pool, reserved when mapped (so a short pool fails at creation, never at a guest fault).
     HugetlbMemfd,
     /// A memfd with `MADV_HUGEPAGE`, on a host whose `shmem_enabled` lets shmem use 2 MiB pages.
+    #[serde(rename = "memfd-thp")]
     ShmemThpMemfd,
     /// Private anonymous memory with `MADV_HUGEPAGE` (what QEMU uses): 2 MiB THP where the host's
     /// `enabled` allows it. Has no file descriptor: it cannot be handed to another process.
+    #[serde(rename = "anon")]
     AnonThp,
     /// A memfd with 4 KiB shmem pages: works on every host.
+    #[serde(rename = "memfd")]
     Memfd,
 }
 
@@ -70,8 +73,9 @@ impl fmt::Display for RamBacking {
     }
 }
 
-/// What the user asked for (`--ram-backing`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// What the user asked for (`--ram-backing`; serialized as spelled there).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum RamBackingChoice {
     /// The fastest backing the host offers (and the use allows).
     #[default]
@@ -696,5 +700,24 @@ mod tests {
             assert_eq!(s.parse::<RamBackingChoice>().unwrap().to_string(), s);
         }
         assert!("huge".parse::<RamBackingChoice>().is_err());
+    }
+
+    #[test]
+    fn serialized_names_are_the_short_names() {
+        for b in [
+            RamBacking::HugetlbMemfd,
+            RamBacking::ShmemThpMemfd,
+            RamBacking::AnonThp,
+            RamBacking::Memfd,
+        ] {
+            let json = serde_json::to_string(&b).unwrap();
+            assert_eq!(json, format!("\"{}\"", b.name()));
+            assert_eq!(serde_json::from_str::<RamBacking>(&json).unwrap(), b);
+        }
+        for c in ["auto", "anon", "memfd", "hugetlb"] {
+            let parsed: RamBackingChoice = serde_json::from_str(&format!("\"{c}\"")).unwrap();
+            assert_eq!(parsed.to_string(), c);
+        }
+        assert!(serde_json::from_str::<RamBackingChoice>("\"huge\"").is_err());
     }
 }

@@ -219,6 +219,12 @@ impl GuestRam {
             // SAFETY: advice on our own fresh mapping; it changes no contents.
             unsafe { libc::madvise(base, len, libc::MADV_HUGEPAGE) };
         }
+        if file.is_none() {
+            // A private mapping would otherwise be copied-on-write into a forked child (as QEMU
+            // does, keep guest RAM out of any fork: the guest's next writes would all fault).
+            // SAFETY: advice on our own fresh mapping; it changes no contents.
+            unsafe { libc::madvise(base, len, libc::MADV_DONTFORK) };
+        }
         let low = size.min(LOW_RAM_MAX);
         let mut slots = vec![Slot {
             id: 0,

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use ferry_host::supervise::{Auth, HostProcess, HostSpec, Role};
+use ferry_host::RamBackingChoice;
 
 /// How long a host process may take to print its readiness line.
 const READY: Duration = Duration::from_secs(30);
@@ -73,6 +74,7 @@ pub(crate) fn destination(
             listen,
             once: true,
             prefault,
+            ram_backing: RamBackingChoice::Auto,
             allow: Vec::new(),
         },
         control: dir.join("destination.sock"),
@@ -88,7 +90,9 @@ pub(crate) fn destination(
 }
 
 /// Starts `ferry vm run` booting `image` with `memory` bytes of RAM: TLS with a certificate bundle,
-/// plaintext without one, or (with `local`) no certificates at all, for a same-host migration.
+/// plaintext without one, or (with `local`) no certificates at all, for a same-host migration; then
+/// its RAM is a memfd, which the migration hands over instead of copying (anonymous RAM, the default
+/// where it is the only kind with huge pages, has no file to hand over).
 pub(crate) fn source(
     dir: &Path,
     image: &Path,
@@ -101,6 +105,11 @@ pub(crate) fn source(
             kernel: image.to_path_buf(),
             memory,
             vcpus: 1,
+            ram_backing: if local {
+                RamBackingChoice::Memfd
+            } else {
+                RamBackingChoice::Auto
+            },
         },
         auth: auth(certs, "source", local),
         control: dir.join("source.sock"),

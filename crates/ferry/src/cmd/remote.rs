@@ -114,6 +114,7 @@ pub fn run(
     kernel: &std::path::Path,
     memory: u64,
     vcpus: u8,
+    ram_backing: ferry_host::RamBackingChoice,
 ) -> anyhow::Result<ExitCode> {
     let client = daemon.client()?;
     // The daemon reads the image on its own host: send an absolute path.
@@ -127,16 +128,19 @@ pub fn run(
         kernel: kernel.to_string_lossy().into_owned(),
         memory,
         vcpus,
+        ram_backing,
     };
     let vm: VmInfo = block_on(async { Ok(client.post("/v1/vms", &req).await?) })?;
     println!(
-        "VM {} running on {} ({}, {} vCPU{}, pid {})",
+        "VM {} running on {} ({}, {} vCPU{}, pid {}{})",
         vm.name,
         vm.host,
         human(vm.memory),
         vm.vcpus,
         if vm.vcpus == 1 { "" } else { "s" },
-        vm.pid.map_or("?".into(), |p| p.to_string())
+        vm.pid.map_or("?".into(), |p| p.to_string()),
+        vm.ram_backing
+            .map_or(String::new(), |b| format!(", guest RAM: {b}"))
     );
     Ok(ExitCode::SUCCESS)
 }

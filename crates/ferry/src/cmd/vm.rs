@@ -16,7 +16,7 @@ use ferry_host::{
     SecurityConfig, ServerOptions, VmHost,
 };
 use ferry_vmm::devices::{Console, HeartbeatLog};
-use ferry_vmm::{Vm, VmConfig};
+use ferry_vmm::{GuestRam, RamBackingChoice, RamRequest, Vm};
 
 use crate::size::parse_size;
 
@@ -154,6 +154,13 @@ pub struct RunArgs {
     /// vCPUs (the first boots the kernel, the others wait for INIT/SIPI).
     #[arg(long, default_value_t = 1)]
     pub vcpus: u8,
+    /// What guest RAM is made of: auto (the fastest the host offers: a hugetlb memfd when the
+    /// 2 MiB pool has room, a memfd with shmem THP when shmem_enabled allows it, else anonymous
+    /// memory with THP), anon, memfd (the only kind with 4 KiB pages everywhere; needed to hand RAM
+    /// to a same-host destination without copying) or hugetlb. The choice and its reason are
+    /// printed at start.
+    #[arg(long, default_value = "auto")]
+    pub ram_backing: RamBackingChoice,
     #[command(flatten)]
     pub host: HostArgs,
 }
@@ -168,10 +175,15 @@ pub struct ReceiveArgs {
     /// Seconds the source may stay silent before the incoming migration is dropped.
     #[arg(long, default_value_t = 30)]
     pub timeout: u64,
-    /// Do not fault guest RAM in when the VM is created (saves memory for mostly empty guests; makes
-    /// the copy slower, since first-touch faults are expensive on nested KVM).
+    /// Do not fault guest RAM in on a background thread while the first pages arrive (saves memory
+    /// for mostly empty guests; the copy then faults in each page it writes).
     #[arg(long)]
     pub no_prefault: bool,
+    /// What the RAM of an arriving VM is made of (as for `vm run`). A migration that may end in
+    /// post-copy never gets hugetlb RAM (post-copy places 4 KiB pages): the output says so. A VM
+    /// handed over by a source on this host keeps the source's RAM.
+    #[arg(long, default_value = "auto")]
+    pub ram_backing: RamBackingChoice,
     /// Exit after one failed incoming migration instead of waiting for another.
     #[arg(long)]
     pub once: bool,
@@ -196,6 +208,7 @@ pub fn run(cmd: VmCommand) -> anyhow::Result<ExitCode> {
                 &a.kernel,
                 a.memory,
                 a.vcpus,
+                a.ram_backing,
             ),
             None if a.on_host.is_some() || a.on_local_daemon => {
                 bail!("name the VM to run on a daemon: ferry vm run NAME --host HOST --kernel ...")
@@ -283,14 +296,22 @@ fn run_vm(a: RunArgs) -> anyhow::Result<ExitCode> {
     // A VM runs without certificates; they are needed only to migrate it over the network.
     let security = a.host.security(&[], Need::LocalOk)?;
     let path = a.host.control_path()?;
-    let mut vm = Vm::new(
-        VmConfig {
-            memory: a.memory,
-            vcpus: a.vcpus,
-        },
-        console(&a.host.serial)?,
-    )
-    .context("cannot create the VM")?;
+    let (ram, plan) = GuestRam::planned(&RamRequest {
+        size: a.memory,
+        choice: a.ram_backing,
+        // The source side of any migration: pages are only read here.
+        may_postcopy: false,
+    })
+    .context("cannot create guest RAM")?;
+    eprintln!("ferry: guest RAM: {plan}");
+    if !plan.backing.shareable() {
+        eprintln!(
+            "ferry: note: anonymous RAM has no file: a same-host migration (--to unix:) copies it \
+             over the socket instead of handing it over; --ram-backing memfd avoids that"
+        );
+    }
+    let mut vm =
+        Vm::with_ram(ram, a.vcpus, console(&a.host.serial)?).context("cannot create the VM")?;
     vm.boot_multiboot(&image)
         .with_context(|| format!("cannot load {}", a.kernel.display()))?;
     let host = Arc::new(VmHost::new(vm, security));
@@ -334,6 +355,7 @@ fn receive(a: ReceiveArgs) -> anyhow::Result<ExitCode> {
         timeout: Duration::from_secs(a.timeout),
         once: a.once,
         prefault: !a.no_prefault,
+        ram_backing: a.ram_backing,
         console: Box::new(move || {
             console(&serial).unwrap_or_else(|_| Console::new(None, false, HeartbeatLog::default()))
         }),
@@ -344,12 +366,14 @@ fn receive(a: ReceiveArgs) -> anyhow::Result<ExitCode> {
             bytes,
             digest_match,
             postcopy_incomplete,
+            ram,
         } => {
             eprintln!(
                 "ferry: VM arrived ({} received, digest {}); control socket {control}",
                 crate::size::human(bytes),
                 digest_text(digest_match),
             );
+            eprintln!("ferry: guest RAM: {ram}");
             if let Some(why) = postcopy_incomplete {
                 eprintln!("ferry: WARNING: {why}");
             }
