@@ -17,7 +17,7 @@ pub struct BenchQemuArgs {
     #[arg(long)]
     pub ferry: Option<PathBuf>,
     /// Scenarios to run: b, c, c-busy, d, e (the baseline of issue 12, the default), a, c-more,
-    /// d-zero, f, or `all`.
+    /// d-zero, f, ram (guest RAM backings: first pass over fresh RAM), or `all`.
     #[arg(long = "scenario", value_delimiter = ',')]
     pub scenarios: Vec<String>,
     /// Writers to run the writing scenarios with (sequential, random, mixed, hotcold); default: each
@@ -199,7 +199,7 @@ mod tests {
         let cfg = config(&[]).unwrap();
         let ids: Vec<&str> = cfg.scenarios.iter().map(|s| s.id.as_str()).collect();
         assert_eq!(ids, ["b", "c", "c-busy", "d", "e"]);
-        assert_eq!(config(&["--scenario", "all"]).unwrap().scenarios.len(), 9);
+        assert_eq!(config(&["--scenario", "all"]).unwrap().scenarios.len(), 10);
         let err = |args: &[&str]| config(args).err().expect("an error").to_string();
         let e = err(&["--scenario", "z"]);
         assert!(e.contains("unknown scenario 'z'"), "{e}");

@@ -8,6 +8,7 @@ use ferry_host::RamBackingChoice;
 use serde::{Serialize, Serializer};
 
 const MIB: u64 = 1 << 20;
+const HUGE_PAGE: u64 = 2 * MIB;
 const GIB: u64 = 1 << 30;
 /// QEMU's `max-bandwidth` for "unlimited" (bytes/s): 100 GiB/s, far above loopback.
 pub const QEMU_UNLIMITED_BW: u64 = 100 * GIB;
@@ -502,7 +503,7 @@ impl Scenario {
 
 /// All scenarios, in order. Those marked [`Scenario::baseline`] make the table of issue 12 (b, c,
 /// c-busy, d, e with QEMU alternating on the same image); the others (a, c-more, d-zero, f) are the
-/// rest of issue 7's suite.
+/// rest of issue 7's suite, and `ram` compares guest RAM backings (issue 12 item 2).
 pub fn all() -> Vec<Scenario> {
     let ferry_auto = || Variant::ferry("ferry auto (default)", FerrySettings::default());
     let ferry_precopy = || Variant::ferry("ferry precopy", FerrySettings::strategy("precopy"));
@@ -516,6 +517,31 @@ pub fn all() -> Vec<Scenario> {
                 ..FerrySettings::default()
             },
         )
+    };
+    // RAM from the host's 2 MiB hugetlb pool: a row only where the pool has room for this guest
+    // (the source's RAM; a destination on a post-copy-capable strategy takes another backing).
+    let ferry_hugetlb = |memory: u64| {
+        const LABEL: &str = "ferry hugetlb RAM (auto)";
+        let pool = ferry_host::HostMemory::read().hugetlb.unwrap_or_default();
+        if pool.available() * HUGE_PAGE < memory {
+            Variant::not_applicable(
+                LABEL,
+                Engine::Ferry,
+                &format!(
+                    "the 2 MiB hugetlb pool has {} free pages, {} needed (sysctl vm.nr_hugepages)",
+                    pool.available(),
+                    memory.div_ceil(HUGE_PAGE)
+                ),
+            )
+        } else {
+            Variant::ferry(
+                LABEL,
+                FerrySettings {
+                    ram_backing: RamBackingChoice::Hugetlb,
+                    ..FerrySettings::default()
+                },
+            )
+        }
     };
     // QEMU's "postcopy" row is one pre-copy round, then post-copy: ferry's hybrid is the match.
     let ferry_hybrid = || Variant::ferry("ferry hybrid", FerrySettings::strategy("hybrid"));
@@ -628,6 +654,23 @@ pub fn all() -> Vec<Scenario> {
                         },
                     ),
                     multifd("zstd"),
+                ],
+            )
+        },
+        Scenario {
+            // The first pass (`first pass MB/s`) is the number here: the guest's first writes over
+            // fresh RAM, on each backing ferry offers, against QEMU's anonymous THP.
+            patterns: vec![Pattern::Sequential],
+            ..busy(
+                "ram",
+                "guest RAM backings: scenario c's guest on each backing ferry offers",
+                GIB,
+                256 * MIB,
+                vec![
+                    ferry_auto(),
+                    qemu_precopy(),
+                    ferry_memfd(),
+                    ferry_hugetlb(GIB),
                 ],
             )
         },

@@ -29,8 +29,8 @@ pub mod transport;
 pub mod vm_host;
 
 pub use client::{ClientError, ControlClient};
-/// What guest RAM is made of, and what a user asks for (`--ram-backing`).
-pub use ferry_vmm::{RamBacking, RamBackingChoice};
+/// What guest RAM is made of, what a user asks for (`--ram-backing`), and what the host offers.
+pub use ferry_vmm::{memory::HostMemory, RamBacking, RamBackingChoice};
 pub use outcome::MigrateExit;
 pub use protocol::{
     Cause, ErrorReply, HostEvent, HostState, HostStatus, MigrateRequest, Reply, Request, VmLocation,

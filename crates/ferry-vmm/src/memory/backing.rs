@@ -25,6 +25,7 @@ pub const HUGE_PAGE_SIZE: u64 = 2 << 20;
 pub enum RamBacking {
     /// A memfd on hugetlbfs (`MFD_HUGETLB | MFD_HUGE_2MB`): 2 MiB pages from the host's reserved
     /// pool, reserved when mapped (so a short pool fails at creation, never at a guest fault).
+    #[serde(rename = "hugetlb")]
     HugetlbMemfd,
     /// A memfd with `MADV_HUGEPAGE`, on a host whose `shmem_enabled` lets shmem use 2 MiB pages.
     #[serde(rename = "memfd-thp")]
@@ -626,7 +627,7 @@ mod tests {
         assert_eq!((p.backing, p.huge_pages), (RamBacking::Memfd, false));
         assert!(
             p.to_string()
-                .starts_with("memfd, 4 KiB pages (shmem THP off"),
+                .starts_with("memfd, 4 KiB pages (asked for; shmem THP off"),
             "{p}"
         );
         let p = choose(&h, &req(RamBackingChoice::Anon, false)).unwrap();
