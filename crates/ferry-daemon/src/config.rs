@@ -27,6 +27,14 @@
 //! backend = "embedded"                # or "etcd" with endpoints = ["http://10.0.0.9:2379"]
 //! path = "/var/lib/ferry/state.redb"
 //!
+//! [cluster]                           # used with [store]
+//! lease_secs = 5                      # membership lease: a host silent this long is dead
+//! planner = true                      # campaign for leadership and plan when leader
+//! plan_every_secs = 10                # the leader's planning period
+//! max_per_host = 2                    # migrations at once per host (in plus out)
+//! max_per_link = 2                    # migrations at once per pair of hosts
+//! bandwidth = "1G"                    # bytes/s shared by the migrations of one host (0: none)
+//!
 //! [log]
 //! format = "json"                     # or "text"
 //! level = "info"                      # a tracing filter: "info,ferry_daemon=debug"
@@ -93,6 +101,9 @@ pub struct DaemonConfig {
     /// Cluster state (host and VM records).
     #[serde(default)]
     pub store: Option<StoreSection>,
+    /// Membership, leadership and the planner (with `[store]`).
+    #[serde(default)]
+    pub cluster: ClusterConfig,
     /// Logging.
     #[serde(default)]
     pub log: LogConfig,
@@ -175,6 +186,53 @@ pub struct CapacityConfig {
     /// vCPUs offered.
     #[serde(default)]
     pub vcpus: Option<u32>,
+}
+
+/// `[cluster]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Membership lease time to live, seconds.
+    #[serde(default = "default_lease_secs")]
+    pub lease_secs: u64,
+    /// Whether this host campaigns for leadership and plans when leader.
+    #[serde(default = "default_true")]
+    pub planner: bool,
+    /// The leader's planning period, seconds.
+    #[serde(default = "default_plan_every")]
+    pub plan_every_secs: u64,
+    /// Migrations at once per host (in and out together).
+    #[serde(default = "default_concurrency")]
+    pub max_per_host: u32,
+    /// Migrations at once between one pair of hosts.
+    #[serde(default = "default_concurrency")]
+    pub max_per_link: u32,
+    /// Bytes per second shared by one host's migrations (0: unlimited).
+    #[serde(default, deserialize_with = "size::opt")]
+    pub bandwidth: Option<u64>,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            lease_secs: default_lease_secs(),
+            planner: true,
+            plan_every_secs: default_plan_every(),
+            max_per_host: default_concurrency(),
+            max_per_link: default_concurrency(),
+            bandwidth: None,
+        }
+    }
+}
+
+fn default_lease_secs() -> u64 {
+    5
+}
+fn default_true() -> bool {
+    true
+}
+fn default_plan_every() -> u64 {
+    10
 }
 
 /// `[store]`: the backend of cluster state.
@@ -267,6 +325,12 @@ impl DaemonConfig {
         }
         if self.migration.max_incoming == 0 || self.migration.max_outgoing == 0 {
             return Err("migration.max_incoming and max_outgoing must be at least 1".into());
+        }
+        if self.cluster.lease_secs == 0 || self.cluster.plan_every_secs == 0 {
+            return Err("cluster.lease_secs and plan_every_secs must be at least 1".into());
+        }
+        if self.cluster.max_per_host == 0 || self.cluster.max_per_link == 0 {
+            return Err("cluster.max_per_host and max_per_link must be at least 1".into());
         }
         if let Some(StoreSection::Etcd { endpoints }) = &self.store {
             if endpoints.is_empty() {

@@ -12,19 +12,23 @@
 //!   cluster file (host names to API addresses, the client certificate);
 //! - [`daemon`]: the VM and migration tables, adoption, the monitor;
 //! - [`metrics`]: Prometheus metrics; [`load`]: CPU and memory from /proc;
-//! - [`rundir`], [`vm_process`]: VM directories and processes.
+//! - [`rundir`], [`vm_process`]: VM directories and processes;
+//! - [`link`]: the cluster store (membership, host and VM records, the commit gate, leader
+//!   election); [`planner`]: the leader's planner and scheduler.
 
 pub mod api;
 pub mod client;
 pub mod cluster_config;
 pub mod config;
 pub mod daemon;
+pub mod link;
 pub mod load;
 pub mod metrics;
+pub mod planner;
 pub mod rundir;
 pub mod server;
 pub mod vm_process;
 
 pub use client::{DaemonClient, Target};
 pub use config::DaemonConfig;
-pub use daemon::{start, Daemon, RunningDaemon};
+pub use daemon::{start, start_with, Daemon, RunningDaemon};

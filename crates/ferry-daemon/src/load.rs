@@ -142,3 +142,41 @@ mod tests {
         assert!(process_rss(std::process::id()).is_some_and(|r| r > 0));
     }
 }
+
+/// CPU time a process has used so far (user + system), seconds (`/proc/PID/stat`).
+pub fn process_cpu_seconds(pid: u32) -> Option<f64> {
+    let text =
+        std::fs::read_to_string(Path::new("/proc").join(pid.to_string()).join("stat")).ok()?;
+    parse_process_cpu(&text, clock_ticks())
+}
+
+/// utime + stime of a `/proc/PID/stat` line, in seconds at `ticks` per second.
+pub fn parse_process_cpu(stat: &str, ticks: f64) -> Option<f64> {
+    // The command name (field 2) is in parentheses and may contain spaces.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // After the name: state is field 3, utime field 14, stime field 15.
+    let utime: f64 = f.get(11)?.parse().ok()?;
+    let stime: f64 = f.get(12)?.parse().ok()?;
+    Some((utime + stime) / ticks)
+}
+
+fn clock_ticks() -> f64 {
+    // SAFETY: sysconf only reads a configuration value.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 {
+        t as f64
+    } else {
+        100.0
+    }
+}
+
+#[cfg(test)]
+mod process_cpu_tests {
+    #[test]
+    fn stat_with_spaces_in_the_name() {
+        let line = "4242 (ferry vm) S 1 2 3 4 5 6 7 8 9 10 250 50 0 0 20 0 3 0";
+        assert_eq!(super::parse_process_cpu(line, 100.0), Some(3.0));
+        assert_eq!(super::parse_process_cpu("garbage", 100.0), None);
+    }
+}

@@ -90,7 +90,7 @@ impl Launcher {
             vcpus: meta.vcpus,
             ram_backing: meta.ram_backing,
         };
-        self.start(meta, role, ready, |s| s.vm.is_some())
+        self.start(meta, role, &[], ready, |s| s.vm.is_some())
     }
 
     /// Starts a process that waits on `listen_host:0` for VM `meta` to arrive from a peer with one
@@ -100,6 +100,7 @@ impl Launcher {
         meta: &VmMeta,
         listen_host: &str,
         allow: Vec<String>,
+        gate: Option<&Path>,
         ready: Duration,
     ) -> Result<Started, StartError> {
         let host = if listen_host.contains(':') {
@@ -115,13 +116,18 @@ impl Launcher {
             ram_backing: RamBackingChoice::Auto,
             allow,
         };
-        self.start(meta, role, ready, |s| s.listen.is_some())
+        let extra: Vec<std::ffi::OsString> = match gate {
+            Some(g) => vec!["--commit-gate".into(), g.into()],
+            None => Vec::new(),
+        };
+        self.start(meta, role, &extra, ready, |s| s.listen.is_some())
     }
 
     fn start(
         &self,
         meta: &VmMeta,
         role: SpecRole,
+        extra: &[std::ffi::OsString],
         ready: Duration,
         is_ready: impl Fn(&HostStatus) -> bool,
     ) -> Result<Started, StartError> {
@@ -134,6 +140,7 @@ impl Launcher {
         let log2 = log.try_clone().map_err(StartError::Dir)?;
         let mut child = Command::new(&self.bin)
             .args(spec.args())
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2)

@@ -16,6 +16,7 @@
 //! several behind one server.
 
 pub mod client;
+pub mod gate;
 pub mod guest_probe;
 pub mod outcome;
 pub mod protocol;

@@ -9,6 +9,7 @@ use ferry_migrate::{receive, KvmSinkFactory, MigrateError, ReceiveOptions};
 use ferry_vmm::devices::Console;
 use ferry_vmm::{RamBackingChoice, Vm};
 
+use crate::gate::{CommitGate, GatedFactory};
 use crate::outcome::describe;
 use crate::protocol::{Cause, ErrorReply, HostState, HostStatus, Reply, Request};
 use crate::security::Security;
@@ -123,6 +124,8 @@ pub struct ReceiveSettings {
     pub ram_backing: RamBackingChoice,
     /// Makes the console of an incoming VM.
     pub console: Box<dyn FnMut() -> Console + Send>,
+    /// Asked before an arriving VM first runs (the daemon records it as this host's).
+    pub gate: Option<CommitGate>,
 }
 
 /// Waits on `listener` until a VM arrives and runs here; returns it.
@@ -136,10 +139,13 @@ pub fn receive_vm(
     let opts = ReceiveOptions {
         timeout: settings.timeout,
     };
-    let mut factory = KvmSinkFactory {
-        console: settings.console,
-        prefault: settings.prefault,
-        ram_backing: settings.ram_backing,
+    let mut factory = GatedFactory {
+        inner: KvmSinkFactory {
+            console: settings.console,
+            prefault: settings.prefault,
+            ram_backing: settings.ram_backing,
+        },
+        gate: settings.gate,
     };
     let listen = slot.listen();
     loop {
@@ -193,6 +199,6 @@ pub fn receive_vm(
                 }
             }
         }
-        return Ok(sink.vm);
+        return Ok(sink.into_inner().vm);
     }
 }

@@ -133,6 +133,7 @@ async fn ownership_survives_a_restart_between_read_and_switch_over() {
             epoch: 1,
             vcpus: 1,
             memory_bytes: 1 << 28,
+            cpu: None,
         })
         .await
         .unwrap();

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ferry_daemon::api::types::{
-    CreateVm, DaemonEvent, HostInfo, MigrationInfo, MigrationState, PlannerStatus, StartMigration,
+    ApiError, CreateVm, DaemonEvent, HostInfo, MigrationInfo, MigrationState, StartMigration,
     VmInfo, VmState,
 };
 use ferry_daemon::{DaemonClient, DaemonConfig, RunningDaemon, Target};
@@ -248,18 +248,14 @@ async fn the_api_serves_its_document_and_metrics_and_refuses_clients_without_a_c
     assert_eq!(sample(&m, "ferry_host_vms{host=\"node1\"}"), Some(0.0));
     assert!(sample(&m, "ferry_host_memory_total_bytes{host=\"node1\"}").unwrap() > 0.0);
 
-    // No planner yet: a clear answer, not a silent success.
+    // No cluster store, so no planner: a clear answer, not a silent success.
     let (status, body) = admin
         .raw(hyper::Method::GET, "/v1/plan", None)
         .await
         .unwrap();
     assert_eq!(status, hyper::StatusCode::SERVICE_UNAVAILABLE);
-    let p: PlannerStatus = serde_json::from_slice(&body).unwrap();
-    assert!(
-        !p.running && p.message.contains("no planner"),
-        "{}",
-        p.message
-    );
+    let p: ApiError = serde_json::from_slice(&body).unwrap();
+    assert!(p.error.contains("no planner"), "{}", p.error);
 
     // Bad input: a clear 4xx.
     let e = admin

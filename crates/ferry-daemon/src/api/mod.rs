@@ -17,6 +17,7 @@ use tokio_stream::wrappers::BroadcastStream;
 use utoipa::OpenApi;
 
 use crate::daemon::{Daemon, Failure};
+use crate::planner::{Plan, PlannedMove, Prediction, Reason};
 use types::*;
 
 /// The OpenAPI document.
@@ -43,7 +44,10 @@ use types::*;
         events,
         metrics,
         plan,
-        plan_apply
+        plan_apply,
+        cluster,
+        symptoms,
+        migration_bandwidth
     ),
     components(schemas(
         VmState,
@@ -60,7 +64,13 @@ use types::*;
         IncomingRequest,
         IncomingReady,
         DrainRequest,
-        PlannerStatus,
+        ClusterInfo,
+        VmRecordInfo,
+        BandwidthRequest,
+        Plan,
+        PlannedMove,
+        Prediction,
+        Reason,
         DaemonEvent,
         ApiError
     ))
@@ -85,6 +95,9 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route("/v1/events", get(events))
         .route("/v1/plan", get(plan))
         .route("/v1/plan/apply", post(plan_apply))
+        .route("/v1/cluster", get(cluster))
+        .route("/v1/hosts/self/symptoms", post(symptoms))
+        .route("/v1/migrations/{id}/bandwidth", post(migration_bandwidth))
         .with_state(daemon)
 }
 
@@ -128,16 +141,60 @@ async fn host_self(State(d): D) -> Json<HostInfo> {
 
 /// The hosts this daemon knows (itself, and those of the cluster store when one is configured).
 #[utoipa::path(get, path = "/v1/hosts", responses((status = 200, body = [HostInfo])))]
-async fn hosts(State(d): D) -> Json<Vec<HostInfo>> {
-    Json(vec![d.host_info()])
+async fn hosts(State(d): D) -> Result<Json<Vec<HostInfo>>, Failure> {
+    if d.cluster.is_none() {
+        return Ok(Json(vec![d.host_info()]));
+    }
+    Ok(Json(d.cluster_info().await?.hosts))
+}
+
+/// The cluster store's view: hosts, VM ownership records, migrations in flight, the leader.
+#[utoipa::path(get, path = "/v1/cluster", responses((status = 200, body = ClusterInfo),
+    (status = 503, description = "no cluster store", body = ApiError)))]
+async fn cluster(State(d): D) -> Result<Json<ClusterInfo>, Failure> {
+    Ok(Json(d.cluster_info().await?))
+}
+
+/// Change a running migration's bandwidth limit.
+#[utoipa::path(post, path = "/v1/migrations/{id}/bandwidth", request_body = BandwidthRequest,
+    params(("id" = String, Path, description = "migration id")),
+    responses((status = 200, body = BandwidthRequest)))]
+async fn migration_bandwidth(
+    State(d): D,
+    Path(id): Path<String>,
+    Json(req): Json<BandwidthRequest>,
+) -> Result<Json<BandwidthRequest>, Failure> {
+    let b = d.set_migration_bandwidth(&id, req.bytes_per_sec).await?;
+    Ok(Json(BandwidthRequest { bytes_per_sec: b }))
+}
+
+/// Failure symptoms this host reports (a monitoring agent sets them; evacuation's trigger).
+#[utoipa::path(post, path = "/v1/hosts/self/symptoms", request_body = Vec<serde_json::Value>,
+    responses((status = 204, description = "recorded")))]
+async fn symptoms(
+    State(d): D,
+    Json(req): Json<Vec<ferry_store::cluster::HealthSymptom>>,
+) -> Result<StatusCode, Failure> {
+    let Some(link) = &d.cluster else {
+        return Err(Failure::Refused("no cluster store".into()));
+    };
+    *link.symptoms.lock().unwrap_or_else(|p| p.into_inner()) = req;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// Empty a host by a deadline (the planner does it).
 #[utoipa::path(post, path = "/v1/hosts/{name}/drain", request_body = DrainRequest,
     params(("name" = String, Path, description = "host")),
-    responses((status = 503, description = "no planner runs", body = PlannerStatus)))]
-async fn drain_host(Path(_name): Path<String>, Json(_req): Json<DrainRequest>) -> Response {
-    no_planner()
+    responses((status = 204, description = "the host drains"),
+        (status = 503, description = "no planner runs", body = ApiError)))]
+async fn drain_host(
+    State(d): D,
+    Path(name): Path<String>,
+    Json(req): Json<DrainRequest>,
+) -> Result<StatusCode, Failure> {
+    d.drain_host(&name, std::time::Duration::from_secs(req.by_secs))
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// The VMs on this host.
@@ -277,28 +334,16 @@ async fn events(
     Sse::new(stream).keep_alive(KeepAlive::default())
 }
 
-fn no_planner() -> Response {
-    (
-        StatusCode::SERVICE_UNAVAILABLE,
-        Json(PlannerStatus {
-            running: false,
-            message: "no planner running in this cluster: plans, drains and evacuations need the \
-                      planner, which is not part of this ferry yet; migrate VMs by hand with \
-                      `ferry migrate VM --to HOST`"
-                .into(),
-        }),
-    )
-        .into_response()
-}
-
 /// What the planner would do now.
-#[utoipa::path(get, path = "/v1/plan", responses((status = 503, description = "no planner runs", body = PlannerStatus)))]
-async fn plan() -> Response {
-    no_planner()
+#[utoipa::path(get, path = "/v1/plan", responses((status = 200, body = Plan),
+    (status = 503, description = "no planner runs", body = ApiError)))]
+async fn plan(State(d): D) -> Result<Json<Plan>, Failure> {
+    Ok(Json(d.plan_request(false).await?))
 }
 
 /// Carry out the planner's current plan.
-#[utoipa::path(post, path = "/v1/plan/apply", responses((status = 503, description = "no planner runs", body = PlannerStatus)))]
-async fn plan_apply() -> Response {
-    no_planner()
+#[utoipa::path(post, path = "/v1/plan/apply", responses((status = 200, body = Plan),
+    (status = 503, description = "no planner runs", body = ApiError)))]
+async fn plan_apply(State(d): D) -> Result<Json<Plan>, Failure> {
+    Ok(Json(d.plan_request(true).await?))
 }

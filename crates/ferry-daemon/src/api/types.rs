@@ -152,6 +152,57 @@ pub struct HostInfo {
     pub network_migrations: bool,
     /// ferry's version.
     pub version: String,
+    /// Its state in the cluster store (`active`, `draining`, `power-off-candidate`, `failed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    /// Whether it holds its membership lease (absent without a cluster store).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alive: Option<bool>,
+    /// Number of CPU feature bits it publishes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_features: Option<u32>,
+    /// Whether it leads the planner.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<bool>,
+}
+
+/// A VM's ownership record as `GET /v1/cluster` shows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct VmRecordInfo {
+    /// The VM.
+    pub name: String,
+    /// The one host allowed to run it.
+    pub owner: String,
+    /// `running`, `migrating`, `paused-recoverable`, `lost`.
+    pub state: String,
+    /// Ownership generation.
+    pub epoch: u64,
+    /// Guest RAM, bytes.
+    pub memory: u64,
+    /// vCPUs.
+    pub vcpus: u32,
+    /// Whether its CPU was limited to the cluster's baseline (`false`: its first host's CPU).
+    pub cpu_restricted: Option<bool>,
+}
+
+/// `GET /v1/cluster`: the cluster store's view.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ClusterInfo {
+    /// The planner's leader.
+    pub leader: Option<String>,
+    /// Every host with a record.
+    pub hosts: Vec<HostInfo>,
+    /// Every VM record.
+    pub vms: Vec<VmRecordInfo>,
+    /// Migrations in flight (`id: vm from -> to`).
+    pub migrations: Vec<String>,
+}
+
+/// `POST /v1/migrations/{id}/bandwidth`.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct BandwidthRequest {
+    /// The new limit over all channels, bytes/s (0: none).
+    pub bytes_per_sec: u64,
 }
 
 /// `POST /v1/migrations`: move a VM of this host to another host.
@@ -185,6 +236,10 @@ pub struct StartMigration {
     /// Live rounds at most before switching over anyway.
     #[serde(default = "thirty")]
     pub max_rounds: u32,
+    /// A migration the planner already began in the cluster store (its id); default: this
+    /// host begins one.
+    #[serde(default)]
+    pub migration: Option<String>,
 }
 
 fn auto() -> String {
@@ -217,6 +272,7 @@ impl StartMigration {
             compression: adaptive(),
             verify: true,
             max_rounds: thirty(),
+            migration: None,
         }
     }
 }
@@ -332,15 +388,6 @@ pub struct IncomingReady {
 pub struct DrainRequest {
     /// Seconds by which the host must be empty.
     pub by_secs: u64,
-}
-
-/// `GET /v1/plan`, `POST /v1/plan/apply`, `POST /v1/hosts/{name}/drain` without a planner.
-#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
-pub struct PlannerStatus {
-    /// Whether a planner runs in this cluster.
-    pub running: bool,
-    /// What the daemon can say.
-    pub message: String,
 }
 
 /// Something that happened, as sent on `/v1/events`.

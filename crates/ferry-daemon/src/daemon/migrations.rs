@@ -20,8 +20,10 @@ use crate::api::types::{
     StartMigration, VmState, VmWhere,
 };
 use crate::config::valid_name;
+use crate::link::{describe, sample_of, ClusterLink};
 use crate::rundir::{Role, VmMeta};
 use crate::vm_process::{self, Probe};
+use ferry_store::cluster::{HostName, MigrationId, VmId};
 
 /// How long a receiving process may take to start listening.
 const RECEIVER_START: Duration = Duration::from_secs(20);
@@ -43,15 +45,58 @@ impl Daemon {
                 req.vm, req.to
             )));
         }
-        let Some(to_api) = req.to_api.clone() else {
-            return Err(Failure::BadRequest(format!(
+        let id = req
+            .migration
+            .clone()
+            .unwrap_or_else(|| format!("m-{:016x}", rand::random::<u64>()));
+        let planned = req.migration.is_some();
+        let to_api = match (&self.cluster, &req.to_api) {
+            (Some(link), _) => {
+                {
+                    // Refuse what this host would refuse anyway before touching the store.
+                    let st = self.state();
+                    match st.vms.get(&req.vm) {
+                        None => {
+                            return Err(Failure::NotFound(format!(
+                                "no VM named '{}' on host {}",
+                                req.vm, self.cfg.name
+                            )))
+                        }
+                        Some(v) if v.state != VmState::Running => {
+                            return Err(Failure::Conflict(format!(
+                                "VM '{}' is {} on host {}: only a running VM can be migrated",
+                                req.vm, v.state, self.cfg.name
+                            )))
+                        }
+                        _ => {}
+                    }
+                }
+                link.prepare_out(&req.vm, &req.to, &id, planned).await?.api
+            }
+            (None, Some(a)) => a.clone(),
+            (None, None) => return Err(Failure::BadRequest(format!(
                 "no API address for host '{}': give to_api (the cluster store is not configured)",
                 req.to
-            )));
+            ))),
         };
-        let peer = self.peer_client(&to_api, &req.to)?;
-        let id = format!("m-{:016x}", rand::random::<u64>());
-        let (memory, vcpus, info) = {
+        let undo = |d: &Arc<Self>, vm: &str, id: &str| {
+            let (d, vm, id) = (d.clone(), vm.to_string(), id.to_string());
+            async move {
+                if let Some(link) = &d.cluster {
+                    if let Err(e) = link.abort_out(&vm, &id).await {
+                        tracing::warn!(vm = %vm, migration = %id, error = %e, "cannot end the migration's record");
+                    }
+                }
+            }
+        };
+        let peer = match self.peer_client(&to_api, &req.to) {
+            Ok(p) => p,
+            Err(e) => {
+                undo(self, &req.vm, &id).await;
+                return Err(e);
+            }
+        };
+        let checked = (|| {
             let mut st = self.state();
             let out = st.in_flight(Direction::Out);
             let v = st.vms.get(&req.vm).ok_or_else(|| {
@@ -83,7 +128,14 @@ impl Daemon {
                 v.set_state(VmState::MigratingOut, None);
                 v.migration = Some(id.clone());
             }
-            (memory, vcpus, info)
+            Ok::<_, Failure>((memory, vcpus, info))
+        })();
+        let (memory, vcpus, info) = match checked {
+            Ok(x) => x,
+            Err(e) => {
+                undo(self, &req.vm, &id).await;
+                return Err(e);
+            }
         };
         self.metrics.started(&info.strategy);
         tracing::info!(migration = %id, vm = %req.vm, to = %req.to, strategy = %strategy, "migration started");
@@ -93,100 +145,202 @@ impl Daemon {
         });
         let d = self.clone();
         tokio::spawn(async move {
-            let incoming = IncomingRequest {
-                vm: req.vm.clone(),
-                memory,
-                vcpus,
-                migration: id.clone(),
-                from: d.cfg.name.clone(),
-            };
-            let ready: Result<IncomingReady, Failure> = peer
-                .post("/v1/incoming", &incoming)
-                .await
-                .map_err(|e| Failure::Peer(format!("destination {} refused: {e}", req.to)));
-            let ready = match ready {
-                Ok(r) => r,
-                Err(e) => {
+            let (settle_id, settle_vm) = (id.clone(), req.vm.clone());
+            let inner = async {
+                let incoming = IncomingRequest {
+                    vm: req.vm.clone(),
+                    memory,
+                    vcpus,
+                    migration: id.clone(),
+                    from: d.cfg.name.clone(),
+                };
+                let ready: Result<IncomingReady, Failure> = peer
+                    .post("/v1/incoming", &incoming)
+                    .await
+                    .map_err(|e| Failure::Peer(format!("destination {} refused: {e}", req.to)));
+                let ready = match ready {
+                    Ok(r) => r,
+                    Err(e) => {
+                        d.finish_failed(
+                            &id,
+                            &req.vm,
+                            "destination-refused",
+                            VmWhere::Source,
+                            e.to_string(),
+                        );
+                        return;
+                    }
+                };
+                let Ok(to) = ready.address.parse::<Endpoint>() else {
                     d.finish_failed(
                         &id,
                         &req.vm,
                         "destination-refused",
                         VmWhere::Source,
-                        e.to_string(),
+                        format!(
+                            "destination {} answered a bad address '{}'",
+                            req.to, ready.address
+                        ),
                     );
                     return;
-                }
-            };
-            let Ok(to) = ready.address.parse::<Endpoint>() else {
-                d.finish_failed(
-                    &id,
-                    &req.vm,
-                    "destination-refused",
-                    VmWhere::Source,
-                    format!(
-                        "destination {} answered a bad address '{}'",
-                        req.to, ready.address
-                    ),
-                );
-                return;
-            };
-            let mut m = MigrateRequest::new(to);
-            m.strategy = strategy;
-            m.downtime_ms = req.downtime_ms;
-            m.channels = req.channels;
-            m.compression = compression;
-            m.verify = req.verify;
-            m.max_rounds = req.max_rounds;
-            m.max_bandwidth = req.max_bandwidth;
-            m.tls_name = Some(ready.tls_name.clone());
-            d.set_migration(&id, |i| i.state = MigrationState::Running);
-            let d2 = d.clone();
-            let (id2, vm2) = (id.clone(), req.vm.clone());
-            let control = d.launcher.run.control(&req.vm);
-            let result = tokio::task::spawn_blocking(move || {
-                ferry_host::ControlClient::new(&control).migrate(m, &mut |e| {
-                    if let HostEvent::Migration(ev) = e {
-                        d2.on_progress(&id2, &vm2, ev);
-                    }
-                })
-            })
-            .await;
-            match result {
-                Ok(Ok(report)) => {
-                    let d2 = d.clone();
-                    let _ = tokio::task::spawn_blocking(move || {
-                        d2.finish_completed(&id, &req.vm, report)
+                };
+                let mut m = MigrateRequest::new(to);
+                m.strategy = strategy;
+                m.downtime_ms = req.downtime_ms;
+                m.channels = req.channels;
+                m.compression = compression;
+                m.verify = req.verify;
+                m.max_rounds = req.max_rounds;
+                m.max_bandwidth = req.max_bandwidth;
+                m.tls_name = Some(ready.tls_name.clone());
+                d.set_migration(&id, |i| i.state = MigrationState::Running);
+                let d2 = d.clone();
+                let (id2, vm2) = (id.clone(), req.vm.clone());
+                let control = d.launcher.run.control(&req.vm);
+                let result = tokio::task::spawn_blocking(move || {
+                    ferry_host::ControlClient::new(&control).migrate(m, &mut |e| {
+                        if let HostEvent::Migration(ev) = e {
+                            d2.on_progress(&id2, &vm2, ev);
+                        }
                     })
-                    .await;
-                }
-                Ok(Err(ferry_host::ClientError::Host(e))) => {
-                    let at = match e.vm {
-                        Some(VmLocation::Source) | None => VmWhere::Source,
-                        Some(VmLocation::Destination) => VmWhere::Destination,
-                        Some(VmLocation::PausedRecoverable) => VmWhere::PausedRecoverable,
-                        Some(VmLocation::Unknown) => VmWhere::Unknown,
-                    };
-                    if at == VmWhere::Source {
-                        // Let the destination drop its receiver now rather than at its timeout.
-                        let _ = peer
-                            .delete::<serde_json::Value>(&format!("/v1/incoming/{}", req.vm))
-                            .await;
+                })
+                .await;
+                match result {
+                    Ok(Ok(report)) => {
+                        let d2 = d.clone();
+                        let _ = tokio::task::spawn_blocking(move || {
+                            d2.finish_completed(&id, &req.vm, report)
+                        })
+                        .await;
                     }
-                    d.finish_failed(&id, &req.vm, &e.cause.to_string(), at, e.message.clone());
+                    Ok(Err(ferry_host::ClientError::Host(e))) => {
+                        let at = match e.vm {
+                            Some(VmLocation::Source) | None => VmWhere::Source,
+                            Some(VmLocation::Destination) => VmWhere::Destination,
+                            Some(VmLocation::PausedRecoverable) => VmWhere::PausedRecoverable,
+                            Some(VmLocation::Unknown) => VmWhere::Unknown,
+                        };
+                        if at == VmWhere::Source {
+                            // Let the destination drop its receiver now rather than at its timeout.
+                            let _ = peer
+                                .delete::<serde_json::Value>(&format!("/v1/incoming/{}", req.vm))
+                                .await;
+                        }
+                        d.finish_failed(&id, &req.vm, &e.cause.to_string(), at, e.message.clone());
+                    }
+                    Ok(Err(e)) => d.finish_failed(
+                        &id,
+                        &req.vm,
+                        "vm-host",
+                        VmWhere::Unknown,
+                        format!("lost contact with the VM's host process: {e}"),
+                    ),
+                    Err(e) => {
+                        d.finish_failed(&id, &req.vm, "internal", VmWhere::Unknown, e.to_string())
+                    }
                 }
-                Ok(Err(e)) => d.finish_failed(
-                    &id,
-                    &req.vm,
-                    "vm-host",
-                    VmWhere::Unknown,
-                    format!("lost contact with the VM's host process: {e}"),
-                ),
-                Err(e) => {
-                    d.finish_failed(&id, &req.vm, "internal", VmWhere::Unknown, e.to_string())
-                }
+            };
+            inner.await;
+            if let Some(link) = d.cluster.clone() {
+                d.settle_out(&link, &settle_id, &settle_vm).await;
             }
         });
         Ok(info)
+    }
+
+    /// After a migration out ended: the cluster record follows the outcome, and a completed
+    /// migration's measurements go to the history the cost model learns from.
+    async fn settle_out(self: &Arc<Self>, link: &Arc<ClusterLink>, id: &str, vm: &str) {
+        let Some(info) = self.state().migrations.get(id).map(|m| m.info.clone()) else {
+            return;
+        };
+        match (info.state, info.error.as_ref().map(|e| e.vm)) {
+            (MigrationState::Completed, _) => {
+                let (Some(report), Ok(mid), Ok(vm_id), Ok(from), Ok(to)) = (
+                    info.report.as_ref(),
+                    MigrationId::new(id),
+                    VmId::new(vm),
+                    HostName::new(&info.from),
+                    HostName::new(&info.to),
+                ) else {
+                    return;
+                };
+                let sample = sample_of(&mid, &vm_id, &from, &to, report);
+                if let Err(e) = link.store.record_sample(&sample).await {
+                    tracing::warn!(migration = %id, error = %describe(&e), "cannot record the migration's measurements");
+                }
+            }
+            (_, Some(VmWhere::Source)) => {
+                if let Err(why) = link.abort_out(vm, id).await {
+                    // Never resume a VM whose record is not ours.
+                    self.freeze_vm(vm, &format!("after a failed migration: {why}"));
+                }
+            }
+            (_, Some(VmWhere::PausedRecoverable | VmWhere::Unknown)) => {
+                match link.settle_unknown(vm, id).await {
+                    Ok(true) => {
+                        tracing::info!(vm = %vm, migration = %id, "the destination owns the VM: the paused copy here is stopped");
+                        let d = self.clone();
+                        let name = vm.to_string();
+                        let _ = tokio::task::spawn_blocking(move || d.drop_stale_copy(&name)).await;
+                    }
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::warn!(vm = %vm, migration = %id, error = %e, "cannot settle the record of an unclear migration")
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Stops the local copy of a VM another host owns, and forgets it.
+    fn drop_stale_copy(&self, vm: &str) {
+        let (pid, child) = {
+            let mut st = self.state();
+            match st.vms.get_mut(vm) {
+                Some(v) => (v.pid(), v.child.take()),
+                None => return,
+            }
+        };
+        let mut child = child;
+        vm_process::stop(
+            &self.launcher.run.control(vm),
+            pid,
+            child.as_mut(),
+            Duration::from_secs(5),
+        );
+        self.state().vms.remove(vm);
+        let _ = self.launcher.run.remove(vm);
+        self.publish(vm_event(vm, None, Some("its destination owns it".into())));
+    }
+
+    /// `POST /v1/migrations/{id}/bandwidth`: changes a running migration's bandwidth limit.
+    pub async fn set_migration_bandwidth(
+        self: &Arc<Self>,
+        id: &str,
+        bytes_per_sec: u64,
+    ) -> Result<u64, Failure> {
+        let vm = {
+            let st = self.state();
+            let m = st
+                .migrations
+                .get(id)
+                .ok_or_else(|| Failure::NotFound(format!("no migration {id} here")))?;
+            if m.direction != Direction::Out || m.info.state != MigrationState::Running {
+                return Err(Failure::Conflict(format!(
+                    "migration {id} is not running out of this host"
+                )));
+            }
+            m.info.vm.clone()
+        };
+        let control = self.launcher.run.control(&vm);
+        tokio::task::spawn_blocking(move || {
+            ferry_host::ControlClient::new(&control).set_bandwidth(bytes_per_sec)
+        })
+        .await
+        .map_err(|e| Failure::Internal(e.to_string()))?
+        .map_err(|e| Failure::Conflict(format!("the VM's host process refused: {e}")))
     }
 
     fn set_migration(&self, id: &str, f: impl FnOnce(&mut MigrationInfo)) -> Option<MigrationInfo> {
@@ -321,6 +475,10 @@ impl Daemon {
         if !valid_name(&req.vm) || !valid_name(&req.from) {
             return Err(Failure::BadRequest("bad VM or host name".into()));
         }
+        if let Some(link) = &self.cluster {
+            link.check_incoming(&req.vm, &req.from, &req.migration)
+                .await?;
+        }
         let meta = VmMeta {
             name: req.vm.clone(),
             role: Role::Receive,
@@ -358,12 +516,40 @@ impl Daemon {
                 started: Instant::now(),
             });
         }
+        // With a cluster store, the VM runs here only once its record says so: the receiving
+        // process asks this gate before it first resumes the VM.
+        let gate = match &self.cluster {
+            Some(link) => {
+                let path = self.launcher.run.vm_dir(&req.vm).join("commit.sock");
+                let _ = std::fs::remove_file(&path);
+                match tokio::net::UnixListener::bind(&path) {
+                    Ok(l) => {
+                        tokio::spawn(self.clone().serve_gate(
+                            link.clone(),
+                            l,
+                            req.vm.clone(),
+                            req.migration.clone(),
+                        ));
+                        Some(path)
+                    }
+                    Err(e) => {
+                        self.incoming_failed(&req.vm, &format!("cannot open the commit gate: {e}"));
+                        return Err(Failure::Internal(format!(
+                            "cannot open the commit gate of VM '{}': {e}",
+                            req.vm
+                        )));
+                    }
+                }
+            }
+            None => None,
+        };
         let d = self.clone();
         let m = meta.clone();
         let allow = self.cfg.migration.allow.clone();
         let listen = self.cfg.migration.listen_host.clone();
         let started = tokio::task::spawn_blocking(move || {
-            d.launcher.receive(&m, &listen, allow, RECEIVER_START)
+            d.launcher
+                .receive(&m, &listen, allow, gate.as_deref(), RECEIVER_START)
         })
         .await
         .map_err(|e| Failure::Internal(e.to_string()))?;

@@ -16,6 +16,7 @@ use tokio::sync::{broadcast, watch};
 use crate::api::types::{CapacityInfo, DaemonEvent, HostInfo, LoadInfo};
 use crate::client::{DaemonClient, Target};
 use crate::config::{Capacity, DaemonConfig};
+use crate::link::ClusterLink;
 use crate::load::{self, CpuTimes};
 use crate::metrics::Metrics;
 use crate::rundir::RunDir;
@@ -58,6 +59,9 @@ pub enum StartError {
     /// The `ferry` binary cannot be found.
     #[error("cannot find the ferry binary to start VMs with")]
     Binary(#[source] std::io::Error),
+    /// The cluster store cannot be used.
+    #[error(transparent)]
+    Cluster(#[from] crate::link::LinkError),
 }
 
 /// TLS configurations made from this host's identity.
@@ -78,6 +82,8 @@ pub struct Daemon {
     load: Mutex<LoadInfo>,
     /// The API's TCP addresses, ports resolved.
     api_addrs: Vec<SocketAddr>,
+    /// The cluster store (with `[store]`).
+    pub cluster: Option<Arc<ClusterLink>>,
 }
 
 impl Daemon {
@@ -143,6 +149,10 @@ impl Daemon {
             load: self.load(),
             network_migrations: self.tls.is_some(),
             version: env!("CARGO_PKG_VERSION").to_string(),
+            state: None,
+            alive: self.cluster.as_ref().map(|l| l.joined()),
+            cpu_features: self.cluster.as_ref().map(|l| l.features.count()),
+            leader: self.cluster.as_ref().map(|l| l.leader_state().leading),
         }
     }
 
@@ -169,6 +179,7 @@ impl Daemon {
 
     async fn sample_load(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let mut prev: Option<CpuTimes> = None;
+        let mut last = std::time::Instant::now();
         loop {
             let cpu = load::read_cpu();
             let mem = load::read_mem().unwrap_or_default();
@@ -188,6 +199,15 @@ impl Daemon {
                 .map(|(name, pid)| (name, load::process_rss(pid)))
                 .collect();
             self.state().set_rss(rss);
+            let cpu: Vec<(String, Option<f64>)> = self
+                .state()
+                .pids()
+                .into_iter()
+                .map(|(name, pid)| (name, load::process_cpu_seconds(pid)))
+                .collect();
+            let dt = last.elapsed().as_secs_f64();
+            last = std::time::Instant::now();
+            self.state().set_cpu(cpu, dt);
             self.metrics.set_load(&self.load());
             tokio::select! {
                 _ = tokio::time::sleep(LOAD_PERIOD) => {}
@@ -223,6 +243,15 @@ impl RunningDaemon {
 /// Starts a daemon with `cfg` on the current tokio runtime: adopts the VMs in its run directory,
 /// then serves the API.
 pub async fn start(cfg: DaemonConfig) -> Result<RunningDaemon, StartError> {
+    let link = ClusterLink::open(&cfg).await?.map(Arc::new);
+    start_with(cfg, link).await
+}
+
+/// Starts a daemon with an already open cluster link (tests share one embedded store).
+pub async fn start_with(
+    cfg: DaemonConfig,
+    cluster: Option<Arc<ClusterLink>>,
+) -> Result<RunningDaemon, StartError> {
     let run = RunDir::open(&cfg.run_dir).map_err(|source| StartError::RunDir {
         path: cfg.run_dir.clone(),
         source,
@@ -287,6 +316,7 @@ pub async fn start(cfg: DaemonConfig) -> Result<RunningDaemon, StartError> {
         metrics: Metrics::new(&cfg.name),
         load: Mutex::new(LoadInfo::default()),
         api_addrs: api_addrs.clone(),
+        cluster,
         cfg,
     });
     {
@@ -321,6 +351,11 @@ pub async fn start(cfg: DaemonConfig) -> Result<RunningDaemon, StartError> {
     }
     tasks.push(tokio::spawn(daemon.clone().sample_load(rx.clone())));
     tasks.push(tokio::spawn(daemon.clone().monitor(rx.clone())));
+    if let Some(link) = &daemon.cluster {
+        tasks.push(tokio::spawn(
+            daemon.clone().membership_loop(link.clone(), rx.clone()),
+        ));
+    }
     tracing::info!(
         host = %daemon.cfg.name,
         api = ?api_addrs,

@@ -67,6 +67,12 @@ pub struct VmEntry {
     pub ram_backing: Option<RamBacking>,
     /// Resident memory of its process.
     pub rss: Option<u64>,
+    /// CPUs its process used over the last load sample (cores).
+    pub cpu: Option<f64>,
+    /// Its process's CPU time at the last sample, seconds.
+    pub cpu_seconds: Option<f64>,
+    /// Its process is stopped (SIGSTOP) because this host may no longer own it.
+    pub frozen: bool,
     /// When it entered its state.
     pub since: Instant,
 }
@@ -83,6 +89,9 @@ impl VmEntry {
             heartbeats: None,
             ram_backing: None,
             rss: None,
+            cpu: None,
+            cpu_seconds: None,
+            frozen: false,
             since: Instant::now(),
         }
     }
@@ -257,6 +266,21 @@ impl State {
         for (name, r) in rss {
             if let Some(v) = self.vms.get_mut(&name) {
                 v.rss = r;
+            }
+        }
+    }
+
+    /// Records each VM process's CPU time now; its use since the last sample `dt` seconds ago.
+    pub fn set_cpu(&mut self, cpu: Vec<(String, Option<f64>)>, dt: f64) {
+        for (name, secs) in cpu {
+            if let Some(v) = self.vms.get_mut(&name) {
+                v.cpu = match (secs, v.cpu_seconds) {
+                    (Some(now), Some(before)) if dt > 0.0 && now >= before => {
+                        Some((now - before) / dt)
+                    }
+                    _ => None,
+                };
+                v.cpu_seconds = secs;
             }
         }
     }

@@ -45,6 +45,15 @@ impl Daemon {
                 self.name()
             )));
         }
+        if let Some(link) = &self.cluster {
+            // Checked here first so the record is not written for a VM refused locally.
+            let checked = self
+                .state()
+                .admit(&self.capacity, &req.name, req.memory, req.vcpus);
+            checked?;
+            link.record_new_vm(&req.name, req.memory, u32::from(req.vcpus))
+                .await?;
+        }
         let meta = VmMeta {
             name: req.name.clone(),
             role: Role::Run,
@@ -55,19 +64,31 @@ impl Daemon {
             pid: None,
             created_unix_ms: unix_ms(),
         };
-        {
+        let admitted = {
             let mut st = self.state();
-            st.admit(&self.capacity, &req.name, req.memory, req.vcpus)?;
-            self.launcher.run.create(&meta).map_err(|e| {
-                Failure::Conflict(format!(
-                    "cannot create the directory of VM '{}' ({e}); is another VM of that name here?",
-                    req.name
-                ))
-            })?;
-            st.vms.insert(
-                req.name.clone(),
-                VmEntry::new(meta.clone(), VmState::Starting),
-            );
+            let r = st
+                .admit(&self.capacity, &req.name, req.memory, req.vcpus)
+                .and_then(|_| {
+                    self.launcher.run.create(&meta).map_err(|e| {
+                        Failure::Conflict(format!(
+                            "cannot create the directory of VM '{}' ({e}); is another VM of that name here?",
+                            req.name
+                        ))
+                    })
+                });
+            if r.is_ok() {
+                st.vms.insert(
+                    req.name.clone(),
+                    VmEntry::new(meta.clone(), VmState::Starting),
+                );
+            }
+            r
+        };
+        if let Err(e) = admitted {
+            if let Some(link) = &self.cluster {
+                link.forget_vm(&req.name).await;
+            }
+            return Err(e);
         }
         self.publish(vm_event(&req.name, Some(VmState::Starting), None));
         let d = self.clone();
@@ -103,6 +124,9 @@ impl Daemon {
             Err(e) => {
                 self.state().vms.remove(&req.name);
                 let _ = self.launcher.run.remove(&req.name);
+                if let Some(link) = &self.cluster {
+                    link.forget_vm(&req.name).await;
+                }
                 self.publish(vm_event(&req.name, None, Some(e.to_string())));
                 Err(Failure::Internal(format!(
                     "VM '{}' did not start: {e}",
@@ -156,6 +180,9 @@ impl Daemon {
         .await
         .map_err(|e| Failure::Internal(e.to_string()))?;
         self.state().vms.remove(name);
+        if let Some(link) = &self.cluster {
+            link.forget_vm(name).await;
+        }
         tracing::info!(vm = %name, "VM stopped");
         self.publish(vm_event(name, None, Some("stopped".into())));
         Ok(())

@@ -5,6 +5,7 @@
 //! <root>members/<host>          HostReport        host lease exists while the host is alive
 //! <root>vms/<vm>                VmRecord          no lease   ownership: who may run the VM
 //! <root>migrations/<migration>  MigrationRecord   no lease   migrations in flight
+//! <root>history/<migration>     MigrationSample   no lease   finished migrations, measured (cost model)
 //! <root>leader/planner          candidate name    its lease  the planner's leader
 //! ```
 //! `<root>` is `/ferry/v1/` unless a test or a second cluster picks another.
@@ -73,6 +74,16 @@ impl Keys {
     /// A migration's record.
     pub fn migration(&self, id: &MigrationId) -> String {
         format!("{}migrations/{id}", self.root)
+    }
+
+    /// Prefix of the measured history of finished migrations.
+    pub fn history(&self) -> String {
+        format!("{}history/", self.root)
+    }
+
+    /// One finished migration's measurements.
+    pub fn sample(&self, id: &MigrationId) -> String {
+        format!("{}history/{id}", self.root)
     }
 
     /// The planner election's leader key.

@@ -24,7 +24,7 @@ pub use self::names::{HostName, InvalidName, MigrationId, VmId};
 pub use self::ownership::{DeathEffect, TransitionError};
 pub use self::records::{
     Capacity, CpuFeatures, HealthSymptom, HostRecord, HostReport, HostState, Load, MigrationRecord,
-    Timestamp, VmRecord, VmState, SCHEMA,
+    MigrationSample, Timestamp, VmCpu, VmRecord, VmState, SCHEMA,
 };
 use crate::counter::WriteCounts;
 use crate::error::StoreError;
@@ -509,6 +509,26 @@ impl<S: Store> ClusterStore<S> {
             record: new,
             revision,
         })
+    }
+
+    /// Records a finished migration's measurements (one write, not guarded: history is
+    /// evidence, not a decision).
+    pub async fn record_sample(&self, sample: &MigrationSample) -> Result<Revision, ClusterError> {
+        Ok(self
+            .store
+            .put(&self.keys.sample(&sample.id), records::encode(sample), None)
+            .await?)
+    }
+
+    /// Every recorded migration.
+    pub async fn samples(&self) -> Result<Vec<MigrationSample>, ClusterError> {
+        Ok(self
+            .list_records::<MigrationSample>(&self.keys.history())
+            .await?
+            .items
+            .into_iter()
+            .map(|s| s.record)
+            .collect())
     }
 
     /// The migrations in flight.

@@ -210,6 +210,7 @@ mod tests {
             epoch: 4,
             vcpus: 1,
             memory_bytes: 1 << 20,
+            cpu: None,
         }
     }
 

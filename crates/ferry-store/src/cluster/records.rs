@@ -1,6 +1,5 @@
 //! The typed records ferry keeps in the store, and their versioned encoding.
 
-use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -47,36 +46,9 @@ pub struct Load {
     pub memory_used_bytes: u64,
 }
 
-/// The CPUID feature flags a host's CPUs offer (lower-case names as in `/proc/cpuinfo`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct CpuFeatures(pub BTreeSet<String>);
-
-impl CpuFeatures {
-    /// The features every host in `hosts` has: the baseline a VM must be limited to so it can
-    /// run on any of them.
-    pub fn common<'a>(hosts: impl IntoIterator<Item = &'a CpuFeatures>) -> CpuFeatures {
-        let mut it = hosts.into_iter();
-        let Some(first) = it.next() else {
-            return CpuFeatures::default();
-        };
-        let mut set = first.0.clone();
-        for h in it {
-            set.retain(|f| h.0.contains(f));
-        }
-        CpuFeatures(set)
-    }
-
-    /// The features `required` names that this host lacks (empty: compatible).
-    pub fn missing<'a>(&self, required: &'a CpuFeatures) -> Vec<&'a str> {
-        required
-            .0
-            .iter()
-            .filter(|f| !self.0.contains(*f))
-            .map(String::as_str)
-            .collect()
-    }
-}
+/// A host's CPUID feature set ([`ferry_model::cpu::CpuFeatures`]: what a guest on that host
+/// gets from KVM); the cluster's baseline is their intersection.
+pub use ferry_model::cpu::CpuFeatures;
 
 /// A host's administrative state, set by operators and the planner.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -153,6 +125,9 @@ pub struct HostReport {
     pub symptoms: Vec<HealthSymptom>,
     /// When the host measured this.
     pub reported_at: Timestamp,
+    /// CPUs each of its VMs used over the last sample (cores), by VM name.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub vm_cpu: std::collections::BTreeMap<String, f64>,
 }
 
 /// Where a VM is in its life.
@@ -195,6 +170,57 @@ pub struct VmRecord {
     pub vcpus: u32,
     /// Guest RAM, bytes.
     pub memory_bytes: u64,
+    /// The CPU features the guest runs with (absent in records of older daemons).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<VmCpu>,
+}
+
+/// The CPU a VM was started with: a host may take the VM only if it has every one of these
+/// features.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmCpu {
+    /// The features the guest can see.
+    pub features: CpuFeatures,
+    /// Whether KVM limited the guest to the cluster's baseline (`false`: the guest sees its
+    /// first host's CPU, because that host's KVM cannot restrict CPUID).
+    pub restricted: bool,
+}
+
+/// One finished migration as measured (`history/<id>`): what the cost model learns from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MigrationSample {
+    /// The migration.
+    pub id: MigrationId,
+    /// The VM.
+    pub vm: VmId,
+    /// Source and destination.
+    pub from: HostName,
+    /// The destination.
+    pub to: HostName,
+    /// When it ended.
+    pub ended_at: Timestamp,
+    /// Guest RAM, bytes.
+    pub ram_bytes: u64,
+    /// Dirty rate seen in the first live round, bytes/s.
+    pub dirty_rate: f64,
+    /// Working set: pages dirtied in the last live round, bytes.
+    pub working_set_bytes: u64,
+    /// Link bandwidth measured during the first round, bytes/s.
+    pub bandwidth: f64,
+    /// Round-trip time of the link, ms (0: not measured).
+    pub rtt_ms: f64,
+    /// Bytes on the wire / raw page bytes (1: no compression gain).
+    pub codec_ratio: f64,
+    /// The strategy the engine used.
+    pub strategy: String,
+    /// Whether it ended with the VM on the destination.
+    pub completed: bool,
+    /// Total time, ms.
+    pub total_ms: f64,
+    /// Downtime, ms.
+    pub downtime_ms: f64,
+    /// Bytes on the wire.
+    pub bytes: u64,
 }
 
 /// A migration in flight (`migrations/<id>`), deleted at switch-over or abort.
@@ -279,6 +305,7 @@ mod tests {
             epoch: 3,
             vcpus: 2,
             memory_bytes: 1 << 30,
+            cpu: None,
         };
         let bytes = encode(&vm);
         let text = std::str::from_utf8(&bytes).unwrap();
@@ -301,7 +328,7 @@ mod tests {
                 cpus: 8,
                 memory_bytes: 32 << 30,
             },
-            cpu_features: CpuFeatures(["avx2".to_string(), "sse4_2".to_string()].into()),
+            cpu_features: CpuFeatures::from_cpuid(&[(1, 0, [0, 0, 1 << 20, 0])]),
             state: HostState::Draining {
                 deadline: Timestamp(5),
             },
@@ -317,17 +344,8 @@ mod tests {
                 HealthSymptom::PowerSupply,
             ],
             reported_at: Timestamp(9),
+            vm_cpu: [("vm-1".to_string(), 0.5)].into(),
         };
         assert_eq!(decode::<HostReport>("k", &encode(&report)).unwrap(), report);
-    }
-
-    #[test]
-    fn cpu_baseline_and_missing_features() {
-        let a = CpuFeatures(["avx2", "sse4_2", "aes"].map(String::from).into());
-        let b = CpuFeatures(["sse4_2", "aes"].map(String::from).into());
-        let base = CpuFeatures::common([&a, &b]);
-        assert_eq!(base, b);
-        assert!(b.missing(&base).is_empty());
-        assert_eq!(b.missing(&a), vec!["avx2"]);
     }
 }

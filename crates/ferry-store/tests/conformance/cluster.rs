@@ -28,6 +28,7 @@ fn vm_on(id: &str, owner: &str) -> VmRecord {
         epoch: 1,
         vcpus: 2,
         memory_bytes: 1 << 30,
+        cpu: None,
     }
 }
 
@@ -39,7 +40,7 @@ fn host(name: &str, port: u16) -> HostRecord {
             cpus: 8,
             memory_bytes: 16 << 30,
         },
-        cpu_features: CpuFeatures(["sse4_2".to_string()].into()),
+        cpu_features: CpuFeatures::from_cpuid(&[(1, 0, [0, 0, 1 << 20, 0])]),
         state: HostState::Active,
     }
 }
@@ -52,6 +53,7 @@ fn report(cpu: f64) -> HostReport {
         },
         symptoms: vec![],
         reported_at: Timestamp::now(),
+        vm_cpu: Default::default(),
     }
 }
 

@@ -5,7 +5,10 @@ use std::time::Duration;
 
 use anyhow::bail;
 use clap::{Args, Subcommand};
-use ferry_daemon::api::types::{DrainRequest, HostInfo, MigrationInfo, PlannerStatus, VmInfo};
+use ferry_daemon::api::types::{
+    ApiError, ClusterInfo, DrainRequest, HostInfo, MigrationInfo, VmInfo,
+};
+use ferry_daemon::planner::{Plan, Prediction};
 use ferry_daemon::DaemonClient;
 
 use super::remote::{block_on, print_vms, DaemonSel};
@@ -56,6 +59,9 @@ pub struct PlanArgs {
     /// Carry the plan out.
     #[arg(long)]
     pub apply: bool,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
     #[command(flatten)]
     pub daemon: DaemonSel,
 }
@@ -142,19 +148,36 @@ pub fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
     for name in cfg.hosts.keys() {
         targets.push((name.clone(), cfg.target(Some(name))?));
     }
-    let views: Vec<HostView> = block_on(async {
-        let calls = targets.into_iter().map(|(name, t)| {
-            look(
-                name,
-                DaemonClient::new(t).with_timeout(Duration::from_secs(5)),
-            )
-        });
-        Ok(futures_util::future::join_all(calls).await)
+    let (views, store): (Vec<HostView>, Option<ClusterInfo>) = block_on(async {
+        let clients: Vec<(String, DaemonClient)> = targets
+            .into_iter()
+            .map(|(name, t)| {
+                (
+                    name,
+                    DaemonClient::new(t).with_timeout(Duration::from_secs(5)),
+                )
+            })
+            .collect();
+        let mut store = None;
+        for (_, c) in &clients {
+            if let Ok(i) = c.get::<ClusterInfo>("/v1/cluster").await {
+                store = Some(i);
+                break;
+            }
+        }
+        let calls = clients.into_iter().map(|(name, c)| look(name, c));
+        Ok((futures_util::future::join_all(calls).await, store))
     })?;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&views)?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({ "hosts": views, "store": store }))?
+        );
     } else {
         print_status(&views);
+        if let Some(s) = &store {
+            print_store(s);
+        }
     }
     Ok(if views.iter().any(|v| v.error.is_some()) {
         ExitCode::from(2)
@@ -232,6 +255,122 @@ fn print_status(views: &[HostView]) {
     }
 }
 
+/// The cluster store's view: every host with its state and lease, every VM record.
+fn print_store(s: &ClusterInfo) {
+    println!();
+    println!(
+        "cluster store: leader {}",
+        s.leader.clone().unwrap_or_else(|| "none".into())
+    );
+    println!(
+        "{:<10} {:<20} {:<6} {:>4} {:>10} {:>6} {:>10}",
+        "HOST", "STATE", "LEASE", "VMS", "VM MEMORY", "CPU", "MIGRATIONS"
+    );
+    for h in &s.hosts {
+        println!(
+            "{:<10} {:<20} {:<6} {:>4} {:>10} {:>5.0}% {:>10}",
+            format!(
+                "{}{}",
+                h.name,
+                if h.leader == Some(true) { "*" } else { "" }
+            ),
+            h.state.clone().unwrap_or_default(),
+            if h.alive == Some(true) {
+                "alive"
+            } else {
+                "dead"
+            },
+            h.load.vms,
+            human(h.load.vm_memory),
+            h.load.cpu_usage * 100.0,
+            h.load.migrations_in_flight,
+        );
+    }
+    println!();
+    println!(
+        "{:<16} {:<10} {:<22} {:>5} {:>10} {:<10}",
+        "VM RECORD", "OWNER", "STATE", "EPOCH", "MEMORY", "CPU"
+    );
+    for v in &s.vms {
+        println!(
+            "{:<16} {:<10} {:<22} {:>5} {:>10} {:<10}",
+            v.name,
+            v.owner,
+            v.state,
+            v.epoch,
+            human(v.memory),
+            match v.cpu_restricted {
+                Some(true) => "baseline",
+                Some(false) => "host CPU",
+                None => "-",
+            }
+        );
+    }
+}
+
+fn prediction(p: &Prediction) -> String {
+    format!(
+        "{:.1} s / {:.0} ms / {}",
+        p.total_ms / 1e3,
+        p.downtime_ms,
+        human(p.bytes as u64)
+    )
+}
+
+/// A plan as a table.
+pub fn print_plan(p: &Plan) {
+    println!(
+        "planner on {}: decided in {:.2} ms; learned model: {}",
+        p.leader,
+        p.decision_ms,
+        if p.model_samples > 0 {
+            format!("fitted on {} migrations", p.model_samples)
+        } else {
+            "not enough recorded migrations yet".into()
+        }
+    );
+    if p.moves.is_empty() {
+        println!("nothing to move");
+    } else {
+        println!(
+            "{:<16} {:<10} {:<10} {:<12} {:<32} {:<32}",
+            "VM", "FROM", "TO", "WHY", "FORMULA time / downtime / bytes", "LEARNED"
+        );
+        for m in &p.moves {
+            println!(
+                "{:<16} {:<10} {:<10} {:<12} {:<32} {:<32}",
+                m.vm,
+                m.from,
+                m.to,
+                serde_json::to_value(m.reason)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default(),
+                prediction(&m.formula),
+                m.learned
+                    .as_ref()
+                    .map(prediction)
+                    .unwrap_or_else(|| "-".into()),
+            );
+        }
+    }
+    if !p.power_off.is_empty() {
+        println!(
+            "hosts consolidation would empty for power-off: {}",
+            p.power_off.join(", ")
+        );
+    }
+    for x in &p.in_flight {
+        println!("in flight: {x}");
+    }
+    for x in &p.started {
+        println!("started: {x}");
+    }
+    for x in &p.problems {
+        println!("problem: {x}");
+    }
+}
+
 async fn planner_call(
     client: &DaemonClient,
     path: &str,
@@ -239,12 +378,14 @@ async fn planner_call(
 ) -> anyhow::Result<()> {
     let (status, bytes) = client.raw(hyper::Method::POST, path, body).await?;
     if status.is_success() {
-        println!("{}", String::from_utf8_lossy(&bytes));
+        if !bytes.is_empty() {
+            println!("{}", String::from_utf8_lossy(&bytes));
+        }
         return Ok(());
     }
-    match serde_json::from_slice::<PlannerStatus>(&bytes) {
-        Ok(p) if !p.running => bail!("{}", p.message),
-        _ => bail!("{}", String::from_utf8_lossy(&bytes)),
+    match serde_json::from_slice::<ApiError>(&bytes) {
+        Ok(e) => bail!("{}", e.error),
+        Err(_) => bail!("{}", String::from_utf8_lossy(&bytes)),
     }
 }
 
@@ -270,27 +411,39 @@ pub fn drain(a: DrainArgs) -> anyhow::Result<ExitCode> {
         &format!("/v1/hosts/{}/drain", a.host),
         Some(body),
     ))?;
+    println!(
+        "host {} drains: it takes no new VMs, and the planner moves its VMs elsewhere by {} s from now \
+         (`ferry plan` shows the moves, `ferry cluster status` where they are)",
+        a.host,
+        a.by.as_secs()
+    );
     Ok(ExitCode::SUCCESS)
 }
 
 /// `ferry plan [--apply]`.
 pub fn plan(a: PlanArgs) -> anyhow::Result<ExitCode> {
     let client = a.daemon.client()?;
-    block_on(async {
-        if a.apply {
-            planner_call(&client, "/v1/plan/apply", None).await
+    let plan: Plan = block_on(async {
+        let (status, bytes) = if a.apply {
+            client
+                .raw(hyper::Method::POST, "/v1/plan/apply", Some(b"{}".to_vec()))
+                .await?
         } else {
-            let (status, bytes) = client.raw(hyper::Method::GET, "/v1/plan", None).await?;
-            if status.is_success() {
-                println!("{}", String::from_utf8_lossy(&bytes));
-                return Ok(());
-            }
-            match serde_json::from_slice::<PlannerStatus>(&bytes) {
-                Ok(p) => bail!("{}", p.message),
-                Err(_) => bail!("{}", String::from_utf8_lossy(&bytes)),
-            }
+            client.raw(hyper::Method::GET, "/v1/plan", None).await?
+        };
+        if status.is_success() {
+            return Ok(serde_json::from_slice::<Plan>(&bytes)?);
+        }
+        match serde_json::from_slice::<ApiError>(&bytes) {
+            Ok(e) => bail!("{}", e.error),
+            Err(_) => bail!("{}", String::from_utf8_lossy(&bytes)),
         }
     })?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&plan)?);
+    } else {
+        print_plan(&plan);
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -191,6 +191,10 @@ pub struct ReceiveArgs {
     /// any peer the cluster CA signed).
     #[arg(long = "allow")]
     pub allow: Vec<String>,
+    /// Before the arriving VM first runs, ask this Unix socket (its daemon) whether it may: the
+    /// daemon records the VM as this host's; a refused VM never runs here.
+    #[arg(long, value_name = "SOCKET")]
+    pub commit_gate: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub host: HostArgs,
 }
@@ -359,6 +363,7 @@ fn receive(a: ReceiveArgs) -> anyhow::Result<ExitCode> {
         console: Box::new(move || {
             console(&serial).unwrap_or_else(|_| Console::new(None, false, HeartbeatLog::default()))
         }),
+        gate: a.commit_gate.clone().map(ferry_host::gate::CommitGate::new),
     };
     let control = path.display().to_string();
     let mut note = |n: ReceiveNote| match n {
