@@ -74,10 +74,12 @@ impl Daemon {
                 link.prepare_out(&req.vm, &req.to, &id, planned).await?.api
             }
             (None, Some(a)) => a.clone(),
-            (None, None) => return Err(Failure::BadRequest(format!(
+            (None, None) => {
+                return Err(Failure::BadRequest(format!(
                 "no API address for host '{}': give to_api (the cluster store is not configured)",
                 req.to
-            ))),
+            )))
+            }
         };
         let undo = |d: &Arc<Self>, vm: &str, id: &str| {
             let (d, vm, id) = (d.clone(), vm.to_string(), id.to_string());

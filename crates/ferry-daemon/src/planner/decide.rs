@@ -112,13 +112,8 @@ pub struct View {
 /// Builds ferry-cluster's view: live hosts (closed unless active and healthy), their
 /// running and migrating VMs.
 pub fn view(hosts: &[HostIn], vms: &[VmIn]) -> View {
-    let mut c = Cluster {
-        hosts: Vec::new(),
-        vms: Vec::new(),
-        power_models: vec![PowerModel::ml110_g5()],
-        interval_s: 300.0,
-        enforce_ram: true,
-    };
+    // RAM and bandwidth are checked on every placement.
+    let mut c = Cluster::new(Vec::new(), Vec::new(), vec![PowerModel::ml110_g5()], 300.0);
     let mut names = Vec::new();
     let mut index: HashMap<&str, usize> = HashMap::new();
     for h in hosts.iter().filter(|h| h.alive) {
