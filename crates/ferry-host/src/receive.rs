@@ -171,11 +171,11 @@ pub fn receive_vm(
             bytes: incoming.bytes,
             digest_match: incoming.digest_match,
             postcopy_incomplete: incoming.postcopy_incomplete.clone(),
-            ram: match &incoming.sink.ram_plan {
+            ram: match &incoming.sink.inner.ram_plan {
                 Some(plan) => plan.to_string(),
                 None => format!(
                     "{}, handed over by the source on this host",
-                    incoming.sink.vm.ram().backing()
+                    incoming.sink.inner.vm.ram().backing()
                 ),
             },
         });

@@ -339,6 +339,7 @@ async fn a_drain_a_killed_host_and_a_killed_leader_on_three_daemons_with_etcd() 
                     kernel: img.display().to_string(),
                     memory: 64 << 20,
                     vcpus: 1,
+                    ram_backing: Default::default(),
                 },
             )
             .await
@@ -368,6 +369,7 @@ async fn a_drain_a_killed_host_and_a_killed_leader_on_three_daemons_with_etcd() 
                 kernel: img.display().to_string(),
                 memory: 64 << 20,
                 vcpus: 1,
+                ram_backing: Default::default(),
             },
         )
         .await
