@@ -168,6 +168,7 @@ impl SinkFactory for KvmSinkFactory {
         let (ram, plan) = GuestRam::planned(&RamRequest {
             size: cfg.memory,
             choice: self.ram_backing,
+            destination: true,
             may_postcopy: postcopy,
         })?;
         tracing::info!(%plan, "guest RAM for the incoming VM");

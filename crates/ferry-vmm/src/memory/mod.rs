@@ -673,6 +673,7 @@ mod tests {
         let req = RamRequest {
             size: 8 << 20,
             choice: RamBackingChoice::Auto,
+            destination: false,
             may_postcopy: true,
         };
         let (ram, plan) = GuestRam::planned(&req).unwrap();

@@ -304,6 +304,7 @@ fn run_vm(a: RunArgs) -> anyhow::Result<ExitCode> {
         size: a.memory,
         choice: a.ram_backing,
         // The source side of any migration: pages are only read here.
+        destination: false,
         may_postcopy: false,
     })
     .context("cannot create guest RAM")?;
